@@ -1,0 +1,14 @@
+"""mammolens: mammogram classification with explanations, from a folder of images to the clinic."""
+
+__version__ = "0.1.0"
+
+from mammolens.errors import MammolensError
+
+__all__ = ["MammolensError", "__version__", "load_bundle"]
+
+
+def load_bundle(path):  # noqa: ANN001, ANN201 - thin lazy re-export keeps `import mammolens` light
+    """Restore a trained model from a bundle directory (see `mammolens.train.bundle`)."""
+    from mammolens.train.bundle import load_bundle as _load
+
+    return _load(path)

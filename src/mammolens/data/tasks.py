@@ -1,0 +1,106 @@
+"""Tasks: which manifest column a model learns and how its values map to class indices.
+
+A task reads one column, so a manifest from any source supports the tasks whose column it fills:
+CBIS-DDSM rows (lesions, never normal) support benign-malignant and mass-calc; MIAS supports all
+five. Derive a task on the whole manifest *before* splitting, so every class is known up front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mammolens.data.manifest import MIAS_CLASSES, Manifest
+from mammolens.errors import DataError
+from mammolens.registry import Registry
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    classes: tuple[str, ...]
+    label_of: Callable[[Mapping[str, Any]], int | None]  # None: the row takes no part in this task
+    description: str
+    column: str  # the manifest column label_of reads, named in errors
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def _column_task(name: str, column: str, classes: tuple[str, ...], values: dict[str, str], description: str) -> Task:
+    """A task whose label is ``classes.index(values[row[column]])``; values not listed are excluded."""
+    index = {value: classes.index(cls) for value, cls in values.items()}
+    return TASKS.add(name, Task(name, classes, lambda row: index.get(row[column]), description, column))
+
+
+_column_task(
+    "benign-malignant", "pathology", ("benign", "malignant"),
+    {"benign": "benign", "malignant": "malignant"},
+    "benign vs malignant finding (image or lesion); normal samples are excluded",
+)
+_column_task(
+    "normal-abnormal", "pathology", ("normal", "abnormal"),
+    {"normal": "normal", "benign": "abnormal", "malignant": "abnormal"},
+    "normal vs any finding, benign or malignant",
+)
+_column_task(
+    "normal-benign-malignant", "pathology", ("normal", "benign", "malignant"),
+    {"normal": "normal", "benign": "benign", "malignant": "malignant"},
+    "three-way pathology",
+)
+_column_task(
+    "mias-7class", "abnormality", MIAS_CLASSES,
+    {c: c for c in MIAS_CLASSES},
+    "MIAS abnormality class, in the order " + " ".join(MIAS_CLASSES),
+)
+_column_task(
+    "mass-calc", "lesion_type", ("mass", "calc"),
+    {"mass": "mass", "calc": "calc"},
+    "lesion type; MIAS ARCH and ASYM count as mass",
+)
+
+
+def _labels(manifest: Manifest, task: Task) -> np.ndarray:
+    """Class index per row, -1 where the row is excluded."""
+    return np.array([-1 if (y := task.label_of(row)) is None else y for row in manifest.df.to_dict("records")], dtype=np.int64)
+
+
+def _check(manifest: Manifest, task: Task, labels: np.ndarray, allow_missing_classes: bool) -> None:
+    present = set(labels[labels >= 0].tolist())
+    needed = len(task.classes) if not allow_missing_classes else 2
+    if len(present) >= needed:
+        return
+    values = manifest.df[task.column].replace("", "(empty)").value_counts()
+    found = ", ".join(f"{v} {n}" for v, n in values.items()) or "no rows"
+    absent = [c for i, c in enumerate(task.classes) if i not in present]
+    raise DataError(
+        f"task {task.name} needs {', '.join(absent)} samples; {manifest.name} has none "
+        f"(column {task.column}: {found})"
+    )
+
+
+def derive_task(manifest: Manifest, name: str, *, allow_missing_classes: bool = False) -> tuple[Manifest, np.ndarray]:
+    """The rows that take part in task ``name`` and their class indices (int64).
+
+    Every class must be present, since a class absent at training time cannot be learned or
+    scored; ``allow_missing_classes`` relaxes that to two classes, for evaluating on a subset.
+    """
+    task = TASKS.get(name)
+    labels = _labels(manifest, task)
+    _check(manifest, task, labels, allow_missing_classes)
+    keep = labels >= 0
+    return manifest.subset(keep), labels[keep]
+
+
+def task_counts(manifest: Manifest) -> dict[str, dict[str, int]]:
+    """Samples per class for each task this manifest fully supports (for ``data inspect``)."""
+    counts = {}
+    for name in TASKS.names():
+        task = TASKS.get(name)
+        labels = _labels(manifest, task)
+        if len(set(labels[labels >= 0].tolist())) == len(task.classes):
+            counts[name] = {c: int((labels == i).sum()) for i, c in enumerate(task.classes)}
+    return counts

@@ -1,0 +1,95 @@
+import os
+
+import numpy as np
+import pytest
+
+from mammolens.data.manifest import MIAS_CLASSES, Manifest
+from mammolens.data.tasks import TASKS, derive_task, task_counts
+from mammolens.errors import ConfigError, DataError
+
+# (pathology, abnormality, lesion_type) of a small MIAS-like source
+ROWS = [
+    ("normal", "NORM", "none"),
+    ("benign", "CIRC", "mass"),
+    ("malignant", "CALC", "calc"),
+    ("malignant", "SPIC", "mass"),
+    ("benign", "CALC", "calc"),
+    ("normal", "NORM", "none"),
+    ("", "", ""),  # unlabelled: excluded everywhere
+]
+
+
+def manifest(rows=ROWS, name="toy"):
+    return Manifest.from_records(
+        [
+            {"sample_id": f"s{i}", "source": name, "path": f"/x/{i}.png", "group": f"g{i}",
+             "pathology": p, "abnormality": a, "lesion_type": t}
+            for i, (p, a, t) in enumerate(rows)
+        ],
+        name=name,
+    )
+
+
+def test_registry_holds_the_five_tasks():
+    assert TASKS.names() == sorted(["benign-malignant", "normal-abnormal", "normal-benign-malignant", "mias-7class", "mass-calc"])
+    assert TASKS.get("mias-7class").classes == MIAS_CLASSES
+    with pytest.raises(ConfigError, match="known: benign-malignant"):
+        TASKS.get("birads")
+
+
+def test_labels_and_exclusions():
+    m = manifest(ROWS + [(p, a, t) for p, a, t in ROWS if a in ("NORM",)] + [("malignant", c, "mass") for c in ("MISC", "ARCH", "ASYM")])
+    sub, y = derive_task(m, "benign-malignant")
+    assert sub.df["sample_id"].tolist() == ["s1", "s2", "s3", "s4", "s9", "s10", "s11"]
+    assert y.tolist() == [0, 1, 1, 0, 1, 1, 1] and y.dtype == np.int64
+    _, y = derive_task(m, "normal-abnormal")
+    assert y.tolist() == [0, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1]
+    _, y = derive_task(m, "normal-benign-malignant")
+    assert y.tolist() == [0, 1, 2, 2, 1, 0, 0, 0, 2, 2, 2]
+    sub, y = derive_task(m, "mias-7class")
+    assert [MIAS_CLASSES[i] for i in y] == sub.df["abnormality"].tolist()
+    assert sorted(set(y.tolist())) == list(range(7))
+    _, y = derive_task(m, "mass-calc")
+    assert y.tolist() == [0, 1, 0, 1, 0, 0, 0]
+
+
+def test_missing_class_names_task_column_and_what_is_there():
+    cbis = manifest([("benign", "", "mass"), ("malignant", "", "calc")], name="cbis-ddsm")
+    with pytest.raises(DataError, match=r"task normal-abnormal needs normal samples; cbis-ddsm has none \(column pathology: benign 1, malignant 1\)"):
+        derive_task(cbis, "normal-abnormal")
+    with pytest.raises(DataError, match=r"mias-7class needs NORM, CALC, CIRC, .* \(column abnormality: \(empty\) 2\)"):
+        derive_task(cbis, "mias-7class")
+    only_benign = manifest([("benign", "CIRC", "mass")] * 3)
+    with pytest.raises(DataError, match="needs malignant samples"):
+        derive_task(only_benign, "benign-malignant", allow_missing_classes=True)
+
+
+def test_allow_missing_classes_keeps_two_of_three():
+    m = manifest([("normal", "NORM", "none"), ("malignant", "SPIC", "mass")])
+    with pytest.raises(DataError, match="needs benign samples"):
+        derive_task(m, "normal-benign-malignant")
+    _, y = derive_task(m, "normal-benign-malignant", allow_missing_classes=True)
+    assert y.tolist() == [0, 2]
+
+
+def test_task_counts_lists_only_supported_tasks():
+    counts = task_counts(manifest())
+    assert counts == {
+        "benign-malignant": {"benign": 2, "malignant": 2},
+        "normal-abnormal": {"normal": 2, "abnormal": 4},
+        "normal-benign-malignant": {"normal": 2, "benign": 2, "malignant": 2},
+        "mass-calc": {"mass": 2, "calc": 2},
+    }
+
+
+def test_real_mias_task_counts(shared_data):
+    from mammolens.data.adapters import mias
+
+    folder = os.path.join(shared_data, "mias")
+    if not os.path.isdir(folder):
+        pytest.skip("shared mias data absent")
+    counts = task_counts(mias.load(folder).manifest)
+    assert counts["normal-benign-malignant"] == {"normal": 166, "benign": 50, "malignant": 42}
+    assert counts["normal-abnormal"] == {"normal": 166, "abnormal": 92}
+    assert counts["mias-7class"] == {"NORM": 166, "CALC": 20, "CIRC": 17, "SPIC": 17, "MISC": 12, "ARCH": 16, "ASYM": 10}
+    assert counts["mass-calc"] == {"mass": 72, "calc": 20}

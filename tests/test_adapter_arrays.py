@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mammolens.data.adapters import arrays
-from mammolens.data.adapters.base import ADAPTERS
+from mammolens.data.adapters.base import ADAPTERS, detect_kind
 from mammolens.errors import ConfigError, DataError
 
 
@@ -26,6 +26,7 @@ def test_default_five_class_encoding(npy_dir):
     assert json.loads(df["meta"].iat[3]) == {"label": 3, "label_name": "calc-benign"}
     assert any("each sample is its own group" in n for n in result.notes)
     assert ADAPTERS.get("arrays").load is arrays.load and arrays.detect(npy_dir)
+    assert detect_kind(npy_dir) == "arrays"
 
 
 def test_groups_and_images_file_path(npy_dir):

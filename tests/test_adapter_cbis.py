@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from mammolens.data.adapters import cbis_ddsm
-from mammolens.data.adapters.base import ADAPTERS
+from mammolens.data.adapters.base import ADAPTERS, detect_kind
 from mammolens.errors import ConfigError, DataError
 
 MASS_HEADER = ("patient_id,breast_density,left or right breast,image view,abnormality id,abnormality type,"
@@ -193,6 +193,7 @@ def test_folder_picks_official_names_and_detect(csv_dir):
     assert cbis_ddsm.detect(csv_dir) and cbis_ddsm.detect(csv_dir / MASS_CSV)
     assert not cbis_ddsm.detect(csv_dir / "dicom_info.csv")
     assert ADAPTERS.get("cbis-ddsm").load is cbis_ddsm.load
+    assert detect_kind(csv_dir) == detect_kind(csv_dir / MASS_CSV) == "cbis-ddsm"
 
 
 def test_join_with_dicoms_by_patient_id_tag(csv_dir, tmp_path_factory):

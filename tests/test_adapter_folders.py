@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from mammolens.data.adapters import folders
-from mammolens.data.adapters.base import ADAPTERS
+from mammolens.data.adapters.base import ADAPTERS, detect_kind
 from mammolens.errors import ConfigError, DataError
 
 
@@ -122,3 +122,4 @@ def test_detect_and_registry(mendeley, mini_ddsm, tmp_path):
     (tmp_path / "other" / "x").mkdir(parents=True)
     assert not folders.detect(tmp_path / "other")
     assert ADAPTERS.get("folders").load is folders.load
+    assert detect_kind(mendeley) == detect_kind(mini_ddsm) == "folders"

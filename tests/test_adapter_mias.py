@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from mammolens.data.adapters import mias
-from mammolens.data.adapters.base import ADAPTERS
-from mammolens.errors import ConfigError, DataError
+from mammolens.data.adapters.base import ADAPTERS, detect_kind
+from mammolens.errors import ConfigError, DataError, MammolensError
 
 # Mirrors the real Info.txt: prose header, ===== separators, notes with numbered lines, trailing
 # spaces, NORM rows without severity, several rows for one image, benign + malignant on one image,
@@ -115,6 +115,7 @@ def test_png_films_and_info_path_and_detect(mias_dir):
     assert mias.detect(mias_dir) and mias.detect(mias_dir / "Info.txt")
     assert not mias.detect(mias_dir / "mdb001.pgm")
     assert ADAPTERS.get("mias").load is mias.load
+    assert detect_kind(mias_dir) == "mias"
 
 
 def test_missing_image_is_an_error_or_listed(mias_dir):
@@ -125,6 +126,12 @@ def test_missing_image_is_an_error_or_listed(mias_dir):
     assert result.missing_files == [str(mias_dir / "mdb004.pgm")]
     assert "mias-mdb004" in by_id(result)
     assert any("1 image file(s) listed in Info.txt are missing" in n for n in result.notes)
+
+
+def test_unreadable_image_names_the_file(mias_dir):
+    (mias_dir / "mdb006.pgm").write_bytes(b"P5\nnot a header")
+    with pytest.raises(MammolensError, match="mdb006.pgm"):
+        mias.load(mias_dir)
 
 
 def test_sample_ids_and_content_are_stable(mias_dir):

@@ -25,11 +25,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.manifest import MIAS_CLASSES, Manifest
 from mammolens.errors import ConfigError, DataError
+from mammolens.io import read_meta
 
 MIAS_SIZE = 1024  # Info.txt note 2: every mini-MIAS film is 1024 x 1024
 TISSUES = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
@@ -103,15 +102,6 @@ def _image_file(folder: Path, ref: str) -> tuple[Path | None, list[Path]]:
     return (found[0] if found else None), found[1:]
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header only: PIL does not decode pixels on open."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception as exc:  # noqa: BLE001 - any failure here is an unreadable user file
-        raise DataError(f"cannot read image header ({type(exc).__name__}: {exc})", path=path) from None
-
-
 def _row(ref: str, findings: list[dict[str, Any]], image: Path, width: int, height: int) -> dict[str, Any]:
     number = int(ref[3:])
     pair = f"mias-pair-{(number + 1) // 2:03d}"
@@ -181,7 +171,7 @@ def load(path: str | Path, *, require_images: bool = True, **options: Any) -> So
             missing.append(str(image))
             width, height = MIAS_SIZE, MIAS_SIZE
         else:
-            width, height = _image_size(image)
+            height, width = read_meta(image).shape  # header only, no pixel decoding
         no_coords += [f"{ref} {r['class']} {r['severity']} (Info.txt line {r['line']})" for r in rows if r["x"] is None and r["class"] != "NORM"]
         records.append(_row(ref, rows, image, width, height))
     manifest = Manifest.from_records(records, name="mias")

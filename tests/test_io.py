@@ -342,6 +342,14 @@ def test_dicom_window_matches_pydicom(tmp_path, function):
         assert image.pixels.min() == 0 and image.pixels.max() == 1
 
 
+def test_dicom_invalid_window_values(tmp_path):
+    arr = ramp(maxval=4095, dtype=np.uint16)
+    assert_read_error(write_dicom(tmp_path / "w0.dcm", arr, bits=12, WindowCenter=100, WindowWidth=0), "invalid WindowWidth 0")
+    path = write_dicom(tmp_path / "wx.dcm", arr, bits=12, WindowCenter=100, WindowWidth=98765)
+    path.write_bytes(path.read_bytes().replace(b"98765", b"9x765"))  # not a decimal string any more
+    assert_read_error(path, "invalid DICOM", "9x765")
+
+
 def test_dicom_window_then_monochrome1(tmp_path):
     arr = ramp(maxval=4095, dtype=np.uint16)
     path = write_dicom(tmp_path / "w1.dcm", arr, bits=12, photometric="MONOCHROME1", WindowCenter=2048, WindowWidth=4096)
@@ -442,6 +450,20 @@ def test_corrupt_and_truncated_dicom(tmp_path):
     data = rle.read_bytes()
     (tmp_path / "short_rle.dcm").write_bytes(data[: len(data) // 2])
     assert_read_error(tmp_path / "short_rle.dcm", "cannot decode", "RLE Lossless")
+
+
+def test_dicom_without_a_decoder_is_one_line(tmp_path):
+    arr = ramp(maxval=4095, dtype=np.uint16)
+    path = write_encapsulated(tmp_path / "jls.dcm", arr, pydicom.uid.JPEGLSLossless, b"\xff\xd8 not really JPEG-LS", 12)
+    assert_read_error(path, "cannot decode the pixel data", "JPEG-LS")
+
+
+def test_single_image_accepts_frame_zero_only(tmp_path):
+    PILImage.fromarray(ramp()).save(tmp_path / "one.png")
+    assert read_image(tmp_path / "one.png", frame=0).pixels.shape == (12, 10)
+    assert_read_error(tmp_path / "one.png", "frame 1", "1 frame(s)", frame=1)
+    np.save(tmp_path / "one.npy", ramp())
+    assert_read_error(tmp_path / "one.npy", "frame must be an integer", frame=1.5)
 
 
 def test_dicom_header_bomb_is_rejected_before_decoding(tmp_path):

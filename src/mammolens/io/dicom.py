@@ -11,6 +11,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pydicom
@@ -38,6 +39,7 @@ _VIEW_MEANINGS = {
     "exaggeratedcraniocaudal": "XCCL",
 }
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -57,7 +59,7 @@ def _header(path: Path) -> Dataset:
     except Exception as err:  # pydicom raises many types for a truncated or garbled header
         raise ImageReadError(f"corrupt or truncated DICOM header ({type(err).__name__}: {err})", path=path) from err
     if "Rows" not in ds or "Columns" not in ds:
-        raise ImageReadError("is a DICOM file without an image (no Rows/Columns)", path=path)
+        raise ImageReadError("holds no image (no Rows/Columns): truncated, or not an image object", path=path)
     return ds
 
 
@@ -163,9 +165,17 @@ def _meta(path: Path, ds: Dataset) -> ImageMeta:
     )
 
 
+def _parsed(path: Path, what: str, fn: Callable[..., T], *args: Any) -> T:
+    """Run a header-parsing step; a malformed value (say WindowWidth 'abc') becomes one line."""
+    try:
+        return fn(*args)
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise ImageReadError(f"invalid DICOM {what} ({type(err).__name__}: {err})", path=path) from err
+
+
 def read_meta(path: Path, frame: int | None = None) -> ImageMeta:
     ds = _header(path)
-    meta = _meta(path, ds)
+    meta = _parsed(path, "header value", _meta, path, ds)
     if frame is not None:
         check_frame(path, frame, meta.frames)
     return meta
@@ -183,14 +193,14 @@ def _window(values: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
         raise ImageReadError(f"unsupported VOILUTFunction {function!r}", path=path)
     if width <= 0 or (function == "LINEAR" and width < 1):
         raise ImageReadError(f"invalid WindowWidth {width} for a {function} window", path=path)
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float32)  # exact for stored values up to 2**24
     if function == "SIGMOID":
-        return (1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(np.float32(-4.0 / width) * (values - np.float32(center))))).astype(np.float32)
     if function == "LINEAR":
         center, width = center - 0.5, width - 1.0
     if width == 0:  # a LINEAR window of width 1 is a threshold
         return (values > center).astype(np.float32)
-    return between((values - center) / width + 0.5, 0.0, 1.0)
+    return between((values - np.float32(center)) / np.float32(width) + np.float32(0.5), 0.0, 1.0)
 
 
 def _lut_range(lut: Callable, sequence_item: Dataset) -> tuple[float, float]:
@@ -234,7 +244,7 @@ def _to_unit(stored: np.ndarray, ds: Dataset, meta: ImageMeta, path: Path) -> np
 
 def read(path: Path, frame: int | None, max_pixels: int) -> Image:
     ds = _header(path)
-    meta = _meta(path, ds)
+    meta = _parsed(path, "header value", _meta, path, ds)
     index = check_frame(path, frame, meta.frames)
     check_shape(path, meta.shape, max_pixels)
     if meta.photometric not in _MONOCHROME and int(ds.get("SamplesPerPixel") or 1) != 3:
@@ -243,11 +253,14 @@ def read(path: Path, frame: int | None, max_pixels: int) -> Image:
         with _quiet():
             stored = pixel_array(path, index=index)
     except Exception as err:  # decoder plugins raise many types for corrupt or unsupported data
-        syntax = getattr(pydicom.uid.UID(meta.transfer_syntax), "name", meta.transfer_syntax)
+        syntax = pydicom.uid.UID(meta.transfer_syntax).name
         raise ImageReadError(
-            f"cannot decode the pixel data ({syntax}): {type(err).__name__}: {err}", path=path
+            f"cannot decode the pixel data ({syntax}; corrupt, truncated or no decoder installed): "
+            f"{type(err).__name__}: {err}",
+            path=path,
         ) from err
     if stored.shape[:2] != meta.shape:
         raise ImageReadError(f"decoded shape {stored.shape} does not match Rows x Columns {meta.shape}", path=path)
     with _quiet():
-        return Image(pixels=_to_unit(stored, ds, meta, path), meta=meta)
+        pixels = _parsed(path, "rescale / LUT / window value", _to_unit, stored, ds, meta, path)
+    return Image(pixels=pixels, meta=meta)

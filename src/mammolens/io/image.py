@@ -33,7 +33,7 @@ class ImageMeta:
     normalization: str = "dtype_max"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compare pixels with numpy, not ==
 class Image:
     """A 2-D float32 image in [0, 1] (0 = black on the display, whatever the source's convention)."""
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
 
 from mammolens.errors import ImageReadError
-from mammolens.io import arrays, dicom, raster
+from mammolens.io import arrays, raster
 from mammolens.io.guards import DEFAULT_MAX_PIXELS, check_file, check_max_pixels
 from mammolens.io.image import Image, ImageMeta
 
@@ -48,12 +49,19 @@ def _format(path: str | os.PathLike) -> tuple[Path, str]:
     return path, fmt
 
 
+def _dicom() -> ModuleType:
+    """pydicom costs ~0.4 s to import: only DICOM users pay it."""
+    from mammolens.io import dicom
+
+    return dicom
+
+
 def read_meta(path: str | os.PathLike, *, frame: int | None = None) -> ImageMeta:
     """Header facts without decoding pixels: cheap enough to run over a whole dataset."""
     path, fmt = _format(path)
     try:
         if fmt == "dicom":
-            return dicom.read_meta(path, frame)
+            return _dicom().read_meta(path, frame)
         if fmt == "npy":
             return arrays.read_meta(path, frame)
         return raster.read_meta(path, fmt, frame)
@@ -74,7 +82,7 @@ def read_image(
     path, fmt = _format(path)
     try:
         if fmt == "dicom":
-            return dicom.read(path, frame, max_pixels)
+            return _dicom().read(path, frame, max_pixels)
         if fmt == "npy":
             return arrays.read(path, frame, max_pixels)
         return raster.read(path, fmt, frame, max_pixels)

@@ -112,6 +112,9 @@ def test_png_films_and_info_path_and_detect(mias_dir):
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(mias_dir / "mdb002.png")
     result = mias.load(mias_dir / "Info.txt")
     assert by_id(result)["mias-mdb002"].path == str(mias_dir / "mdb002.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(mias_dir / "mdb001.png")
+    assert by_id(mias.load(mias_dir))["mias-mdb001"].path == str(mias_dir / "mdb001.pgm")
+    assert any("the .pgm was used, not mdb001.png" in n for n in mias.load(mias_dir).notes)
     assert mias.detect(mias_dir) and mias.detect(mias_dir / "Info.txt")
     assert not mias.detect(mias_dir / "mdb001.pgm")
     assert ADAPTERS.get("mias").load is mias.load

@@ -65,7 +65,8 @@ _column_task(
 
 def _labels(manifest: Manifest, task: Task) -> np.ndarray:
     """Class index per row, -1 where the row is excluded."""
-    return np.array([-1 if (y := task.label_of(row)) is None else y for row in manifest.df.to_dict("records")], dtype=np.int64)
+    labels = (task.label_of(row) for row in manifest.df.to_dict("records"))
+    return np.array([-1 if y is None else y for y in labels], dtype=np.int64)
 
 
 def _check(manifest: Manifest, task: Task, labels: np.ndarray, allow_missing_classes: bool) -> None:

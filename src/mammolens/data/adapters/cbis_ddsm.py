@@ -61,6 +61,53 @@ def _grade(value: str, column: str, where: str) -> int | None:
     return None if int(value) == 0 and column in ZERO_IS_UNKNOWN else int(value)
 
 
+def _official_split(case: str, csv_name: str) -> str:
+    match = CASE.fullmatch(case)
+    if match:
+        return match.group(2)
+    name = csv_name.lower()
+    return "Training" if "train" in name else "Test" if "test" in name else ""
+
+
+def _lesion(row: dict[str, str], where: str, csv_name: str, n: int) -> dict[str, Any]:
+    for column, allowed in (
+        ("pathology", PATHOLOGIES), ("abnormality type", LESION_TYPES), ("left or right breast", SIDES), ("image view", VIEWS)
+    ):
+        if row[column] not in allowed:
+            raise DataError(f"{column} {row[column]!r} is not one of {', '.join(allowed)}", path=where)
+    if not re.fullmatch(r"P_\d+", row["patient_id"]) or not row["abnormality id"].isdigit() or not row["image file path"]:
+        raise DataError("needs a patient_id like P_00001, an integer abnormality id and an image file path", path=where)
+    case = row["image file path"].split("/")[0]
+    split = _official_split(case, csv_name)
+    lesion = LESION_TYPES[row["abnormality type"]]
+    patient, side, view = row["patient_id"], row["left or right breast"], row["image view"]
+    abnormality = int(row["abnormality id"])
+    return {
+        "sample_id": f"cbis-{lesion.capitalize()}-{split or 'NA'}_{patient}_{side}_{view}_{abnormality}",
+        "source": "cbis-ddsm",
+        "patient_id": patient,
+        "group": patient,
+        "view": view,
+        "laterality": SIDES[side],
+        "pathology": PATHOLOGIES[row["pathology"]],
+        "lesion_type": lesion,
+        "meta": {
+            "official_split": split,
+            "pathology_original": row["pathology"],
+            "abnormality_id": abnormality,
+            **{c.replace(" ", "_"): _grade(row.get(c, ""), c, where) for c in ("breast density", "assessment", "subtlety")},
+            **{c.replace(" ", "_"): (None if row[c] in ("", "N/A") else row[c]) for c in DESCRIPTORS if c in row},
+            "csv": csv_name,
+            "csv_row": n,
+        },
+        "_case": case,
+        "_image": row["image file path"],
+        "_crop": row["cropped image file path"],
+        "_mask": row["ROI mask file path"],
+        "_zero_grades": [c for c in ZERO_IS_UNKNOWN if row.get(c) == "0"],
+    }
+
+
 def read_description(csv_path: str | Path) -> list[dict[str, Any]]:
     """The rows of one description CSV as partial manifest records, without touching images.
 
@@ -80,52 +127,10 @@ def read_description(csv_path: str | Path) -> list[dict[str, Any]]:
     if missing:
         raise DataError(f"not a CBIS-DDSM description CSV: missing column(s) {', '.join(missing)}", path=csv_path)
     df = df.apply(lambda col: col.str.strip())  # drops the LF inside quoted paths
-    rows = []
-    for n, row in enumerate(df.to_dict("records"), start=1):
-        where = f"{csv_path}: data row {n} ({row['patient_id'] or 'no patient'})"
-        checks = (
-            ("pathology", PATHOLOGIES), ("abnormality type", LESION_TYPES),
-            ("left or right breast", SIDES), ("image view", VIEWS),
-        )
-        for column, allowed in checks:
-            if row[column] not in allowed:
-                raise DataError(f"{column} {row[column]!r} is not one of {', '.join(allowed)}", path=where)
-        if not re.fullmatch(r"P_\d+", row["patient_id"]) or not row["abnormality id"].isdigit() or not row["image file path"]:
-            raise DataError("needs a patient_id like P_00001, an integer abnormality id and an image file path", path=where)
-        case = row["image file path"].split("/")[0]
-        match = CASE.fullmatch(case)
-        split = match.group(2) if match else "Training" if "train" in csv_path.name.lower() else "Test" if "test" in csv_path.name.lower() else ""
-        lesion = LESION_TYPES[row["abnormality type"]]
-        grades = {c.replace(" ", "_"): _grade(row.get(c, ""), c, where) for c in ("breast density", "assessment", "subtlety")}
-        zero = [c for c in ZERO_IS_UNKNOWN if row.get(c) == "0"]
-        rows.append(
-            {
-                "sample_id": f"cbis-{lesion.capitalize()}-{split or 'NA'}_{row['patient_id']}_{row['left or right breast']}"
-                f"_{row['image view']}_{int(row['abnormality id'])}",
-                "source": "cbis-ddsm",
-                "patient_id": row["patient_id"],
-                "group": row["patient_id"],
-                "view": row["image view"],
-                "laterality": SIDES[row["left or right breast"]],
-                "pathology": PATHOLOGIES[row["pathology"]],
-                "lesion_type": lesion,
-                "meta": {
-                    "official_split": split,
-                    "pathology_original": row["pathology"],
-                    "abnormality_id": int(row["abnormality id"]),
-                    **grades,
-                    **{c.replace(" ", "_"): (None if row[c] in ("", "N/A") else row[c]) for c in DESCRIPTORS if c in row},
-                    "csv": csv_path.name,
-                    "csv_row": n,
-                },
-                "_case": case,
-                "_image": row["image file path"],
-                "_crop": row["cropped image file path"],
-                "_mask": row["ROI mask file path"],
-                "_zero_grades": zero,
-            }
-        )
-    return rows
+    return [
+        _lesion(row, f"{csv_path}: data row {n} ({row['patient_id'] or 'no patient'})", csv_path.name, n)
+        for n, row in enumerate(df.to_dict("records"), start=1)
+    ]
 
 
 def _csv_files(path: Path) -> tuple[list[Path], list[str]]:
@@ -175,7 +180,8 @@ class _Resolver:
             return literal
         found = self._dicoms_below(rel)
         if len(found) > 1:
-            raise DataError(f"{len(found)} DICOMs below the full-image folder; expected one", path=self.root / rel.split("/")[0])
+            folder = self.root / rel.split("/")[0]
+            raise DataError(f"{len(found)} DICOMs below the full-image folder; expected one", path=folder)
         return found[0] if found else None
 
     def crop_and_mask(self, crop_rel: str, mask_rel: str) -> tuple[Path | None, Path | None]:
@@ -239,7 +245,9 @@ def load(
             if image is None:
                 image = root / r["_image"]
                 if require_images:
-                    raise DataError(f"full image of {r['sample_id']} not found (nor any DICOM below {r['_case']}/)", path=image)
+                    raise DataError(
+                        f"full image of {r['sample_id']} not found (nor any DICOM below {r['_case']}/)", path=image
+                    )
                 missing.append(str(image))
                 crop = mask = None
             else:

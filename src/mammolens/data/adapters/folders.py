@@ -188,5 +188,7 @@ def detect(path: Path) -> bool:
 
 
 ADAPTERS.register("folders")(
-    Adapter(detect=detect, load=load, description="class-per-folder images (Mendeley masses set, Mini-DDSM, or any label_map)")
+    Adapter(
+        detect=detect, load=load, description="class-per-folder images (Mendeley masses set, Mini-DDSM, or any label_map)"
+    )
 )

@@ -33,7 +33,7 @@ from mammolens.io import read_meta
 MIAS_SIZE = 1024  # Info.txt note 2: every mini-MIAS film is 1024 x 1024
 TISSUES = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
 SEVERITIES = {"B": "benign", "M": "malignant"}
-LESION_TYPES = {"NORM": "none", "CALC": "calc", "CIRC": "mass", "SPIC": "mass", "MISC": "mass", "ARCH": "mass", "ASYM": "mass"}
+LESION_TYPES = {"NORM": "none", "CALC": "calc"} | {c: "mass" for c in ("CIRC", "SPIC", "MISC", "ARCH", "ASYM")}
 IMAGE_SUFFIXES = (".pgm", ".png")
 
 _REF = re.compile(r"mdb(\d{3})")
@@ -172,7 +172,11 @@ def load(path: str | Path, *, require_images: bool = True, **options: Any) -> So
             width, height = MIAS_SIZE, MIAS_SIZE
         else:
             height, width = read_meta(image).shape  # header only, no pixel decoding
-        no_coords += [f"{ref} {r['class']} {r['severity']} (Info.txt line {r['line']})" for r in rows if r["x"] is None and r["class"] != "NORM"]
+        no_coords += [
+            f"{ref} {r['class']} {r['severity']} (Info.txt line {r['line']})"
+            for r in rows
+            if r["x"] is None and r["class"] != "NORM"
+        ]
         records.append(_row(ref, rows, image, width, height))
     manifest = Manifest.from_records(records, name="mias")
     counts = manifest.df["pathology"].value_counts()
@@ -189,7 +193,8 @@ def load(path: str | Path, *, require_images: bool = True, **options: Any) -> So
     if unlisted:
         notes.append(f"{len(unlisted)} image(s) have no Info.txt row and were not loaded: {', '.join(unlisted)}")
     if shadowed:
-        notes.append(f"{len(shadowed)} film(s) exist as both .pgm and .png; the .pgm was used: {', '.join(p.name for p in shadowed)}")
+        names = ", ".join(p.name for p in shadowed)
+        notes.append(f"{len(shadowed)} film(s) exist as both .pgm and .png; the .pgm was used, not {names}")
     if missing:
         notes.append(f"{len(missing)} image file(s) listed in Info.txt are missing")
     return SourceResult(manifest=manifest, notes=notes, missing_files=missing)

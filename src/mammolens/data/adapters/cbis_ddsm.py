@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pydicom
 
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.manifest import Manifest
@@ -146,6 +145,8 @@ def _csv_files(path: Path) -> tuple[list[Path], list[str]]:
 
 def _series_kind(path: Path) -> str:
     """'mask' or 'crop' for a lesion DICOM: from SeriesDescription when set, else from the pixels."""
+    import pydicom  # deferred: 0.3 s to import, needed only when images are present
+
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesDescription"])
         description = str(header.get("SeriesDescription", "")).lower()
@@ -267,6 +268,8 @@ def cbis_from_dicom_files(csv_path: str | Path, dicom_paths: Iterable[str | Path
     it is read in memory for the join and never stored or shown. CSV rows with no DICOM are left
     out (counted in the notes); a DICOM with no CSV row is an error.
     """
+    import pydicom
+
     csv_path = Path(csv_path)
     by_case: dict[str, list[dict[str, Any]]] = {}
     for r in read_description(csv_path):

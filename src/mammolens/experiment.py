@@ -1,0 +1,266 @@
+"""One experiment, end to end: source -> manifest -> task -> grouped split -> preprocessing cache ->
+model -> Lightning training -> evaluation on the held-out parts -> bundle.
+
+This is the only module that knows every room; each room stays ignorant of the others and speaks
+through the Manifest, the Split, the PreprocessCache, the model registry and the Bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammolens import atomic
+from mammolens.configuration import from_dict, load_yaml, to_dict
+from mammolens.errors import ConfigError, DataError
+
+BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+
+
+@dataclass
+class SyntheticConfig:
+    n_per_class: int = 60
+    size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class SplitConfig:
+    val: float = 0.2
+    test: float = 0.2
+    folds: int = 0  # 0: hold-out train/val/test; k >= 2: k-fold, this run trains on fold `fold`
+    fold: int = 0
+    seed: int = 0
+    file: str | None = None  # reuse a saved split (checked against the manifest)
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # a path, or "synthetic" for the built-in generator
+    kind: str | None = None  # adapter name; detected from the path when omitted
+    options: dict[str, Any] = field(default_factory=dict)  # adapter options (label_map, images_root...)
+    task: str = "benign-malignant"
+    dedup: bool = False  # merge near-duplicate images into one split group
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "hybrid"
+    pretrained: str | None = None  # None, "imagenet", or a weights file
+    options: dict[str, Any] = field(default_factory=dict)  # create_model kwargs: hidden, dropout, backbones...
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: dict[str, Any] = field(default_factory=dict)  # PreprocessConfig fields; {} = default pipeline
+    image_size: int = 224  # used by the default pipeline when `preprocess` is empty
+    roi_crop: bool = False  # default pipeline crops around the lesion annotation
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    cache_dir: str = ".cache/mammolens"
+    workers: int | None = None  # preprocessing worker processes (default: one per core)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """An experiment config from YAML (a path, or the name of a built-in config) plus overrides."""
+    from mammolens.configuration import apply_overrides
+
+    data = load_yaml(resolve_config_path(path)) if path is not None else {}
+    apply_overrides(data, overrides or [])
+    cfg = from_dict(ExperimentConfig, data)
+    # Validate the room-owned sections now, so a typo fails before any work is done.
+    _preprocess_config(cfg)
+    _train_config(cfg)
+    return cfg
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.exists():
+        return p
+    builtin = BUILTIN_CONFIGS / f"{path}.yaml"
+    if builtin.exists():
+        return builtin
+    known = ", ".join(sorted(q.stem for q in BUILTIN_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config file not found (built-in configs: {known})", path=path)
+
+
+def _preprocess_config(cfg: ExperimentConfig):
+    from mammolens.preprocess import PreprocessConfig, default_config
+
+    if not cfg.preprocess:
+        return default_config(size=cfg.image_size, roi=cfg.roi_crop)
+    return from_dict(PreprocessConfig, cfg.preprocess, "preprocess")
+
+
+def _train_config(cfg: ExperimentConfig):
+    from mammolens.train.config import TrainConfig
+
+    return from_dict(TrainConfig, cfg.train, "train")
+
+
+def load_experiment_source(cfg: ExperimentConfig, *, require_images: bool = True, progress: bool = True):
+    """The manifest of the configured source (generating the built-in synthetic set if asked)."""
+    from mammolens.data.adapters.base import load_source
+
+    source = cfg.data.source
+    if source == "synthetic":
+        source = str(synthetic_source(cfg.data.synthetic, Path(cfg.cache_dir), progress=progress))
+    result = load_source(source, cfg.data.kind, require_images=require_images, **cfg.data.options)
+    manifest = result.manifest
+    if cfg.data.dedup:
+        from mammolens.data.dedup import merge_duplicate_groups
+
+        manifest, _ = merge_duplicate_groups(manifest, workers=cfg.workers, progress=progress)
+    return manifest, result
+
+
+def synthetic_source(sc: SyntheticConfig, cache_dir: Path, *, progress: bool = True) -> Path:
+    """The built-in synthetic set for these settings, generated once into the cache."""
+    from mammolens.data.synthetic import generate
+
+    key = hashlib.sha256(json.dumps(to_dict(sc), sort_keys=True).encode()).hexdigest()[:12]
+    out = cache_dir / f"synthetic-{key}"
+    if not (out / "synthetic.csv").exists():
+        generate(out, n_per_class=sc.n_per_class, size=sc.size, seed=sc.seed, progress=progress)
+    return out
+
+
+def make_or_load_split(cfg: ExperimentConfig, manifest, labels, task: str):
+    from mammolens.data.splits import load_split, make_holdout, make_kfold
+
+    sc = cfg.data.split
+    if sc.file:
+        return load_split(sc.file, manifest)
+    if sc.folds:
+        return make_kfold(manifest, labels, k=sc.folds, seed=sc.seed, task=task)
+    return make_holdout(manifest, labels, val=sc.val, test=sc.test, seed=sc.seed, task=task)
+
+
+def split_parts(cfg: ExperimentConfig, split, manifest) -> dict[str, np.ndarray]:
+    """Row indices of train/val(/test) for this run (for k-fold: fold ``fold`` is validation)."""
+    index = {sid: i for i, sid in enumerate(manifest.df["sample_id"])}
+    if split.kind == "kfold":
+        k = len(split.parts)
+        if not 0 <= cfg.data.split.fold < k:
+            raise ConfigError(f"data.split.fold: {cfg.data.split.fold} is not in 0..{k - 1}")
+        train_ids, val_ids = split.fold(cfg.data.split.fold)
+        return {"train": np.array([index[s] for s in train_ids]), "val": np.array([index[s] for s in val_ids])}
+    return {part: np.array([index[s] for s in ids]) for part, ids in split.parts.items()}
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate one configured model; returns the summary written to ``summary.json``."""
+    from mammolens.data.splits import save_split
+    from mammolens.data.tasks import derive_task, get_task
+    from mammolens.models import create_model
+    from mammolens.preprocess import PreprocessCache
+    from mammolens.train.bundle import save_bundle
+    from mammolens.train.datamodule import ArrayDataModule
+    from mammolens.train.fit import fit
+    from mammolens.train.losses import num_outputs
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pre_cfg = _preprocess_config(cfg)
+    train_cfg = _train_config(cfg)
+
+    manifest, _ = load_experiment_source(cfg, progress=progress)
+    task = get_task(cfg.data.task)
+    manifest, labels = derive_task(manifest, cfg.data.task)
+    split = make_or_load_split(cfg, manifest, labels, cfg.data.task)
+    save_split(split, out_dir / "split.json")
+    manifest.save(out_dir / "manifest.csv")
+    parts = split_parts(cfg, split, manifest)
+
+    cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", pre_cfg)
+    build = cache.build(manifest, workers=cfg.workers, progress=progress)
+
+    model = create_model(
+        cfg.model.name,
+        num_outputs(len(task.classes), train_cfg.loss),
+        pretrained=cfg.model.pretrained,
+        in_chans=1,
+        **cfg.model.options,
+    )
+    sample_ids = manifest.df["sample_id"].tolist()
+    dm = ArrayDataModule(
+        cache.load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()},
+        batch_size=train_cfg.batch_size, augment=train_cfg.augment,
+        num_workers=train_cfg.num_workers, seed=train_cfg.seed,
+    )
+    result = fit(model, dm, train_cfg, out_dir / "training", resume=resume)
+
+    metrics = {part: _evaluate_part(result.model, dm, part, labels[idx], len(task.classes))
+               for part, idx in parts.items() if part != "train" and len(idx)}
+    provenance = {
+        "manifest_hash": manifest.content_hash(),
+        "split_file_hash": _file_hash(out_dir / "split.json"),
+        "split": {"kind": split.kind, "seed": split.seed, "sizes": {p: len(v) for p, v in parts.items()}},
+        "source": cfg.data.source,
+    }
+    bundle_dir = save_bundle(
+        out_dir / "bundle", result.model,
+        classes=list(task.classes), task=task.name, preprocess=to_dict(pre_cfg),
+        normalisation=dm.normalisation, threshold=0.5, temperature=1.0,
+        metrics=metrics, provenance=provenance, config=to_dict(cfg),
+    )
+    summary = {
+        "name": cfg.name,
+        "task": task.name,
+        "classes": list(task.classes),
+        "model": cfg.model.name,
+        "samples": {p: int(len(v)) for p, v in parts.items()},
+        "class_counts": {p: np.bincount(labels[v], minlength=len(task.classes)).tolist() for p, v in parts.items()},
+        "groups": int(manifest.df["group"].nunique()),
+        "preprocess": {"computed": build.computed, "reused": build.reused, "rebuilt": build.rebuilt},
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "metrics": metrics,
+        "bundle": str(bundle_dir),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    atomic.write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _evaluate_part(model, dm, part: str, y: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Threshold-free AUC plus accuracy at the default operating point (0.5 / argmax).
+
+    Operating-point selection on validation data belongs to the evaluation room; this is the
+    training run's own report.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from mammolens.train.predict import predict_proba
+
+    proba = predict_proba(model, dm.dataloader(part))
+    if len(np.unique(y)) < 2:
+        auc = float("nan")
+    elif n_classes == 2:
+        auc = float(roc_auc_score(y, proba[:, 1]))
+    else:
+        auc = float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+    pred = proba.argmax(1) if n_classes > 2 else (proba[:, 1] >= 0.5).astype(int)
+    out = {"auc": auc, "accuracy": float((pred == y).mean()), "n": int(len(y))}
+    if n_classes == 2:
+        pos, neg = y == 1, y == 0
+        out["sensitivity@0.5"] = float((pred[pos] == 1).mean()) if pos.any() else float("nan")
+        out["specificity@0.5"] = float((pred[neg] == 0).mean()) if neg.any() else float("nan")
+    return out
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+

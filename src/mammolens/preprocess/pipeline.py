@@ -1,0 +1,93 @@
+"""A preprocessing config (a list of named steps) and the Pipeline that runs it.
+
+The config is what a bundle stores, so training, evaluation and serving rebuild exactly the
+same input; its hash (with PIPELINE_VERSION) keys the on-disk cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mammolens.configuration import from_dict, to_dict
+from mammolens.errors import ConfigError
+from mammolens.preprocess.sample import Sample
+from mammolens.preprocess.steps import STEPS
+
+# Bump when any step's output changes for the same parameters: every cached array goes stale.
+PIPELINE_VERSION = 1
+
+
+def default_steps(size: int = 224, roi: bool = False) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = [{"name": "orient"}, {"name": "crop_breast"}]
+    if roi:
+        steps.append({"name": "crop_roi"})
+    steps += [{"name": "contrast_stretch"}, {"name": "clahe"}, {"name": "resize", "size": size}]
+    return steps
+
+
+@dataclass
+class PreprocessConfig:
+    """``steps``: ``[{"name": step, **params}, ...]``, applied in order."""
+
+    steps: list[dict[str, Any]] = field(default_factory=default_steps)
+
+    def __post_init__(self) -> None:
+        for i, spec in enumerate(self.steps):
+            build_step(spec, where=f"preprocess.steps[{i}]")
+
+
+def default_config(size: int = 224, roi: bool = False) -> PreprocessConfig:
+    """Orient, crop to the breast (then to the lesion when ``roi``), stretch, CLAHE, resize."""
+    return PreprocessConfig(steps=default_steps(size, roi))
+
+
+def build_step(spec: Any, where: str = "preprocess.steps") -> Any:
+    """One step from ``{"name": ..., **params}``; every mistake is a ConfigError naming it."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"{where}: each step must be a mapping with a 'name', got {spec!r}")
+    name = spec["name"]
+    cls = STEPS.get(name)
+    params = {k: v for k, v in spec.items() if k != "name"}
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in params:
+        if key not in known:
+            raise ConfigError(
+                f"{where}: step {name!r} has no parameter {key!r}; its parameters: {', '.join(known) or '(none)'}"
+            )
+    return from_dict(cls, params, where=f"{where}({name})")
+
+
+class Pipeline:
+    """Runs the configured steps on a Sample."""
+
+    def __init__(self, config: PreprocessConfig | dict[str, Any] | None = None) -> None:
+        if config is None:
+            config = default_config()
+        elif isinstance(config, dict):
+            config = from_dict(PreprocessConfig, config, where="preprocess")
+        self.config = config
+        self.steps = [build_step(spec, f"preprocess.steps[{i}]") for i, spec in enumerate(config.steps)]
+
+    def __call__(self, sample: Sample) -> Sample:
+        for step in self.steps:
+            sample = step(sample)
+        return sample
+
+    def resolved(self) -> list[dict[str, Any]]:
+        """Every step with all its parameters, defaults included: what the output depends on."""
+        return [{"name": spec["name"], **dataclasses.asdict(step)} for spec, step in zip(self.config.steps, self.steps)]
+
+    def config_hash(self) -> str:
+        """Stable across runs and machines; equal for configs that differ only in spelled-out defaults."""
+        text = json.dumps({"version": PIPELINE_VERSION, "steps": self.resolved()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self.config)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({' -> '.join(spec['name'] for spec in self.config.steps)}, hash={self.config_hash()})"

@@ -1,0 +1,114 @@
+"""The unit a preprocessing step works on, and how a manifest row becomes one.
+
+A step changes pixels *and* the ROI circles together, so lesion coordinates stay true in
+whatever image the model finally sees (crop shifts them, resize scales them, flip mirrors them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from mammolens.errors import DataError
+
+ROI = tuple[float, float, float]  # (x, y, r): x = column, y = row, origin top-left, in pixels
+
+# loader(path, frame) -> a 2-D float array in [0, 1], or an object with `.pixels` (and
+# optionally `.meta.laterality`) such as mammolens.io.Image. Must be picklable (a module-level
+# function) because cache workers run in separate processes.
+Loader = Callable[[str, "int | None"], Any]
+
+
+@dataclass(frozen=True)
+class Sample:
+    pixels: np.ndarray  # float32, 2-D, [0, 1]
+    rois: tuple[ROI, ...] = ()  # in this image's pixel coordinates
+    laterality: str = ""  # 'L', 'R' or '' when unknown
+    mask: np.ndarray | None = None  # bool, same shape as pixels: the lesion outline, if known
+    flags: tuple[str, ...] = ()  # what a step could not do as asked, e.g. 'roi_missing'
+
+    def replace(self, **changes: Any) -> Sample:
+        return dataclasses.replace(self, **changes)
+
+    def flagged(self, flag: str) -> Sample:
+        return self if flag in self.flags else self.replace(flags=(*self.flags, flag))
+
+
+def default_loader(path: str, frame: int | None = None) -> Any:
+    from mammolens.io import read_image  # imported late: the io room is optional for tests
+
+    return read_image(path, frame=frame)
+
+
+def read_pixels(loader: Loader, path: str, frame: int | None = None) -> tuple[np.ndarray, str]:
+    """Pixels (float32 [0, 1]) and laterality ('' when the file does not say) from a loader."""
+    image = loader(path, frame)
+    pixels = getattr(image, "pixels", image)
+    laterality = getattr(getattr(image, "meta", None), "laterality", "") or ""
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2 or pixels.size == 0:
+        raise DataError(f"expected a 2-D greyscale image, got shape {pixels.shape}", path=path)
+    return pixels.astype(np.float32, copy=False), str(laterality)
+
+
+def rois_from_mask(mask: np.ndarray, *, min_fraction: float = 0.01) -> list[ROI]:
+    """One covering circle per connected lesion in a binary mask.
+
+    The circle is the smallest one enclosing the component, so a CAM inside the lesion always
+    falls inside its ROI. Components smaller than ``min_fraction`` of the largest one are
+    specks from the mask's digitisation, not lesions.
+    """
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return []
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = [i + 1 for i, a in enumerate(areas) if a >= min_fraction * areas.max()]
+    rois = []
+    for label in keep:
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        component = (labels[y : y + h, x : x + w] == label).astype(np.uint8)
+        contours, _ = cv2.findContours(component, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        (cx, cy), r = cv2.minEnclosingCircle(np.concatenate(contours))
+        rois.append((float(cx + x), float(cy + y), max(float(r), 0.5)))
+    return rois
+
+
+def sample_from_row(row: Mapping[str, Any], loader: Loader) -> tuple[Sample, str]:
+    """Read a manifest row into a Sample; also say where its ROIs came from.
+
+    A row with a ``mask_path`` (CBIS-DDSM's binary ROI mask) takes its ROIs from the mask's
+    components, since the mask is the annotation itself; otherwise from the ``rois`` column.
+    """
+    path = str(row["path"])
+    frame = int(row.get("frame", -1))
+    pixels, file_laterality = read_pixels(loader, path, None if frame < 0 else frame)
+    laterality = str(row.get("laterality", "") or file_laterality).upper()
+    mask = None
+    mask_path = str(row.get("mask_path", "") or "")
+    if mask_path:
+        mask_pixels, _ = read_pixels(loader, mask_path)
+        if mask_pixels.shape != pixels.shape:
+            raise DataError(
+                f"ROI mask is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} but its image {path} "
+                f"is {pixels.shape[1]}x{pixels.shape[0]}",
+                path=mask_path,
+            )
+        mask = mask_pixels > 0.5
+        rois, roi_source = rois_from_mask(mask), "mask"
+    else:
+        try:
+            rois = [tuple(float(v) for v in c) for c in json.loads(row.get("rois") or "[]")]
+        except (ValueError, TypeError):
+            raise DataError(f"bad rois value {row.get('rois')!r} for sample {row.get('sample_id')!r}") from None
+        if any(len(c) != 3 for c in rois):
+            raise DataError(f"rois of sample {row.get('sample_id')!r} must be [x, y, r] triples")
+        roi_source = "manifest" if rois else "none"
+    sample = Sample(pixels=pixels, rois=tuple(rois), laterality=laterality, mask=mask)
+    return sample, roi_source

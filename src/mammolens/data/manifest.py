@@ -116,7 +116,8 @@ def _normalise(df: pd.DataFrame, name: str) -> pd.DataFrame:
         if kind == "int":
             out[col] = pd.to_numeric(values, errors="raise").fillna(default).astype("int64")
         else:
-            out[col] = values.fillna("" if default is None else default).astype(str)
+            values = values.astype(object)
+            out[col] = values.where(values.notna(), "" if default is None else default).astype(str)
     for col in ("sample_id", "path", "group"):
         empty = out[col] == ""
         if empty.any():

@@ -159,6 +159,19 @@ def test_full_chain_keeps_the_lesion_under_its_roi():
         assert abs(x - 15.5) <= 0.5 and abs(y - 15.5) <= 0.5 and r == pytest.approx(6.0)
 
 
+def test_steps_leave_their_input_alone():
+    sample = film("right")
+    before = sample.pixels.copy()
+    Pipeline(default_config(size=64, roi=True))(sample)
+    assert np.array_equal(sample.pixels, before)
+    rows, cols = np.mgrid[:100, :100]
+    whole = Sample(np.where(rows + cols < 150, 0.5, 0.0).astype(np.float32))  # its box is the whole image
+    whole.pixels[92:96, 92:96] = 0.9  # a marker inside that box, blanked by crop_breast
+    before = whole.pixels.copy()
+    out = STEPS.get("crop_breast")()(whole)
+    assert out.pixels.shape == (100, 100) and out.pixels[94, 94] == 0 and np.array_equal(whole.pixels, before)
+
+
 def test_mask_moves_with_the_pixels():
     sample = film("right", label=False)
     mask = sample.pixels == 1.0

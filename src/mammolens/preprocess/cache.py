@@ -58,6 +58,10 @@ class BuildReport:
     seconds: float = 0.0
 
     @property
+    def rebuilt(self) -> int:
+        return self.rebuilt_stale + self.rebuilt_corrupt
+
+    @property
     def roi_missing(self) -> list[str]:
         """Samples that crop_roi (on_missing='full') kept whole because they have no ROI."""
         return self.flags.get("roi_missing", [])
@@ -232,8 +236,9 @@ class PreprocessCache:
                     except cf.process.BrokenProcessPool:
                         in_flight = [task["inputs"]["path"], *(t["inputs"]["path"] for t in pending.values())]
                         raise DataError(
-                            "a preprocessing worker died (killed, or out of memory) while reading one of: "
-                            + ", ".join(in_flight)
+                            "a preprocessing worker process died (killed, out of memory, or it could not start: "
+                            "a script that builds with workers > 1 needs an `if __name__ == '__main__':` guard) "
+                            "while reading one of: " + ", ".join(in_flight)
                         ) from None
                     except MammolensError as exc:
                         failure = failure or exc

@@ -40,7 +40,8 @@ def breast_mask(pixels: np.ndarray, threshold: float = 0.05) -> tuple[np.ndarray
     small = pixels
     if scale < 1.0:
         size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
-        small = cv2.resize(np.ascontiguousarray(pixels), size, interpolation=cv2.INTER_AREA)
+        stride = max(1, int(max(pixels.shape) // (2 * _MASK_SIDE)))  # a 4x cheaper first cut, still averaged after
+        small = cv2.resize(np.ascontiguousarray(pixels[::stride, ::stride]), size, interpolation=cv2.INTER_AREA)
     binary = (small > threshold).astype(np.uint8)
     edge = max(1, round(0.02 * max(binary.shape)))
     if min(binary.shape) <= 4 * edge:
@@ -62,7 +63,7 @@ def breast_mask(pixels: np.ndarray, threshold: float = 0.05) -> tuple[np.ndarray
 
 def _crop(sample: Sample, top: int, bottom: int, left: int, right: int) -> Sample:
     return sample.replace(
-        pixels=np.ascontiguousarray(sample.pixels[top:bottom, left:right]),
+        pixels=sample.pixels[top:bottom, left:right].copy(),  # a copy: later steps may write in place
         rois=tuple((x - left, y - top, r) for x, y, r in sample.rois),
         mask=None if sample.mask is None else sample.mask[top:bottom, left:right].copy(),
     )
@@ -133,17 +134,20 @@ class CropBreast:
             return sample.flagged("breast_not_found")
         height, width = sample.pixels.shape
         pad = int(round(self.margin * max(height, width)))
-        if self.blank_outside:
-            grow = max(1, int(round(pad * scale)))
-            small = cv2.dilate(small.astype(np.uint8), np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
-            full = cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
-            sample = sample.replace(pixels=np.where(full, sample.pixels, np.float32(0)))
         rows, cols = np.nonzero(small)
         top = max(0, int(rows.min() / scale) - pad)
         bottom = min(height, int(np.ceil((rows.max() + 1) / scale)) + pad)
         left = max(0, int(cols.min() / scale) - pad)
         right = min(width, int(np.ceil((cols.max() + 1) / scale)) + pad)
-        return _crop(sample, top, bottom, left, right)
+        cropped = _crop(sample, top, bottom, left, right)
+        if not self.blank_outside:
+            return cropped
+        grow = max(1, int(round(pad * scale)))
+        small = cv2.dilate(small.astype(np.uint8), np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+        keep = cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)[top:bottom, left:right]
+        pixels = cropped.pixels  # _crop copied it, so blanking in place leaves the input alone
+        pixels[keep == 0] = 0.0
+        return cropped.replace(pixels=pixels)
 
 
 @STEPS.register("crop_roi")

@@ -115,8 +115,8 @@ def data_preview(
 
     cfg = _source_config(source, kind, option)
     cfg.image_size, cfg.roi_crop, cfg.cache_dir, cfg.workers = size, roi_crop, cache_dir, workers
-    path = write_preview(cfg, out, n=n, seed=seed, original=original, only_rois=only_rois)
-    typer.echo(f"wrote {path}")
+    for path in write_preview(cfg, out, n=n, seed=seed, original=original, only_rois=only_rois):
+        typer.echo(f"wrote {path}")
 
 
 @app.command("train")

@@ -264,3 +264,29 @@ def _evaluate_part(model, dm, part: str, y: np.ndarray, n_classes: int) -> dict[
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
+
+
+def write_preview(cfg: ExperimentConfig, out: str | Path, *, n: int = 16, seed: int = 0,
+                  original: bool = False, only_rois: bool = True) -> list[Path]:
+    """A contact sheet of ``n`` preprocessed samples with ROI outlines (``original``: one overlay per
+    sample on the untouched image instead, the check that annotation coordinates are read right)."""
+    from mammolens.preprocess import PreprocessCache
+    from mammolens.preprocess.preview import contact_sheet, overlay_original
+
+    manifest, _ = load_experiment_source(cfg)
+    df = manifest.df
+    has_roi = (df["rois"] != "[]") | (df["mask_path"] != "")
+    pool = np.flatnonzero(has_roi) if only_rois and has_roi.any() else np.arange(len(df))
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(pool, size=min(n, len(pool)), replace=False).tolist())
+    subset = manifest.subset(chosen)
+    out = Path(out)
+    if original:
+        return [
+            overlay_original(row.path, subset.rois(i), out.with_name(f"{out.stem}-{row.sample_id}{out.suffix or '.png'}"),
+                             frame=None if row.frame < 0 else row.frame, title=f"{row.sample_id} ({row.pathology or '?'})")
+            for i, row in enumerate(subset.df.itertuples())
+        ]
+    cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", _preprocess_config(cfg))
+    cache.build(subset, workers=cfg.workers)
+    return [contact_sheet(cache, subset, out, n=len(subset), seed=seed)]

@@ -37,6 +37,12 @@ def strict_loader(path: str, frame: int | None = None) -> np.ndarray:
     return npy_loader(path, frame)
 
 
+def crashing_loader(path: str, frame: int | None = None) -> np.ndarray:
+    if Path(path).name.startswith("bad"):
+        os._exit(3)  # a worker killed outright, as by the OOM killer
+    return npy_loader(path, frame)
+
+
 def buggy_loader(path: str, frame: int | None = None) -> np.ndarray:
     if Path(path).name.startswith("bad"):
         raise ValueError("unexpected\nmulti-line\nfailure")
@@ -204,6 +210,17 @@ def test_a_bad_file_is_one_error_line_naming_it(tmp_path, workers):
     assert not [p for p in arrays if p.name.startswith(".")]  # nothing half-written
     saved = json.loads(cache.index_path.read_text())["entries"]
     assert "s2" not in saved and len(saved) == len(arrays) >= 1  # finished work is kept
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(tmp_path):
+    manifest = make_manifest(tmp_path, n=3)
+    df = manifest.df.copy()
+    df.loc[1, "path"] = str(tmp_path / "bad.npy")
+    np.save(tmp_path / "bad.npy", np.zeros((4, 4), np.float32))
+    cache = PreprocessCache(tmp_path / "cache", CONFIG, loader=crashing_loader)
+    with pytest.raises(DataError, match=r"worker process died .* while reading one of: .*bad\.npy"):
+        cache.build(Manifest(df), workers=2, progress=False)
+    assert not list((cache.dir / "arrays").glob(".*"))  # nothing half-written
 
 
 def test_an_unexpected_failure_is_also_one_line(tmp_path):

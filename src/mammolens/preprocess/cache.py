@@ -23,6 +23,7 @@ import os
 import time
 import traceback
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -233,7 +234,7 @@ class PreprocessCache:
                     task = pending.pop(future)
                     try:
                         result = _raise_failure(task, future.result())
-                    except cf.process.BrokenProcessPool:
+                    except BrokenProcessPool:
                         in_flight = [task["inputs"]["path"], *(t["inputs"]["path"] for t in pending.values())]
                         raise DataError(
                             "a preprocessing worker process died (killed, out of memory, or it could not start: "
@@ -276,9 +277,13 @@ class PreprocessCache:
         )
 
     def _remove_temp_files(self) -> None:
-        """Temp files left by a worker that was killed mid-write (never a finished array)."""
+        """Temp files left by a worker killed mid-write; an hour old, so never another build's."""
         for tmp in (self.dir / "arrays").glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+            try:
+                if time.time() - tmp.stat().st_mtime > 3600:
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass
 
     def _remove_unreferenced(self, files: set[str]) -> None:
         used = {e["file"] for e in self._entries.values()}

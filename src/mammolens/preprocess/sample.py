@@ -24,6 +24,8 @@ ROI = tuple[float, float, float]  # (x, y, r): x = column, y = row, origin top-l
 # function) because cache workers run in separate processes.
 Loader = Callable[[str, "int | None"], Any]
 
+MASK_SIZE_TOLERANCE = 0.02  # a mask up to 2% off its image's size is rescaled (and flagged), not refused
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -91,15 +93,22 @@ def sample_from_row(row: Mapping[str, Any], loader: Loader) -> tuple[Sample, str
     pixels, file_laterality = read_pixels(loader, path, None if frame < 0 else frame)
     laterality = str(row.get("laterality", "") or file_laterality).upper()
     mask = None
+    flags: tuple[str, ...] = ()
     mask_path = str(row.get("mask_path", "") or "")
     if mask_path:
         mask_pixels, _ = read_pixels(loader, mask_path)
         if mask_pixels.shape != pixels.shape:
-            raise DataError(
-                f"ROI mask is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} but its image {path} "
-                f"is {pixels.shape[1]}x{pixels.shape[0]}",
-                path=mask_path,
-            )
+            # a few published masks are some pixels off their film's size: same film, rescaled
+            off = max(abs(m - p) / p for m, p in zip(mask_pixels.shape, pixels.shape))
+            if off > MASK_SIZE_TOLERANCE:
+                raise DataError(
+                    f"ROI mask is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} but its image {path} "
+                    f"is {pixels.shape[1]}x{pixels.shape[0]}",
+                    path=mask_path,
+                )
+            size = (pixels.shape[1], pixels.shape[0])
+            mask_pixels = cv2.resize(mask_pixels, size, interpolation=cv2.INTER_NEAREST)
+            flags = ("mask_resized",)
         mask = mask_pixels > 0.5
         rois, roi_source = rois_from_mask(mask), "mask"
     else:
@@ -110,5 +119,5 @@ def sample_from_row(row: Mapping[str, Any], loader: Loader) -> tuple[Sample, str
         if any(len(c) != 3 for c in rois):
             raise DataError(f"rois of sample {row.get('sample_id')!r} must be [x, y, r] triples")
         roi_source = "manifest" if rois else "none"
-    sample = Sample(pixels=pixels, rois=tuple(rois), laterality=laterality, mask=mask)
+    sample = Sample(pixels=pixels, rois=tuple(rois), laterality=laterality, mask=mask, flags=flags)
     return sample, roi_source

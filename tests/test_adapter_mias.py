@@ -76,13 +76,13 @@ def test_one_row_per_image_with_image_level_labels(mias_dir):
     assert json.loads(rows["mias-mdb003"].meta)["tissue"] == "dense-glandular"
 
 
-def test_pairs_are_groups_and_odd_films_are_left(mias_dir):
+def test_pairs_are_groups_and_even_films_are_left(mias_dir):
     rows = by_id(mias.load(mias_dir))
     assert [rows[f"mias-mdb00{i}"].group for i in range(1, 7)] == [
         "mias-pair-001", "mias-pair-001", "mias-pair-002", "mias-pair-002", "mias-pair-003", "mias-pair-003"
     ]
     assert all(r.patient_id == r.group for r in rows.values())
-    assert [rows[f"mias-mdb00{i}"].laterality for i in range(1, 7)] == ["L", "R"] * 3
+    assert [rows[f"mias-mdb00{i}"].laterality for i in range(1, 7)] == ["R", "L"] * 3
     assert {r.view for r in rows.values()} == {"MLO"}
 
 

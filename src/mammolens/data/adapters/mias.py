@@ -3,9 +3,11 @@
 Rules taken from ``Info.txt`` itself, so they can be checked against the source:
 
 - Note 1: films come in pairs of one woman. Pair k holds films 2k-1 and 2k; it is the patient and
-  the split group. The note also says even numbers are left breasts, but the lead side markers
-  burned into the films say the opposite: every legible marker we read (21 films across
-  mdb002-mdb308) shows L on odd and R on even films. Laterality follows the films: odd = L.
+  the split group. The note says even numbers are left breasts and odd numbers right. The films'
+  geometry agrees under the standard back-to-back display (a right breast shows its chest wall
+  on the image's right, as CBIS-DDSM's right films do): 256 of 258 films have the chest wall on
+  the side the note predicts (the two others fill the frame). Burned-in side markers, which read
+  the other way on some films, are taken to be mirrored by the digitiser. So even = L, odd = R.
 - Note 3: the coordinate origin is the BOTTOM-left corner; rois are flipped to the manifest's
   top-left origin with ``row = (height - 1) - y``, height read from the image header (1024, the
   documented size, when the image is absent).
@@ -126,7 +128,7 @@ def _row(ref: str, findings: list[dict[str, Any]], image: Path, width: int, heig
         "patient_id": pair,
         "group": pair,
         "view": "MLO",
-        "laterality": "L" if number % 2 else "R",  # film markers, not Info.txt note 1 (module docstring)
+        "laterality": "R" if number % 2 else "L",  # Info.txt note 1 (module docstring)
         "pathology": "malignant" if "M" in severities else "benign" if "B" in severities else "normal",
         "abnormality": main["class"],
         "lesion_type": LESION_TYPES[main["class"]],
@@ -185,7 +187,7 @@ def load(path: str | Path, *, require_images: bool = True, **options: Any) -> So
         f"{sum(len(r) for r in findings.values())} finding rows: "
         + ", ".join(f"{counts.get(p, 0)} {p}" for p in ("normal", "benign", "malignant"))
     )
-    notes.append("laterality from the films' side markers (odd = L, even = R), which contradict Info.txt note 1")
+    notes.append("laterality from Info.txt note 1 (even = L, odd = R), which the chest-wall side of the films agrees with")
     if no_coords:
         notes.append(f"{len(no_coords)} finding row(s) without coordinates, so no ROI: " + "; ".join(no_coords))
     listed = {f"{ref}{s}" for ref in findings for s in IMAGE_SUFFIXES}

@@ -97,7 +97,7 @@ def test_fit_trains_writes_the_run_and_restores_the_best_epoch(tmp_path):
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
-    cfg = _cfg(epochs=4, scheduler="cosine", optimizer="adamw", weight_decay=0.01)
+    cfg = _cfg(epochs=4, scheduler="cosine", optimizer="adamw", weight_decay=0.01, deterministic=True)
     whole = fit(_model(dropout=0.3), _dm(cfg), cfg, tmp_path / "whole")
 
     with pytest.raises(_Interrupt):
@@ -210,7 +210,7 @@ def test_config_and_datamodule_must_agree(tmp_path):
         ({"parts": {"train": [0, 1], "tune": [2]}}, DataError, "unknown part 'tune'"),
         ({"parts": {"train": [0, 99]}}, DataError, "row 99 is outside 0..23"),
         ({"labels": np.arange(24) * 0.5}, DataError, "expected integer class indices"),
-        ({"labels": np.arange(24) % 3, "num_classes": 2}, DataError, "has label 2, outside 0..1"),
+        ({"labels": np.arange(24) % 3, "num_classes": 2}, DataError, "has label 2, not in 0..1"),
         ({"batch_size": 32, "drop_last": True}, ConfigError, "batch_size 32 exceeds the 16 training samples"),
         ({"image": np.zeros((3, 32, 32), np.float32)}, DataError, "expected a 2-D (H, W) image"),
         ({"image": np.full((32, 32), 255.0, np.float32)}, DataError, "within [0, 1]"),

@@ -56,7 +56,7 @@ class SampleReader:
                 f"sample {sample_id!r}: image is {image.shape}, the others {self.image_shape}; "
                 "preprocess all images to one size"
             )
-        image = image.astype(np.float32, copy=False)
+        image = np.array(image, dtype=np.float32)  # a private, writable copy: never aliases the caller's cache
         if not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
             raise DataError(
                 f"sample {sample_id!r}: pixels must be finite and within [0, 1] (preprocessed), "
@@ -180,12 +180,10 @@ class ArrayDataModule(L.LightningDataModule):
         if not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"labels: expected integer class indices, got dtype {labels.dtype}")
         labels = labels.astype(np.int64)
-        upper = num_classes if num_classes is not None else np.iinfo(np.int64).max
-        bad = np.flatnonzero((labels < 0) | (labels >= upper))
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes if num_classes is not None else labels < 0))
         if bad.size:
-            raise DataError(
-                f"labels: sample {self.sample_ids[bad[0]]!r} has label {labels[bad[0]]}, outside 0..{upper - 1}"
-            )
+            allowed = f"0..{num_classes - 1}" if num_classes is not None else "0 and up"
+            raise DataError(f"labels: sample {self.sample_ids[bad[0]]!r} has label {labels[bad[0]]}, not in {allowed}")
         return labels
 
     def _check_parts(self, parts: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:

@@ -87,7 +87,7 @@ def fit(
         cache_dir = Path(feature_cache_dir) if feature_cache_dir is not None else out_dir / "feature_cache"
         device = _feature_device(cfg)
         data = datamodule.with_features(
-            {part: part_features(model, datamodule, part, device=device, cache_dir=cache_dir) for part in datamodule.parts}
+            {part: part_features(model, datamodule, part, device=device, cache_dir=cache_dir) for part in ("train", "val")}
         )
         inputs = "features"
     _check_outputs(model, data, inputs, expected_outputs, cfg.loss, num_classes)
@@ -161,10 +161,11 @@ def _check_outputs(
     model: MammoModel, data: ArrayDataModule, inputs: str, expected: int, loss: str, num_classes: int
 ) -> None:
     x, _ = data.dataset("train")[0]
+    x = x[None].to(next(model.parameters()).device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        logits = model.forward_head(x[None]) if inputs == "features" else model(x[None])
+        logits = model.forward_head(x) if inputs == "features" else model(x)
     model.train(was_training)
     if logits.ndim != 2 or logits.shape[1] != expected:
         raise ConfigError(

@@ -1,0 +1,283 @@
+"""The Bundle: the one thing that crosses from training to use.
+
+A bundle directory holds ``model.safetensors`` (weights; never a pickle), ``bundle.json`` (how to
+rebuild the model and feed it: model config, classes, task, preprocessing, normalisation, threshold,
+temperature, validation metrics, provenance) and ``config.yaml`` (the resolved experiment config).
+It is written to a temporary directory and renamed into place, so a crash never leaves half a bundle.
+This module imports neither Lightning nor the training code: a predictor stays light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from mammolens.atomic import write_json, write_text
+from mammolens.errors import ConfigError, DataError
+from mammolens.models.base import MammoModel
+from mammolens.train.losses import probabilities
+from mammolens.train.normalisation import check_normalisation, normalise
+
+FORMAT_VERSION = 1
+WEIGHTS, MANIFEST, CONFIG = "model.safetensors", "bundle.json", "config.yaml"
+_REQUIRED = (
+    "format_version", "model", "classes", "task", "preprocess", "normalisation",
+    "threshold", "temperature", "metrics", "provenance", "weights_sha256",
+)  # fmt: skip
+_VERSIONED_PACKAGES = ("mammolens", "torch", "torchvision", "timm", "lightning", "numpy")
+
+
+@dataclasses.dataclass
+class Bundle:
+    """A trained model, in eval mode, with everything needed to reproduce its input and read its output."""
+
+    path: Path
+    model: MammoModel
+    classes: list[str]
+    task: str
+    preprocess: dict[str, Any]
+    normalisation: dict[str, float]
+    threshold: float
+    temperature: float
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to_input(self, batch: np.ndarray) -> torch.Tensor:
+        """(N, H, W) preprocessed float images in [0, 1] -> the normalised (N, 1, H, W) model input."""
+        batch = np.asarray(batch)
+        if batch.ndim != 3:
+            raise DataError(f"expected a batch of preprocessed images shaped (N, H, W), got shape {batch.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))[:, None]
+        return normalise(x.to(self.device), self.normalisation)
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """(N, H, W) preprocessed images -> (N, C) temperature-scaled class probabilities."""
+        with torch.inference_mode():
+            logits = self.model(self.to_input(batch))
+        probs = probabilities(logits / self.temperature)
+        if probs.shape[1] != len(self.classes):
+            raise DataError(f"the model gives {probs.shape[1]} probabilities for {len(self.classes)} classes", path=self.path)
+        return probs.cpu().numpy()
+
+
+def save_bundle(
+    out_dir: str | Path,
+    model: MammoModel,
+    *,
+    classes: Sequence[str],
+    task: str,
+    preprocess: dict[str, Any],
+    normalisation: dict[str, float],
+    threshold: float = 0.5,
+    temperature: float = 1.0,
+    metrics: dict[str, Any],
+    provenance: dict[str, Any],
+    config: dict[str, Any],
+) -> Path:
+    """Write the bundle directory ``out_dir`` (replacing an earlier bundle there) and return its path.
+
+    ``provenance`` should carry the data manifest and split file hashes; the git commit, package
+    versions and creation time are added unless given.
+    """
+    out_dir = Path(out_dir)
+    classes = [str(c) for c in classes]
+    if len(classes) < 2:
+        raise ConfigError(f"a bundle needs at least 2 classes, got {classes}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"threshold must be within [0, 1], got {threshold}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"temperature must be a positive number, got {temperature}")
+    if out_dir.exists() and not (out_dir / MANIFEST).is_file():
+        raise ConfigError("exists and is not a bundle; refusing to replace it", path=out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        save_model(model, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model": _plain(model.config, "model.config"),
+            "classes": classes,
+            "task": task,
+            "preprocess": _plain(preprocess, "preprocess"),
+            "normalisation": check_normalisation(normalisation),
+            "threshold": float(threshold),
+            "temperature": float(temperature),
+            "metrics": _plain(metrics, "metrics"),
+            "provenance": {**_auto_provenance(), **_plain(provenance, "provenance")},
+            "weights_sha256": _sha256(tmp / WEIGHTS),
+        }
+        write_json(tmp / MANIFEST, manifest)
+        write_text(tmp / CONFIG, yaml.safe_dump(_plain(config, "config"), sort_keys=False))
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def load_bundle(path: str | Path, model_factory: Callable[..., MammoModel] | None = None) -> Bundle:
+    """Rebuild the model saved in bundle ``path`` (eval mode, on the CPU).
+
+    ``model_factory(**model_config)`` defaults to ``mammolens.models.create_model``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError("bundle not found (expected a directory with bundle.json, model.safetensors, config.yaml)", path=path)
+    manifest = _read_manifest(path / MANIFEST)
+    config = _read_config(path / CONFIG)
+    if model_factory is None:
+        from mammolens.models import create_model
+
+        model_factory = create_model
+    model = model_factory(**manifest["model"])
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise DataError("missing from the bundle", path=weights)
+    if _sha256(weights) != manifest["weights_sha256"]:
+        raise DataError("corrupt: its checksum does not match bundle.json", path=weights)
+    try:
+        load_model(model, str(weights), strict=True)
+    except (RuntimeError, SafetensorError) as exc:
+        raise DataError(
+            f"does not fit model {manifest['model'].get('name', '?')!r}: {str(exc).splitlines()[0]}", path=weights
+        ) from None
+    model.eval()
+    return Bundle(
+        path=path,
+        model=model,
+        classes=list(manifest["classes"]),
+        task=manifest["task"],
+        preprocess=manifest["preprocess"],
+        normalisation=check_normalisation(manifest["normalisation"]),
+        threshold=float(manifest["threshold"]),
+        temperature=float(manifest["temperature"]),
+        metrics=manifest["metrics"],
+        provenance=manifest["provenance"],
+        config=config,
+    )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("missing from the bundle", path=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"corrupt: not valid JSON ({exc})", path=path) from None
+    if not isinstance(manifest, dict):
+        raise DataError("corrupt: expected a JSON object", path=path)
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ConfigError(
+            f"bundle format version {version!r} is not supported (this mammolens reads 1..{FORMAT_VERSION}); "
+            "upgrade mammolens",
+            path=path,
+        )
+    missing = [key for key in _REQUIRED if key not in manifest]
+    if missing:
+        raise DataError(f"corrupt: missing key {missing[0]!r}", path=path)
+    if not isinstance(manifest["model"], dict):
+        raise DataError("corrupt: 'model' must be the model's config mapping", path=path)
+    return manifest
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("missing from the bundle", path=path) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DataError(f"corrupt: not valid YAML ({str(exc).splitlines()[0]})", path=path) from None
+    if not isinstance(config, dict):
+        raise DataError("corrupt: expected a mapping", path=path)
+    return config
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename ``new`` onto ``target``; an old bundle there is moved aside first and removed after."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, old / target.name)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _plain(value: Any, where: str) -> Any:
+    """JSON/YAML-safe copy: numpy scalars and arrays to Python, NaN/inf to None, paths to str."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise ConfigError(f"{where}: a {type(value).__name__} cannot be saved in a bundle")
+
+
+def _auto_provenance() -> dict[str, Any]:
+    versions = {}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = ""
+    commit, dirty = _git_state(Path(__file__).resolve().parent)
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "packages": versions,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _git_state(where: Path) -> tuple[str, bool]:
+    """The mammolens source checkout's commit and whether it has uncommitted changes ('' outside git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "", False
+    return commit, bool(status.strip())

@@ -162,13 +162,10 @@ def split_parts(cfg: ExperimentConfig, split, manifest) -> dict[str, np.ndarray]
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one configured model; returns the summary written to ``summary.json``."""
     from mammolens.data.splits import save_split
-    from mammolens.data.tasks import derive_task, get_task
+    from mammolens.data.tasks import TASKS, derive_task
     from mammolens.models import create_model
     from mammolens.preprocess import PreprocessCache
-    from mammolens.train.bundle import save_bundle
-    from mammolens.train.datamodule import ArrayDataModule
-    from mammolens.train.fit import fit
-    from mammolens.train.losses import num_outputs
+    from mammolens.train import ArrayDataModule, Bundle, fit, num_outputs, save_bundle
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -177,7 +174,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
     train_cfg = _train_config(cfg)
 
     manifest, _ = load_experiment_source(cfg, progress=progress)
-    task = get_task(cfg.data.task)
+    task = TASKS.get(cfg.data.task)
     manifest, labels = derive_task(manifest, cfg.data.task)
     split = make_or_load_split(cfg, manifest, labels, cfg.data.task)
     save_split(split, out_dir / "split.json")
@@ -195,25 +192,28 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
         **cfg.model.options,
     )
     sample_ids = manifest.df["sample_id"].tolist()
-    dm = ArrayDataModule(
-        cache.load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()},
-        batch_size=train_cfg.batch_size, augment=train_cfg.augment,
-        num_workers=train_cfg.num_workers, seed=train_cfg.seed,
-    )
+    dm = ArrayDataModule.from_config(cache.load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()}, train_cfg)
     result = fit(model, dm, train_cfg, out_dir / "training", resume=resume)
 
-    metrics = {part: _evaluate_part(result.model, dm, part, labels[idx], len(task.classes))
-               for part, idx in parts.items() if part != "train" and len(idx)}
+    # Score the held-out parts through the same Bundle code path that inference uses.
+    trained = Bundle(path=out_dir / "bundle", model=result.model, classes=list(task.classes), task=task.name,
+                     preprocess=to_dict(pre_cfg), normalisation=result.normalisation, threshold=0.5,
+                     temperature=1.0, metrics={}, provenance={}, config={})
+    metrics = {
+        part: _evaluate_part(trained, [sample_ids[i] for i in idx], cache.load, labels[idx])
+        for part, idx in parts.items() if part != "train" and len(idx)
+    }
     provenance = {
         "manifest_hash": manifest.content_hash(),
         "split_file_hash": _file_hash(out_dir / "split.json"),
-        "split": {"kind": split.kind, "seed": split.seed, "sizes": {p: len(v) for p, v in parts.items()}},
+        "split": {"kind": split.kind, "seed": split.seed, "sizes": {p: int(len(v)) for p, v in parts.items()}},
         "source": cfg.data.source,
+        "preprocess_hash": cache_key(pre_cfg),
     }
     bundle_dir = save_bundle(
         out_dir / "bundle", result.model,
         classes=list(task.classes), task=task.name, preprocess=to_dict(pre_cfg),
-        normalisation=dm.normalisation, threshold=0.5, temperature=1.0,
+        normalisation=result.normalisation, threshold=0.5, temperature=1.0,
         metrics=metrics, provenance=provenance, config=to_dict(cfg),
     )
     summary = {
@@ -224,9 +224,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
         "samples": {p: int(len(v)) for p, v in parts.items()},
         "class_counts": {p: np.bincount(labels[v], minlength=len(task.classes)).tolist() for p, v in parts.items()},
         "groups": int(manifest.df["group"].nunique()),
-        "preprocess": {"computed": build.computed, "reused": build.reused, "rebuilt": build.rebuilt},
+        "preprocess": build.summary(),
         "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
+        "history": result.history,
         "metrics": metrics,
         "bundle": str(bundle_dir),
         "seconds": round(time.perf_counter() - t0, 1),
@@ -235,24 +237,32 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
     return summary
 
 
-def _evaluate_part(model, dm, part: str, y: np.ndarray, n_classes: int) -> dict[str, float]:
-    """Threshold-free AUC plus accuracy at the default operating point (0.5 / argmax).
+def cache_key(pre_cfg) -> str:  # noqa: ANN001 - PreprocessConfig
+    from mammolens.preprocess import Pipeline
 
-    Operating-point selection on validation data belongs to the evaluation room; this is the
+    return Pipeline(pre_cfg).config_hash()
+
+
+def _evaluate_part(bundle, sample_ids: list[str], load, y: np.ndarray, batch: int = 32) -> dict[str, float]:  # noqa: ANN001
+    """Threshold-free AUC plus accuracy (and, for two classes, sensitivity/specificity) at 0.5 / argmax.
+
+    Choosing the operating point on validation data belongs to the evaluation room; this is the
     training run's own report.
     """
     from sklearn.metrics import roc_auc_score
 
-    from mammolens.train.predict import predict_proba
-
-    proba = predict_proba(model, dm.dataloader(part))
+    proba = np.concatenate([
+        bundle.predict_proba(np.stack([load(s) for s in sample_ids[i:i + batch]]))
+        for i in range(0, len(sample_ids), batch)
+    ])
+    n_classes = proba.shape[1]
     if len(np.unique(y)) < 2:
         auc = float("nan")
     elif n_classes == 2:
         auc = float(roc_auc_score(y, proba[:, 1]))
     else:
         auc = float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(n_classes))))
-    pred = proba.argmax(1) if n_classes > 2 else (proba[:, 1] >= 0.5).astype(int)
+    pred = (proba[:, 1] >= 0.5).astype(int) if n_classes == 2 else proba.argmax(1)
     out = {"auc": auc, "accuracy": float((pred == y).mean()), "n": int(len(y))}
     if n_classes == 2:
         pos, neg = y == 1, y == 0
@@ -270,8 +280,9 @@ def write_preview(cfg: ExperimentConfig, out: str | Path, *, n: int = 16, seed: 
                   original: bool = False, only_rois: bool = True) -> list[Path]:
     """A contact sheet of ``n`` preprocessed samples with ROI outlines (``original``: one overlay per
     sample on the untouched image instead, the check that annotation coordinates are read right)."""
-    from mammolens.preprocess import PreprocessCache
+    from mammolens.preprocess import PreprocessCache, sample_from_row
     from mammolens.preprocess.preview import contact_sheet, overlay_original
+    from mammolens.preprocess.sample import default_loader
 
     manifest, _ = load_experiment_source(cfg)
     df = manifest.df
@@ -282,11 +293,14 @@ def write_preview(cfg: ExperimentConfig, out: str | Path, *, n: int = 16, seed: 
     subset = manifest.subset(chosen)
     out = Path(out)
     if original:
-        return [
-            overlay_original(row.path, subset.rois(i), out.with_name(f"{out.stem}-{row.sample_id}{out.suffix or '.png'}"),
-                             frame=None if row.frame < 0 else row.frame, title=f"{row.sample_id} ({row.pathology or '?'})")
-            for i, row in enumerate(subset.df.itertuples())
-        ]
+        paths = []
+        for i, row in enumerate(subset.df.to_dict("records")):
+            # Mask-annotated rows (CBIS-DDSM) carry their ROI in the mask file, not in `rois`.
+            rois = sample_from_row(row, default_loader)[0].rois if row["mask_path"] else subset.rois(i)
+            target = out.with_name(f"{out.stem}-{row['sample_id']}{out.suffix or '.png'}")
+            paths.append(overlay_original(row["path"], rois, target, frame=None if row["frame"] < 0 else row["frame"],
+                                          title=f"{row['sample_id']} ({row['pathology'] or '?'})"))
+        return paths
     cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", _preprocess_config(cfg))
     cache.build(subset, workers=cfg.workers)
     return [contact_sheet(cache, subset, out, n=len(subset), seed=seed)]

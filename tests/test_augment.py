@@ -88,15 +88,15 @@ def test_datamodule_augments_train_only_deterministically_whatever_the_workers()
     arrays, ids, labels = _images()
     parts = {"train": range(8), "val": range(8, 12)}
     cfg = AugmentConfig(rotation=30, hflip=True, zoom=(0.9, 1.1))
-    make = lambda workers: ArrayDataModule(arrays.__getitem__, ids, labels, parts, 4, cfg, workers, seed=5)  # noqa: E731
-    dm0, dm2 = make(0), make(2)
+    dm0, dm2 = (ArrayDataModule(arrays.__getitem__, ids, labels, parts, 4, cfg, w, seed=5) for w in (0, 2))
     first = _epoch_batches(dm0, 0)
     for (xa, ya), (xb, yb) in zip(first, _epoch_batches(dm2, 0), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, _epoch_batches(dm0, 1), strict=True))
     # validation images are the normalised originals, in row order
     xv, yv = next(iter(dm0.val_dataloader()))
-    expected = (torch.from_numpy(np.stack([arrays[f"s{i}"] for i in range(8, 12)]))[:, None] - IMAGENET_GRAY["mean"]) / IMAGENET_GRAY["std"]
+    originals = torch.from_numpy(np.stack([arrays[f"s{i}"] for i in range(8, 12)]))[:, None]
+    expected = (originals - IMAGENET_GRAY["mean"]) / IMAGENET_GRAY["std"]
     torch.testing.assert_close(xv, expected)
     assert yv.tolist() == labels[8:12].tolist()
 

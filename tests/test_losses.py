@@ -64,7 +64,8 @@ def test_focal_reduces_to_ce_at_gamma_zero_and_downweights_easy_examples(batch):
     by_hand = ((1 - p_t) ** 2 * -p_t.log() * w[y]).sum() / w[y].sum()
     torch.testing.assert_close(ClassificationLoss("focal", w, 2.0)(logits, y), by_hand)
     easy = torch.tensor([[6.0, -6.0]])
-    assert ClassificationLoss("focal", None, 2.0)(easy, torch.tensor([0])) < 1e-3 * F.cross_entropy(easy, torch.tensor([0]))
+    zero = torch.tensor([0])
+    assert ClassificationLoss("focal", None, 2.0)(easy, zero) < 1e-3 * F.cross_entropy(easy, zero)
 
 
 def test_focal_accepts_a_single_logit():
@@ -77,7 +78,8 @@ def test_focal_accepts_a_single_logit():
 def test_class_weights():
     labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2])
     balanced = class_weights("balanced", labels, 3)
-    np.testing.assert_allclose(balanced.numpy(), compute_class_weight("balanced", classes=np.arange(3), y=labels), rtol=1e-6)
+    reference = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    np.testing.assert_allclose(balanced.numpy(), reference, rtol=1e-6)
     assert class_weights("none", labels, 3) is None
     assert class_weights([1, 2, 3], labels, 3).tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ConfigError, match="class_weights has 2 values but the task has 3 classes"):

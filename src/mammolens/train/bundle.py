@@ -78,7 +78,9 @@ class Bundle:
             logits = self.model(self.to_input(batch))
         probs = probabilities(logits / self.temperature)
         if probs.shape[1] != len(self.classes):
-            raise DataError(f"the model gives {probs.shape[1]} probabilities for {len(self.classes)} classes", path=self.path)
+            raise DataError(
+                f"the model gives {probs.shape[1]} probabilities for {len(self.classes)} classes", path=self.path
+            )
         return probs.cpu().numpy()
 
 
@@ -143,7 +145,9 @@ def load_bundle(path: str | Path, model_factory: Callable[..., MammoModel] | Non
     """
     path = Path(path)
     if not path.is_dir():
-        raise ConfigError("bundle not found (expected a directory with bundle.json, model.safetensors, config.yaml)", path=path)
+        raise ConfigError(
+            "bundle not found (expected a directory with bundle.json, model.safetensors, config.yaml)", path=path
+        )
     manifest = _read_manifest(path / MANIFEST)
     config = _read_config(path / CONFIG)
     if model_factory is None:

@@ -87,7 +87,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "num_nodes", "log_every_n_steps", "lr_step_size", "unfreeze_last_n"):
             _require(getattr(self, name) >= 1, f"train.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("weight_decay", "focal_gamma", "patience", "min_delta", "num_workers", "lr_patience", "head_epochs"):
+        for name in (
+            "weight_decay", "focal_gamma", "patience", "min_delta", "num_workers", "lr_patience", "head_epochs"
+        ):
             _require(getattr(self, name) >= 0, f"train.{name}: must be >= 0, got {getattr(self, name)}")
         _require(math.isfinite(self.lr) and self.lr > 0, f"train.lr: must be a positive number, got {self.lr}")
         _require(0.0 <= self.momentum < 1.0, f"train.momentum: must be within [0, 1), got {self.momentum}")
@@ -111,8 +113,13 @@ class TrainConfig:
                 f"train.head_epochs: {self.head_epochs} head-only epochs leave none of the {self.epochs} to fine-tune",
             )
         if self.feature_fast_path:
-            _require(self.transfer == "frozen", "train.feature_fast_path: needs transfer: frozen (the backbone must not change)")
-            _require(self.augment is None, "train.feature_fast_path: features are cached un-augmented; set augment to null")
+            _require(
+                self.transfer == "frozen",
+                "train.feature_fast_path: needs transfer: frozen (the backbone must not change)",
+            )
+            _require(
+                self.augment is None, "train.feature_fast_path: features are cached un-augmented; set augment to null"
+            )
         _require(
             self.accelerator in ACCELERATORS,
             f"train.accelerator: {self.accelerator!r} is not one of {', '.join(ACCELERATORS)}",

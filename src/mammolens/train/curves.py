@@ -21,7 +21,9 @@ def write_history(history: Sequence[dict[str, float]], path: str | Path) -> None
     write_text(path, buffer.getvalue())
 
 
-def plot_learning_curves(history: Sequence[dict[str, float]], path: str | Path, *, best_epoch: int | None = None) -> None:
+def plot_learning_curves(
+    history: Sequence[dict[str, float]], path: str | Path, *, best_epoch: int | None = None
+) -> None:
     """Loss (train vs val) and accuracy/AUC (train vs val) per epoch, the best epoch marked."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display, the user's backend untouched
     from matplotlib.ticker import MaxNLocator
@@ -29,10 +31,15 @@ def plot_learning_curves(history: Sequence[dict[str, float]], path: str | Path, 
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_metric = fig.subplots(1, 2)
-    for ax, keys, title in (
+    panels = (
         (ax_loss, (("train_loss", "train"), ("val_loss", "val")), "loss"),
-        (ax_metric, (("train_acc", "train accuracy"), ("val_acc", "val accuracy"), ("val_auc", "val AUC")), "accuracy / AUC"),
-    ):
+        (
+            ax_metric,
+            (("train_acc", "train accuracy"), ("val_acc", "val accuracy"), ("val_auc", "val AUC")),
+            "accuracy / AUC",
+        ),
+    )
+    for ax, keys, title in panels:
         for key, label in keys:
             values = [row.get(key, math.nan) for row in history]
             if any(math.isfinite(v) for v in values):

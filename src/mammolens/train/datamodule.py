@@ -174,7 +174,9 @@ class ArrayDataModule(L.LightningDataModule):
     def _check_labels(self, labels: np.ndarray, num_classes: int | None) -> np.ndarray:
         labels = np.asarray(labels)
         if labels.shape != (len(self.sample_ids),):
-            raise DataError(f"labels: expected {len(self.sample_ids)} labels (one per sample id), got shape {labels.shape}")
+            raise DataError(
+                f"labels: expected {len(self.sample_ids)} labels (one per sample id), got shape {labels.shape}"
+            )
         if labels.size == 0:
             raise DataError("no samples: sample_ids is empty")
         if not np.issubdtype(labels.dtype, np.integer):

@@ -87,7 +87,7 @@ def fit(
         cache_dir = Path(feature_cache_dir) if feature_cache_dir is not None else out_dir / "feature_cache"
         device = _feature_device(cfg)
         data = datamodule.with_features(
-            {part: part_features(model, datamodule, part, device=device, cache_dir=cache_dir) for part in ("train", "val")}
+            {p: part_features(model, datamodule, p, device=device, cache_dir=cache_dir) for p in ("train", "val")}
         )
         inputs = "features"
     _check_outputs(model, data, inputs, expected_outputs, cfg.loss, num_classes)

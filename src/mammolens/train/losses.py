@@ -82,7 +82,8 @@ def num_outputs(num_classes: int, loss: str) -> int:
     if LOSSES.get(loss).single_logit:
         if num_classes != 2:
             raise ConfigError(
-                f"train.loss: {loss!r} is for binary tasks (1 logit); this task has {num_classes} classes, use 'ce' or 'focal'"
+                f"train.loss: {loss!r} is for binary tasks (1 logit); "
+                f"this task has {num_classes} classes, use 'ce' or 'focal'"
             )
         return 1
     return num_classes

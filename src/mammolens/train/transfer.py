@@ -48,7 +48,8 @@ class TransferPlan:
         blocks = _model_parts(model, "backbone_blocks")
         if self.unfreeze_last_n > len(blocks):
             raise ConfigError(
-                f"train.unfreeze_last_n: {self.unfreeze_last_n} blocks asked, the model has {len(blocks)} backbone blocks"
+                f"train.unfreeze_last_n: {self.unfreeze_last_n} blocks asked, "
+                f"the model has {len(blocks)} backbone blocks"
             )
         return blocks[len(blocks) - self.unfreeze_last_n :]
 

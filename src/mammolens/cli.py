@@ -125,6 +125,7 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<name>)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override section.key=value, repeatable."),
     resume: bool = typer.Option(False, help="Resume from the run directory's last checkpoint."),
+    fresh: bool = typer.Option(False, help="Replace an earlier run in the run directory."),
     devices: Optional[str] = typer.Option(None, help="Lightning devices (e.g. 2, or 'auto')."),
     strategy: Optional[str] = typer.Option(None, help="Lightning strategy (e.g. ddp)."),
     accelerator: Optional[str] = typer.Option(None, help="cpu, gpu or auto."),
@@ -138,7 +139,7 @@ def train(
         if value is not None:
             overrides.append(f"train.{key}={value}")
     cfg = load_config(config, overrides)
-    summary = run_experiment(cfg, out or Path("runs") / cfg.name, resume=resume)
+    summary = run_experiment(cfg, out or Path("runs") / cfg.name, resume=resume, fresh=fresh)
     _print_summary(summary)
 
 
@@ -151,7 +152,7 @@ def demo(
     from mammolens.experiment import load_config, run_experiment
 
     cfg = load_config("demo", list(set_ or []))
-    summary = run_experiment(cfg, out)
+    summary = run_experiment(cfg, out, fresh=True)
     _print_summary(summary)
 
 
@@ -173,16 +174,20 @@ def _print_summary(summary: dict[str, Any]) -> None:
     typer.echo(f"  bundle: {summary['bundle']}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for a user's mistake, printed as one line)."""
     try:
-        app()
+        app(args=argv)  # Typer prints usage errors itself and exits 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except MammolensError as exc:
         typer.echo(f"mammolens: error: {exc}", err=True)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         typer.echo("mammolens: interrupted", err=True)
-        sys.exit(130)
+        return 130
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

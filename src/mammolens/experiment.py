@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     data = load_yaml(resolve_config_path(path)) if path is not None else {}
     apply_overrides(data, overrides or [])
     cfg = from_dict(ExperimentConfig, data)
-    # Validate the room-owned sections now, so a typo fails before any work is done.
+    # Validate the room-owned sections and the model name now, so a typo fails before any work is done.
+    from mammolens.models import list_models
+
+    if cfg.model.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; known: {', '.join(list_models())}")
     _preprocess_config(cfg)
     _train_config(cfg)
     return cfg
@@ -159,8 +164,13 @@ def split_parts(cfg: ExperimentConfig, split, manifest) -> dict[str, np.ndarray]
     return {part: np.array([index[s] for s in ids]) for part, ids in split.parts.items()}
 
 
-def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one configured model; returns the summary written to ``summary.json``."""
+def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, fresh: bool = False,
+                   progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate one configured model; returns the summary written to ``summary.json``.
+
+    An earlier run in ``out_dir`` is continued with ``resume``, replaced with ``fresh``, and
+    otherwise refused (by ``fit``), so no result is overwritten by accident.
+    """
     from mammolens.data.splits import save_split
     from mammolens.data.tasks import TASKS, derive_task
     from mammolens.models import create_model
@@ -184,6 +194,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
     cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", pre_cfg)
     build = cache.build(manifest, workers=cfg.workers, progress=progress)
 
+    import torch
+
+    torch.manual_seed(train_cfg.seed)  # initial weights are part of what a seed reproduces
     model = create_model(
         cfg.model.name,
         num_outputs(len(task.classes), train_cfg.loss),
@@ -192,8 +205,14 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
         **cfg.model.options,
     )
     sample_ids = manifest.df["sample_id"].tolist()
-    dm = ArrayDataModule.from_config(cache.load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()}, train_cfg)
-    result = fit(model, dm, train_cfg, out_dir / "training", resume=resume)
+    dm = ArrayDataModule.from_config(
+        cache.load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()}, train_cfg,
+        num_classes=len(task.classes), data_key=f"{manifest.content_hash()}-{cache_key(pre_cfg)}",
+    )
+    if fresh and not resume:
+        shutil.rmtree(out_dir / "training", ignore_errors=True)
+    result = fit(model, dm, train_cfg, out_dir / "training", resume=resume,
+                 feature_cache_dir=Path(cfg.cache_dir) / "features")
 
     # Score the held-out parts through the same Bundle code path that inference uses.
     trained = Bundle(path=out_dir / "bundle", model=result.model, classes=list(task.classes), task=task.name,

@@ -15,3 +15,9 @@ def shared_data():
     if not os.path.isdir(path):
         pytest.skip("../shared/data is not present")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Generated data and preprocessing caches go to a temporary folder, never into the checkout."""
+    monkeypatch.setenv("MAMMOLENS_CACHE", str(tmp_path_factory.getbasetemp() / "mammolens-cache"))

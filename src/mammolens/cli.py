@@ -108,13 +108,14 @@ def data_preview(
     only_rois: bool = typer.Option(True, help="Prefer samples that carry an ROI."),
     seed: int = typer.Option(0),
     workers: Optional[int] = typer.Option(None, help="Preprocessing worker processes."),
-    cache_dir: str = typer.Option(".cache/mammolens", help="Where preprocessed arrays are cached."),
+    cache_dir: Optional[str] = typer.Option(None, help="Where preprocessed arrays are cached (default $MAMMOLENS_CACHE or .cache/mammolens)."),
 ) -> None:
     """A PNG contact sheet of preprocessed samples with ROI outlines."""
     from mammolens.experiment import write_preview
 
     cfg = _source_config(source, kind, option)
-    cfg.image_size, cfg.roi_crop, cfg.cache_dir, cfg.workers = size, roi_crop, cache_dir, workers
+    cfg.image_size, cfg.roi_crop, cfg.workers = size, roi_crop, workers
+    cfg.cache_dir = cache_dir or cfg.cache_dir
     for path in write_preview(cfg, out, n=n, seed=seed, original=original, only_rois=only_rois):
         typer.echo(f"wrote {path}")
 

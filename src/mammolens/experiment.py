@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ class ExperimentConfig:
     roi_crop: bool = False  # default pipeline crops around the lesion annotation
     model: ModelConfig = field(default_factory=ModelConfig)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
-    cache_dir: str = ".cache/mammolens"
+    cache_dir: str = field(default_factory=lambda: os.environ.get("MAMMOLENS_CACHE", ".cache/mammolens"))
     workers: int | None = None  # preprocessing worker processes (default: one per core)
 
 

@@ -1,0 +1,114 @@
+"""The `mammolens` command end to end on tiny synthetic data, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mammolens.cli import main
+from mammolens.train import load_bundle
+
+TINY = {
+    "name": "tiny",
+    "data": {"source": "synthetic", "task": "benign-malignant",
+             "synthetic": {"n_per_class": 12, "size": 64, "seed": 1}, "split": {"val": 0.25, "test": 0.25}},
+    "image_size": 32,
+    "model": {"name": "scratch-cnn", "options": {"depth": 2, "width": 4}},
+    "train": {"epochs": 2, "batch_size": 8, "patience": 0, "progress": False},
+    "workers": 1,
+}
+
+
+@pytest.fixture()
+def tiny_config(tmp_path: Path) -> Path:
+    cfg = dict(TINY, cache_dir=str(tmp_path / "cache"))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_writes_a_bundle_that_reproduces_its_scores(tiny_config: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", str(tiny_config), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"]["train"] + summary["samples"]["val"] + summary["samples"]["test"] == 24
+    assert set(summary["metrics"]) == {"val", "test"}
+    bundle = load_bundle(out / "bundle")
+    assert bundle.classes == ["benign", "malignant"]
+    assert bundle.metrics == summary["metrics"]
+    assert bundle.provenance["manifest_hash"] and bundle.provenance["split_file_hash"]
+    assert (out / "training" / "learning_curves.png").stat().st_size > 0
+    # The recorded test AUC is what the bundle gives on the cached test arrays.
+    from sklearn.metrics import roc_auc_score
+
+    from mammolens.data.manifest import Manifest
+    from mammolens.data.splits import load_split
+    from mammolens.experiment import load_config
+    from mammolens.preprocess import PreprocessCache, default_config
+
+    manifest = Manifest.load(out / "manifest.csv")
+    split = load_split(out / "split.json", manifest)
+    cache = PreprocessCache(Path(load_config(tiny_config).cache_dir) / "preprocessed", default_config(size=32))
+    ids = split.parts["test"]
+    y = (manifest.df.set_index("sample_id").loc[ids, "pathology"] == "malignant").to_numpy().astype(int)
+    proba = bundle.predict_proba(np.stack([cache.load(s) for s in ids]))[:, 1]
+    assert roc_auc_score(y, proba) == pytest.approx(summary["metrics"]["test"]["auc"])
+    # A second run into the same directory is refused unless asked to resume or replace it.
+    assert main(["train", str(tiny_config), "--out", str(out)]) == 2
+    assert "already" in capsys.readouterr().err
+
+
+def test_split_groups_patients_and_refuses_a_leaky_file(tmp_path: Path) -> None:
+    out = tmp_path / "split.json"
+    args = ["data", "split", "synthetic", "--out", str(out), "--task", "normal-abnormal"]
+    assert main(args) == 0  # built-in synthetic source, cached under .cache by default
+    split = json.loads(out.read_text())
+    parts = split["parts"]
+    assert set(parts) == {"train", "val", "test"}
+    assert not set(parts["train"]) & set(parts["test"])
+
+
+def test_inspect_and_preview_synthetic(tmp_path: Path, capsys) -> None:
+    cfg = ["-o", "dummy=1"]
+    assert main(["data", "inspect", "synthetic", *cfg]) == 2  # unknown adapter option
+    assert "dummy" in capsys.readouterr().err
+    assert main(["data", "inspect", "synthetic", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pathology"] == {"benign": 60, "malignant": 60, "normal": 60}
+    assert report["groups"] == 90
+    sheet = tmp_path / "sheet.png"
+    assert main(["data", "preview", "synthetic", "--out", str(sheet), "--n", "4", "--size", "64",
+                 "--workers", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.name=nope", "unknown model 'nope'"),
+        ("train.bogus=1", "unknown config key 'train.bogus'"),
+        ("data.task=mias-7class", "task mias-7class needs"),
+        ("data.split.folds=20", "cannot make 20 folds"),
+    ],
+)
+def test_bad_configs_fail_in_one_line(tiny_config: Path, tmp_path: Path, capsys, override: str, expected: str) -> None:
+    code = main(["train", str(tiny_config), "--out", str(tmp_path / "run"), "--set", override])
+    err = capsys.readouterr().err.strip().replace("\r", "\n")  # progress bars may precede the error
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("mammolens: error:")]
+    assert len(errors) == 1 and expected in errors[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "bundle").exists()
+
+
+def test_console_script_reports_a_missing_source_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "mammolens.cli", "data", "inspect", str(tmp_path / "absent")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"mammolens: error: {tmp_path / 'absent'}: dataset source not found"

@@ -112,3 +112,24 @@ def test_console_script_reports_a_missing_source_without_traceback(tmp_path: Pat
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"mammolens: error: {tmp_path / 'absent'}: dataset source not found"
+
+
+def test_inspect_real_mias_prints_the_documented_counts(shared_data: str, capsys) -> None:
+    assert main(["data", "inspect", f"{shared_data}/mias"]) == 0
+    out = capsys.readouterr().out
+    assert "samples  258 " in out
+    assert "129 split groups" in out
+    assert "pathology    normal 166, benign 50, malignant 42" in out
+    assert "NORM 166, CALC 20, CIRC 17, SPIC 17, ARCH 16, MISC 12, ASYM 10" in out
+    for ref in ("mdb059", "mdb216", "mdb233", "mdb245"):
+        assert ref in out  # the finding rows without coordinates are named
+
+
+def test_inspect_real_cbis_csvs_without_images(shared_data: str, capsys) -> None:
+    assert main(["data", "inspect", f"{shared_data}/cbis-ddsm"]) == 0
+    out = capsys.readouterr().out
+    assert "file mass_case_description_train_set.csv: 1318 rows, 691 patients, BENIGN 577, BENIGN_WITHOUT_CALLBACK 104, MALIGNANT 637" in out
+    assert "file mass_case_description_test_set.csv: 378 rows, 201 patients, BENIGN 194, BENIGN_WITHOUT_CALLBACK 37, MALIGNANT 147" in out
+    assert "file calc_case_description_train_set.csv: 1546 rows, 602 patients, BENIGN 528, BENIGN_WITHOUT_CALLBACK 474, MALIGNANT 544" in out
+    assert "file calc_case_description_test_set.csv: 326 rows, 151 patients, BENIGN 130, BENIGN_WITHOUT_CALLBACK 67, MALIGNANT 129" in out
+    assert "missing image files: 3103" in out

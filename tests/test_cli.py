@@ -133,3 +133,11 @@ def test_inspect_real_cbis_csvs_without_images(shared_data: str, capsys) -> None
     assert "file calc_case_description_train_set.csv: 1546 rows, 602 patients, BENIGN 528, BENIGN_WITHOUT_CALLBACK 474, MALIGNANT 544" in out
     assert "file calc_case_description_test_set.csv: 326 rows, 151 patients, BENIGN 130, BENIGN_WITHOUT_CALLBACK 67, MALIGNANT 129" in out
     assert "missing image files: 3103" in out
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parent.parent / "configs").glob("*.yaml")) + ["demo"])
+def test_shipped_configs_are_valid(path: str) -> None:
+    from mammolens.experiment import load_config
+
+    cfg = load_config(path)
+    assert cfg.model.name in ("hybrid", "hybrid-lite")

@@ -108,8 +108,9 @@ def test_indices_point_at_the_part_samples():
 def test_leaky_splits_are_refused():
     manifest, _ = _manifest(n_patients=(2, 2, 2), mixed=0)
     ids = manifest.df["sample_id"].tolist()
-    leaky = Split(parts={"train": ids[1:], "test": ids[:1]}, seed=0, manifest_hash=manifest.content_hash(), kind="holdout")
-    with pytest.raises(DataError, match=r"group 'normal-p0' spans split parts 'train' and 'test' \(samples 'normal-0-1' and 'normal-0-0'\)"):
+    leaky = Split({"train": ids[1:], "test": ids[:1]}, seed=0, manifest_hash=manifest.content_hash(), kind="holdout")
+    message = r"group 'normal-p0' spans split parts 'train' and 'test' \(samples 'normal-0-1' and 'normal-0-0'\)"
+    with pytest.raises(DataError, match=message):
         check_no_leakage(manifest, leaky)
     twice = Split(parts={"train": ids, "test": ids[:1]}, seed=0, manifest_hash="", kind="holdout")
     with pytest.raises(DataError, match=r"sample 'normal-0-0' is in both split parts 'train' and 'test'"):
@@ -159,7 +160,8 @@ def test_save_load_round_trip_and_refusals(tmp_path):
 
 def test_too_small_to_split():
     manifest, labels = _manifest(n_patients=(10, 10, 3), mixed=0)
-    with pytest.raises(DataError, match=r"^cannot make 5 folds: class 'malignant' has 3 patient groups \(need at least 5\)$"):
+    message = r"^cannot make 5 folds: class 'malignant' has 3 patient groups \(need at least 5\)$"
+    with pytest.raises(DataError, match=message):
         make_kfold(manifest, labels, k=5)
     assert len(make_kfold(manifest, labels, k=3).parts) == 3
     manifest, labels = _manifest(n_patients=(10, 10, 2), mixed=0)

@@ -84,7 +84,8 @@ def test_calcifications_are_bright_dots_inside_the_roi(pathology):
 
 
 def test_generate_array_options_and_errors():
-    img, rois = synthetic.generate_array(np.random.default_rng(0), 64, "normal", view="MLO", laterality="R", label=False)
+    rng = np.random.default_rng(0)
+    img, rois = synthetic.generate_array(rng, 64, "normal", view="MLO", laterality="R", label=False)
     assert rois == [] and img.shape == (64, 64)
     left, _ = synthetic.generate_array(np.random.default_rng(1), 64, "normal", view="CC", laterality="L", label=False)
     right, _ = synthetic.generate_array(np.random.default_rng(1), 64, "normal", view="CC", laterality="R", label=False)
@@ -153,7 +154,8 @@ def test_adapter_builds_the_manifest(dataset):
     assert (df.loc[df["pathology"] == "normal", "abnormality"] == "NORM").all()
     for i, row in enumerate(_rows(dataset)):
         assert df["path"].iat[i] == str(dataset / row["file"])
-        assert result.manifest.rois(i) == ([] if row["roi_x"] == "" else [(float(row["roi_x"]), float(row["roi_y"]), float(row["roi_r"]))])
+        roi = [] if row["roi_x"] == "" else [tuple(float(row[k]) for k in ("roi_x", "roi_y", "roi_r"))]
+        assert result.manifest.rois(i) == roi
         assert json.loads(df["meta"].iat[i]) == {}
     assert "12 synthetic images of 6 patients" in result.notes[0]
 

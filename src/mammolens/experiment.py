@@ -30,6 +30,7 @@ class SyntheticConfig:
     n_per_class: int = 60
     size: int = 256
     seed: int = 0
+    calc_fraction: float = 0.3  # abnormal patients with a calcification cluster instead of a mass
 
 
 @dataclass
@@ -138,7 +139,8 @@ def synthetic_source(sc: SyntheticConfig, cache_dir: Path, *, progress: bool = T
     key = hashlib.sha256(json.dumps(to_dict(sc), sort_keys=True).encode()).hexdigest()[:12]
     out = cache_dir / f"synthetic-{key}"
     if not (out / "synthetic.csv").exists():
-        generate(out, n_per_class=sc.n_per_class, size=sc.size, seed=sc.seed, progress=progress)
+        generate(out, n_per_class=sc.n_per_class, size=sc.size, seed=sc.seed, calc_fraction=sc.calc_fraction,
+                 progress=progress)
     return out
 
 

@@ -70,8 +70,13 @@ class Manifest:
         return Manifest(df.reset_index(drop=True), name=self.name)
 
     def content_hash(self) -> str:
-        """Stable hash of the table's content (order-independent), for provenance and caches."""
-        rows = self.df.sort_values("sample_id")[list(COLUMNS)].astype(str).to_numpy().tolist()
+        """Stable hash of the table's content (order-independent), for provenance and saved splits.
+
+        File locations are left out, so moving a dataset folder keeps its splits valid; the
+        preprocessing cache keys on file content separately.
+        """
+        columns = [c for c in COLUMNS if c not in ("path", "mask_path")]
+        rows = self.df.sort_values("sample_id")[columns].astype(str).to_numpy().tolist()
         return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
     def save(self, path: str | Path) -> Path:

@@ -231,6 +231,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
         "split": {"kind": split.kind, "seed": split.seed, "sizes": {p: int(len(v)) for p, v in parts.items()}},
         "source": cfg.data.source,
         "preprocess_hash": cache_key(pre_cfg),
+        "pretrained_from": dict(getattr(model, "pretrained_from", {}) or {}),
     }
     bundle_dir = save_bundle(
         out_dir / "bundle", result.model,

@@ -15,44 +15,27 @@ from mammolens.models.classifier import BackboneClassifier
 from mammolens.models.registry import MODELS
 
 
-def _fusion(
-    num_classes: int,
-    in_chans: int,
-    backbones: Sequence[str],
-    input_adapter: str,
-    normalize: bool,
-    hidden: int,
-    dropout: float,
-) -> BackboneClassifier:
-    if isinstance(backbones, str) or len(backbones) < 2:
-        raise ConfigError(f"model option 'backbones' of a hybrid needs two or more backbones, got {backbones!r}")
-    return BackboneClassifier(
-        list(backbones), num_classes, in_chans=in_chans, input_adapter=input_adapter,
-        normalize=normalize, hidden=hidden, dropout=dropout,
-    )  # fmt: skip
+def _register_fusion(name: str, default_backbones: tuple[str, ...]) -> None:
+    """Register a fusion model; the variants differ only in which backbones they fuse by default."""
+
+    def factory(
+        num_classes: int,
+        in_chans: int = 1,
+        backbones: Sequence[str] = default_backbones,
+        input_adapter: str = "conv",
+        normalize: bool = False,
+        hidden: int = 256,
+        dropout: float = 0.5,
+    ) -> BackboneClassifier:
+        if isinstance(backbones, str) or len(backbones) < 2:
+            raise ConfigError(f"model option 'backbones' of a hybrid needs two or more backbones, got {backbones!r}")
+        return BackboneClassifier(
+            list(backbones), num_classes, in_chans=in_chans, input_adapter=input_adapter,
+            normalize=normalize, hidden=hidden, dropout=dropout,
+        )  # fmt: skip
+
+    MODELS.add(name, factory)
 
 
-@MODELS.register("hybrid")
-def hybrid(
-    num_classes: int,
-    in_chans: int = 1,
-    backbones: Sequence[str] = ("densenet121", "resnet50"),
-    input_adapter: str = "conv",
-    normalize: bool = False,
-    hidden: int = 256,
-    dropout: float = 0.5,
-) -> BackboneClassifier:
-    return _fusion(num_classes, in_chans, backbones, input_adapter, normalize, hidden, dropout)
-
-
-@MODELS.register("hybrid-lite")
-def hybrid_lite(
-    num_classes: int,
-    in_chans: int = 1,
-    backbones: Sequence[str] = ("mobilenetv2_100", "tf_efficientnet_lite0"),
-    input_adapter: str = "conv",
-    normalize: bool = False,
-    hidden: int = 256,
-    dropout: float = 0.5,
-) -> BackboneClassifier:
-    return _fusion(num_classes, in_chans, backbones, input_adapter, normalize, hidden, dropout)
+_register_fusion("hybrid", ("densenet121", "resnet50"))
+_register_fusion("hybrid-lite", ("mobilenetv2_100", "tf_efficientnet_lite0"))

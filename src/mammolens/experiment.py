@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from mammolens import atomic
-from mammolens.configuration import from_dict, load_yaml, to_dict
-from mammolens.errors import ConfigError, DataError
+from mammolens.configuration import apply_overrides, from_dict, load_yaml, to_dict
+from mammolens.errors import ConfigError
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 
@@ -76,8 +76,6 @@ class ExperimentConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """An experiment config from YAML (a path, or the name of a built-in config) plus overrides."""
-    from mammolens.configuration import apply_overrides
-
     data = load_yaml(resolve_config_path(path)) if path is not None else {}
     apply_overrides(data, overrides or [])
     cfg = from_dict(ExperimentConfig, data)

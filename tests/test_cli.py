@@ -141,3 +141,13 @@ def test_shipped_configs_are_valid(path: str) -> None:
 
     cfg = load_config(path)
     assert cfg.model.name in ("hybrid", "hybrid-lite")
+
+
+def test_kfold_run_trains_on_the_other_folds(tiny_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fold1"
+    assert main(["train", str(tiny_config), "--out", str(out), "--set", "data.split.folds=3",
+                 "--set", "data.split.fold=1", "--set", "train.epochs=1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    assert summary["samples"] == {"train": 24 - len(split["parts"]["fold1"]), "val": len(split["parts"]["fold1"])}
+    assert set(summary["metrics"]) == {"val"}

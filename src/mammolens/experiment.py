@@ -155,14 +155,14 @@ def make_or_load_split(cfg: ExperimentConfig, manifest, labels, task: str):
 
 def split_parts(cfg: ExperimentConfig, split, manifest) -> dict[str, np.ndarray]:
     """Row indices of train/val(/test) for this run (for k-fold: fold ``fold`` is validation)."""
+    if split.kind != "kfold":
+        return {part: split.indices(manifest, part) for part in split.parts}
+    k = len(split.parts)
+    if not 0 <= cfg.data.split.fold < k:
+        raise ConfigError(f"data.split.fold: {cfg.data.split.fold} is not in 0..{k - 1}")
+    train_ids, val_ids = split.fold(cfg.data.split.fold)
     index = {sid: i for i, sid in enumerate(manifest.df["sample_id"])}
-    if split.kind == "kfold":
-        k = len(split.parts)
-        if not 0 <= cfg.data.split.fold < k:
-            raise ConfigError(f"data.split.fold: {cfg.data.split.fold} is not in 0..{k - 1}")
-        train_ids, val_ids = split.fold(cfg.data.split.fold)
-        return {"train": np.array([index[s] for s in train_ids]), "val": np.array([index[s] for s in val_ids])}
-    return {part: np.array([index[s] for s in ids]) for part, ids in split.parts.items()}
+    return {"train": np.array([index[s] for s in train_ids]), "val": np.array([index[s] for s in val_ids])}
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, fresh: bool = False,

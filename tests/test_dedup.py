@@ -151,9 +151,6 @@ def test_errors_name_the_problem():
 
 
 def test_default_loader_reads_image_files(tmp_path):
-    io = pytest.importorskip("mammolens.io")
-    if not hasattr(io, "read_image"):
-        pytest.skip("mammolens.io.read_image is not available yet")
     img = _image(30)
     for name, pixels in (("a", img), ("b", img[:, ::-1])):
         cv2.imwrite(str(tmp_path / f"{name}.png"), np.round(pixels * 65535).astype(np.uint16))

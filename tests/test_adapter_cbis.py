@@ -218,7 +218,7 @@ def test_join_with_dicoms_by_patient_id_tag(csv_dir, tmp_path_factory):
 def real_csv(shared_data, name):
     path = os.path.join(shared_data, "cbis-ddsm", name)
     if not os.path.isfile(path):
-        pytest.skip("shared CBIS-DDSM CSVs absent")
+        pytest.skip("../shared/data/cbis-ddsm is absent")
     return path
 
 

@@ -171,7 +171,7 @@ def test_folder_without_info_and_unknown_option(tmp_path, mias_dir):
 def test_real_mini_mias_counts(shared_data):
     folder = os.path.join(shared_data, "mias")
     if not os.path.isdir(folder):
-        pytest.skip("shared mias data absent")
+        pytest.skip("../shared/data/mias is absent")
     result = mias.load(folder)
     df = result.manifest.df
     assert len(df) == 258

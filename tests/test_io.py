@@ -420,8 +420,7 @@ def test_dicom_without_extension_or_named_by_uid(tmp_path):
 
 def test_dicom_compressed_with_pillow_codecs(tmp_path):
     for syntax in (JPEGBaseline8Bit, JPEG2000Lossless):
-        if not get_decoder(syntax).is_available:
-            pytest.skip(f"no pydicom decoder for {syntax.name} in this environment")
+        assert get_decoder(syntax).is_available, f"no pydicom decoder for {syntax.name}"
     arr = ramp(maxval=4095, dtype=np.uint16)
     buf = io.BytesIO()
     PILImage.fromarray(arr).save(buf, format="JPEG2000", no_jp2=True)  # reversible: lossless

@@ -87,7 +87,7 @@ def test_real_mias_task_counts(shared_data):
 
     folder = os.path.join(shared_data, "mias")
     if not os.path.isdir(folder):
-        pytest.skip("shared mias data absent")
+        pytest.skip("../shared/data/mias is absent")
     counts = task_counts(mias.load(folder).manifest)
     assert counts["normal-benign-malignant"] == {"normal": 166, "benign": 50, "malignant": 42}
     assert counts["normal-abnormal"] == {"normal": 166, "abnormal": 92}

@@ -186,3 +186,21 @@ def test_real_mini_mias_counts(shared_data):
     assert no_coords.startswith("4 finding row(s)")
     assert all(ref in no_coords for ref in ("mdb059", "mdb216", "mdb233", "mdb245"))
     assert all(0 <= x < 1024 and 0 <= y < 1024 for i in range(len(df)) for x, y, _ in result.manifest.rois(i))
+
+
+def test_real_mias_laterality_matches_the_chest_wall_side(shared_data):
+    """Info.txt note 1 (even = left) against the films: under the standard display a left breast
+    has its chest wall, the brighter half, on the image's left. 256 of 258 agree; mdb151/152
+    fill the frame."""
+    from mammolens.io import read_image
+
+    folder = os.path.join(shared_data, "mias")
+    if not os.path.isdir(folder):
+        pytest.skip("../shared/data/mias is absent")
+    df = mias.load(folder).manifest.df
+    agree = 0
+    for path, side in zip(df["path"], df["laterality"]):
+        pixels = read_image(path).pixels
+        half = pixels.shape[1] // 2
+        agree += (pixels[:, :half].sum() > pixels[:, half:].sum()) == (side == "L")
+    assert agree >= 256

@@ -78,7 +78,7 @@ def data_split(
 ) -> None:
     """A stratified, patient-grouped split, saved to disk and checked for leakage."""
     from mammolens.data.splits import save_split
-    from mammolens.data.tasks import derive_task
+    from mammolens.data.tasks import TASKS, derive_task
     from mammolens.experiment import load_experiment_source, make_or_load_split
 
     cfg = _source_config(source, kind, option, task=task, dedup=dedup)
@@ -87,12 +87,13 @@ def data_split(
     manifest, labels = derive_task(manifest, task)
     split = make_or_load_split(cfg, manifest, labels, task)
     save_split(split, out)
-    index = {s: i for i, s in enumerate(manifest.df["sample_id"])}
-    for part, ids in split.parts.items():
-        idx = [index[s] for s in ids]
+    classes = TASKS.get(task).classes
+    for part in split.parts:
+        idx = split.indices(manifest, part)
         groups = manifest.df["group"].iloc[idx].nunique()
-        counts = dict(Counter(labels[idx].tolist()))
-        typer.echo(f"{part:>6}: {len(ids):5d} samples, {groups:4d} groups, labels {counts}")
+        counts = Counter(labels[idx].tolist())
+        per_class = ", ".join(f"{name} {counts.get(i, 0)}" for i, name in enumerate(classes))
+        typer.echo(f"{part:>6}: {len(idx):5d} samples, {groups:4d} groups ({per_class})")
     typer.echo(f"wrote {out} (no group spans two parts)")
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mammolens.data.adapters import arrays
-from mammolens.data.adapters.base import ADAPTERS, detect_kind
+from mammolens.data.adapters.base import ADAPTERS, detect_kind, load_source
 from mammolens.errors import ConfigError, DataError
 
 
@@ -92,7 +92,7 @@ def test_missing_images_error_or_listed(npy_dir):
 
 def test_bad_options(npy_dir):
     with pytest.raises(ConfigError, match="unknown option.*shuffle.*known: label_names"):
-        arrays.load(npy_dir, shuffle=True)
+        load_source(npy_dir, "arrays", shuffle=True)
     with pytest.raises(ConfigError, match="'cancer' is not one of"):
         arrays.load(npy_dir, label_names={0: "cancer"})
     with pytest.raises(ConfigError, match="key 'a' is not an integer"):

@@ -172,7 +172,7 @@ def test_images_root_option_and_single_csv(with_images, tmp_path_factory):
     with pytest.raises(ConfigError, match="images_root"):
         cbis_ddsm.load(csv, images_root=elsewhere / "nope")
     with pytest.raises(ConfigError, match="unknown option.*split"):
-        cbis_ddsm.load(csv, split="train")
+        load_source(csv, "cbis-ddsm", split="train")
 
 
 def test_malformed_csvs_are_one_line_errors(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from mammolens.data.adapters import folders
-from mammolens.data.adapters.base import ADAPTERS, detect_kind
+from mammolens.data.adapters.base import ADAPTERS, detect_kind, load_source
 from mammolens.errors import ConfigError, DataError
 
 
@@ -98,7 +98,7 @@ def test_bad_options(mini_ddsm):
     with pytest.raises(ConfigError, match="'Benign' -> 'cancer'"):
         folders.load(mini_ddsm, label_map={"Benign": "cancer"})
     with pytest.raises(ConfigError, match="unknown option.*recursive"):
-        folders.load(mini_ddsm, recursive=True)
+        load_source(mini_ddsm, "folders", recursive=True)
 
 
 @pytest.mark.parametrize(

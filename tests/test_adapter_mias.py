@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mammolens.data.adapters import mias
-from mammolens.data.adapters.base import ADAPTERS, detect_kind
+from mammolens.data.adapters.base import ADAPTERS, detect_kind, load_source
 from mammolens.errors import ConfigError, DataError, MammolensError
 
 # Mirrors the real Info.txt: prose header, ===== separators, notes with numbered lines, trailing
@@ -165,7 +165,7 @@ def test_folder_without_info_and_unknown_option(tmp_path, mias_dir):
     with pytest.raises(DataError, match="no Info.txt"):
         mias.load(tmp_path / "empty")
     with pytest.raises(ConfigError, match="resize"):
-        mias.load(mias_dir, resize=512)
+        load_source(mias_dir, "mias", resize=512)
 
 
 def test_real_mini_mias_counts(shared_data):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mammolens.data import synthetic
-from mammolens.data.adapters.base import ADAPTERS
+from mammolens.data.adapters.base import ADAPTERS, load_source
 from mammolens.data.adapters.synthetic import detect, load
 from mammolens.errors import ConfigError, DataError
 
@@ -170,7 +170,7 @@ def test_adapter_missing_images_and_bad_rows(tmp_path):
     result = load(root, require_images=False)
     assert result.missing_files == [str(root / first)] and len(result.manifest) == 6
     with pytest.raises(ConfigError, match="unknown option"):
-        load(root, colour=True)
+        load_source(root, "synthetic", colour=True)
     text = (root / "synthetic.csv").read_text().replace(",normal,none,", ",normal,calc,", 1)
     (root / "synthetic.csv").write_text(text)
     with pytest.raises(DataError, match=r"synthetic.csv:2: lesion_type 'calc' does not fit"):

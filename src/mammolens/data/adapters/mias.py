@@ -29,7 +29,7 @@ from typing import Any
 
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.manifest import MIAS_CLASSES, Manifest
-from mammolens.errors import ConfigError, DataError
+from mammolens.errors import DataError
 from mammolens.io import read_meta
 
 MIAS_SIZE = 1024  # Info.txt note 2: every mini-MIAS film is 1024 x 1024
@@ -152,10 +152,8 @@ def _row(ref: str, findings: list[dict[str, Any]], image: Path, width: int, heig
     }
 
 
-def load(path: str | Path, *, require_images: bool = True, **options: Any) -> SourceResult:
+def load(path: str | Path, *, require_images: bool = True) -> SourceResult:
     """Read a mini-MIAS folder (or its ``Info.txt``) into one manifest row per film."""
-    if options:
-        raise ConfigError(f"unknown option(s) {', '.join(sorted(options))} for the mias adapter; it takes none")
     path = Path(path).resolve()
     info = find_info(path)
     if info is None:

@@ -14,7 +14,7 @@ from typing import Any
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.manifest import Manifest
 from mammolens.data.synthetic import CSV_COLUMNS, CSV_NAME, PATHOLOGIES, VIEWS
-from mammolens.errors import ConfigError, DataError
+from mammolens.errors import DataError
 
 _LESIONS = {"normal": ("none",), "benign": ("mass", "calc"), "malignant": ("mass", "calc")}
 _MIAS_CLASS = {("normal", "none"): "NORM", ("benign", "mass"): "CIRC", ("malignant", "mass"): "SPIC"}
@@ -70,10 +70,8 @@ def _record(row: dict[str, str], root: Path, where: str) -> dict[str, Any]:
     }
 
 
-def load(path: str | Path, *, require_images: bool = True, **options: Any) -> SourceResult:
+def load(path: str | Path, *, require_images: bool = True) -> SourceResult:
     """Read a synthetic dataset folder (or its ``synthetic.csv``) into one manifest row per image."""
-    if options:
-        raise ConfigError(f"unknown option(s) {', '.join(sorted(options))} for the synthetic adapter; it takes none")
     csv_path = _csv_path(Path(path).resolve())
     if csv_path is None:
         raise DataError(f"no {CSV_NAME} here; make one with mammolens.data.synthetic.generate", path=path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -179,9 +178,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for a user's mistake, printed as one line)."""
-    # Lightning's deprecation notice and its hint for small datasets say nothing to a user here.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
     try:
         app(args=argv)  # Typer prints usage errors itself and exits 2
     except SystemExit as exc:

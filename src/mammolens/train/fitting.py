@@ -12,6 +12,7 @@ Multi-GPU and multi-node runs need only ``devices``, ``strategy: ddp`` and ``num
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,12 @@ def fit(
             EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience, min_delta=cfg.min_delta)
         )
     trainer = _trainer(cfg, out_dir, all_callbacks)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        # Lightning's own deprecation notice, and its hint that small datasets log less often than
+        # log_every_n_steps: neither is actionable by a mammolens user.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        warnings.filterwarnings("ignore", message=r"The number of training batches .* smaller than the logging interval")
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
     # Read back from disk, so every strategy (spawned workers included) ends with the same record.
     last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)

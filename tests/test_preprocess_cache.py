@@ -283,3 +283,25 @@ def test_frames_of_a_stacked_array_are_separate_samples(tmp_path):
     assert cache.load("f0").mean() == pytest.approx(0.2, abs=1e-4)
     assert cache.load("f1").mean() == pytest.approx(0.8, abs=1e-4)
 
+
+
+def test_content_key_follows_the_source_files(tmp_path):
+    """The feature fast path keys its cache on this: a changed image must change it."""
+    from mammolens.data.manifest import Manifest
+    from mammolens.preprocess import PreprocessCache, default_config
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(2):
+        path = tmp_path / f"img{i}.npy"
+        np.save(path, rng.random((48, 40), dtype=np.float32))
+        rows.append({"sample_id": f"s{i}", "source": "arrays", "path": str(path), "group": f"g{i}"})
+    manifest = Manifest.from_records(rows)
+    cache = PreprocessCache(tmp_path / "cache", default_config(size=16))
+    cache.build(manifest, workers=1, progress=False)
+    before = cache.content_key(["s0", "s1"])
+    assert cache.content_key(["s0", "s1"]) == before
+    assert cache.content_key(["s1", "s0"]) != before  # order matters: features are stored in row order
+    np.save(tmp_path / "img1.npy", rng.random((48, 40), dtype=np.float32))
+    cache.build(manifest, workers=1, progress=False)
+    assert cache.content_key(["s0", "s1"]) != before

@@ -175,7 +175,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
     from mammolens.data.splits import save_split
     from mammolens.data.tasks import TASKS, derive_task
     from mammolens.models import create_model
-    from mammolens.preprocess import PreprocessCache
+    from mammolens.preprocess import Pipeline, PreprocessCache
     from mammolens.train import ArrayDataModule, Bundle, fit, num_outputs, save_bundle
 
     t0 = time.perf_counter()
@@ -208,7 +208,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
     sample_ids = manifest.df["sample_id"].tolist()
     dm = ArrayDataModule.from_config(
         cache.load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()}, train_cfg,
-        num_classes=len(task.classes), data_key=f"{manifest.content_hash()}-{cache_key(pre_cfg)}",
+        num_classes=len(task.classes), data_key=cache.content_key(sample_ids),
     )
     if fresh and not resume:
         shutil.rmtree(out_dir / "training", ignore_errors=True)
@@ -228,7 +228,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
         "split_file_hash": _file_hash(out_dir / "split.json"),
         "split": {"kind": split.kind, "seed": split.seed, "sizes": {p: int(len(v)) for p, v in parts.items()}},
         "source": cfg.data.source,
-        "preprocess_hash": cache_key(pre_cfg),
+        "preprocess_hash": Pipeline(pre_cfg).config_hash(),
         "pretrained_from": dict(getattr(model, "pretrained_from", {}) or {}),
     }
     bundle_dir = save_bundle(
@@ -256,12 +256,6 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
     }
     atomic.write_json(out_dir / "summary.json", summary)
     return summary
-
-
-def cache_key(pre_cfg) -> str:  # noqa: ANN001 - PreprocessConfig
-    from mammolens.preprocess import Pipeline
-
-    return Pipeline(pre_cfg).config_hash()
 
 
 def _evaluate_part(bundle, sample_ids: list[str], load, y: np.ndarray, batch: int = 32) -> dict[str, float]:  # noqa: ANN001

@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +119,12 @@ class PreprocessCache:
                 path=self.dir / entry["file"],
             )
         return array.astype(np.float32) * np.float32(1.0 / 65535.0)
+
+    def content_key(self, sample_ids: Sequence[str]) -> str:
+        """One key for these samples' cached arrays, which changes whenever any source file, ROI
+        input or the pipeline config does (each entry's key already covers them)."""
+        keys = [self._entry(s)["key"] for s in sample_ids]
+        return hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
 
     def load_rois(self, sample_id: str) -> list[ROI]:
         """ROI circles in the preprocessed image's pixels (x = column, y = row)."""

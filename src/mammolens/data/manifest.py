@@ -105,10 +105,6 @@ class Manifest:
             raise DataError(f"cannot read manifest ({type(exc).__name__}: {exc})", path=path) from None
         return cls(df, name=path.stem)
 
-    @staticmethod
-    def concat(manifests: Iterable[Manifest], name: str = "manifest") -> Manifest:
-        return Manifest(pd.concat([m.df for m in manifests], ignore_index=True), name=name)
-
 
 def _normalise(df: pd.DataFrame, name: str) -> pd.DataFrame:
     missing = [c for c, (_, default) in COLUMNS.items() if default is None and c not in df.columns]

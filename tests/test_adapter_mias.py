@@ -7,6 +7,7 @@ import pytest
 from mammolens.data.adapters import mias
 from mammolens.data.adapters.base import ADAPTERS, detect_kind, load_source
 from mammolens.errors import ConfigError, DataError, MammolensError
+from realdata import shared_folder
 
 # Mirrors the real Info.txt: prose header, ===== separators, notes with numbered lines, trailing
 # spaces, NORM rows without severity, several rows for one image, benign + malignant on one image,
@@ -76,13 +77,15 @@ def test_one_row_per_image_with_image_level_labels(mias_dir):
     assert json.loads(rows["mias-mdb003"].meta)["tissue"] == "dense-glandular"
 
 
-def test_pairs_are_groups_and_even_films_are_left(mias_dir):
+def test_pairs_are_groups_and_even_films_are_right(mias_dir):
     rows = by_id(mias.load(mias_dir))
     assert [rows[f"mias-mdb00{i}"].group for i in range(1, 7)] == [
         "mias-pair-001", "mias-pair-001", "mias-pair-002", "mias-pair-002", "mias-pair-003", "mias-pair-003"
     ]
     assert all(r.patient_id == r.group for r in rows.values())
-    assert [rows[f"mias-mdb00{i}"].laterality for i in range(1, 7)] == ["R", "L"] * 3
+    # the films' mirror-written markers (read R on even films), not Info.txt note 1
+    assert [rows[f"mias-mdb00{i}"].laterality for i in range(1, 7)] == ["L", "R"] * 3
+    assert all(json.loads(r.meta)["stored_mirrored"] for r in rows.values())
     assert {r.view for r in rows.values()} == {"MLO"}
 
 
@@ -137,8 +140,41 @@ def test_unreadable_image_names_the_file(mias_dir):
         mias.load(mias_dir)
 
 
-def test_sample_ids_and_content_are_stable(mias_dir):
-    assert mias.load(mias_dir).manifest.content_hash() == mias.load(mias_dir).manifest.content_hash()
+def test_content_hash_follows_labels_and_rois_but_not_the_folder(mias_dir, tmp_path_factory):
+    first = mias.load(mias_dir).manifest.content_hash()
+    moved = tmp_path_factory.mktemp("moved")
+    for p in mias_dir.iterdir():
+        (moved / p.name).write_bytes(p.read_bytes())
+    assert mias.load(moved).manifest.content_hash() == first  # a moved dataset keeps its splits
+    info = moved / "Info.txt"
+    info.write_text(info.read_text().replace("mdb001 G CIRC B 10 20 5", "mdb001 G CIRC M 10 20 5"))
+    assert mias.load(moved).manifest.content_hash() != first  # a relabelled finding does not
+    info.write_text(info.read_text().replace("mdb001 G CIRC M 10 20 5", "mdb001 G CIRC B 11 20 5"))
+    assert mias.load(moved).manifest.content_hash() != first  # nor a moved circle
+
+
+def test_lesion_task_has_one_sample_per_located_finding(mias_dir):
+    from mammolens.data.tasks import derive_task
+
+    manifest, labels = derive_task(mias.load(mias_dir).manifest, "benign-malignant")
+    df = manifest.df
+    # mdb003 has a benign CALC and a malignant SPIC: two samples, each with its own circle and label
+    assert df["sample_id"].tolist() == ["mias-mdb001-f1", "mias-mdb003-f1", "mias-mdb003-f2"]
+    assert labels.tolist() == [0, 0, 1]
+    assert [json.loads(r) for r in df["rois"]] == [[[10, 27, 5]], [[5, 58, 2]], [[30, 23, 6]]]
+    assert df["abnormality"].tolist() == ["CIRC", "CALC", "SPIC"] and df["group"].nunique() == 2
+    # mdb004 (no coordinates) and mdb005 (*NOTE 3*) are left out, and said to be
+    assert "mias-mdb004-f1" in manifest.notes[0] and "mias-mdb005-f1" in manifest.notes[0]
+    kept, _ = derive_task(mias.load(mias_dir).manifest, "benign-malignant", keep_unlocated=True)
+    assert len(kept) == 5 and not kept.notes
+
+
+def test_unreadable_images_are_listed_not_fatal_when_images_are_optional(mias_dir):
+    (mias_dir / "mdb006.pgm").write_bytes(b"P5\nnot a header")
+    (mias_dir / "mdb002.pgm").write_bytes(b"")
+    result = mias.load(mias_dir, require_images=False)
+    assert len(result.manifest) == 6
+    assert len(result.bad_files) == 2 and all(n in " ".join(result.bad_files) for n in ("mdb006", "mdb002"))
 
 
 @pytest.mark.parametrize(
@@ -169,9 +205,7 @@ def test_folder_without_info_and_unknown_option(tmp_path, mias_dir):
 
 
 def test_real_mini_mias_counts(shared_data):
-    folder = os.path.join(shared_data, "mias")
-    if not os.path.isdir(folder):
-        pytest.skip("../shared/data/mias is absent")
+    folder = shared_folder("mias")
     result = mias.load(folder)
     df = result.manifest.df
     assert len(df) == 258
@@ -188,19 +222,29 @@ def test_real_mini_mias_counts(shared_data):
     assert all(0 <= x < 1024 and 0 <= y < 1024 for i in range(len(df)) for x, y, _ in result.manifest.rois(i))
 
 
-def test_real_mias_laterality_matches_the_chest_wall_side(shared_data):
-    """Info.txt note 1 (even = left) against the films: under the standard display a left breast
-    has its chest wall, the brighter half, on the image's left. 256 of 258 agree; mdb151/152
-    fill the frame."""
+def test_real_mias_laterality_and_mirrored_storage_match_the_chest_wall(shared_data):
+    """The adapter's laterality (even = R, from the mirror-written markers) and the mirrored
+    storage predict the chest-wall side: a mirrored right breast has its chest wall on the image's
+    LEFT. Every film whose breast is clearly on one side (the breast mask's halves differ by more
+    than 10 %) must agree; films that fill the frame say nothing either way."""
     from mammolens.io import read_image
+    from mammolens.preprocess import Pipeline, Sample, breast_mask
 
-    folder = os.path.join(shared_data, "mias")
-    if not os.path.isdir(folder):
-        pytest.skip("../shared/data/mias is absent")
+    folder = shared_folder("mias")
     df = mias.load(folder).manifest.df
-    agree = 0
+    orient = Pipeline({"steps": [{"name": "orient"}]})
+    clear = 0
     for path, side in zip(df["path"], df["laterality"]):
         pixels = read_image(path).pixels
-        half = pixels.shape[1] // 2
-        agree += (pixels[:, :half].sum() > pixels[:, half:].sum()) == (side == "L")
-    assert agree >= 256
+        mask, _ = breast_mask(pixels)
+        half = mask.shape[1] // 2
+        left, right = int(mask[:, :half].sum()), int(mask[:, -half:].sum())
+        if abs(left - right) <= 0.1 * (left + right):
+            continue
+        clear += 1
+        assert (left > right) == (side == "R"), path
+        # content-based orientation puts the chest wall on the left whatever the header says
+        out = orient(Sample(pixels=pixels, laterality="L" if side == "R" else "R")).pixels
+        out_mask, _ = breast_mask(out)
+        assert out_mask[:, :half].sum() > out_mask[:, -half:].sum(), path
+    assert clear >= 0.95 * len(df)  # the check above is not vacuous

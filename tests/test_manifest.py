@@ -108,7 +108,7 @@ def test_from_dict_builds_nested_dataclasses_and_names_bad_keys() -> None:
 def test_overrides_and_yaml_errors(tmp_path) -> None:
     data = apply_overrides({"inner": {"size": 1}}, ["inner.size=7", "lr=0.5", "path=null"])
     assert from_dict(Outer, data) == Outer(lr=0.5, inner=Inner(7))
-    with pytest.raises(ConfigError, match="must look like section.key=value"):
+    with pytest.raises(ConfigError, match="must look like key=value"):
         apply_overrides({}, ["novalue"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1, 2\n")

@@ -305,3 +305,27 @@ def test_content_key_follows_the_source_files(tmp_path):
     np.save(tmp_path / "img1.npy", rng.random((48, 40), dtype=np.float32))
     cache.build(manifest, workers=1, progress=False)
     assert cache.content_key(["s0", "s1"]) != before
+
+
+def scaled_loader(path: str, frame: int | None = None, *, gain: float = 1.0) -> np.ndarray:
+    return np.clip(npy_loader(path, frame) * gain, 0.0, 1.0)
+
+
+def test_loaders_with_other_arguments_or_code_never_share_arrays(tmp_path):
+    """Two functools.partial loaders of one function differ only in their arguments: each must
+    get its own arrays (the old key named only the function, so the second read the first's)."""
+    import functools
+
+    from mammolens.preprocess.cache import loader_identity
+
+    manifest = make_manifest(tmp_path, n=2)
+    dim, bright = functools.partial(scaled_loader, gain=0.5), functools.partial(scaled_loader, gain=1.0)
+    assert loader_identity(dim) != loader_identity(bright)
+    assert loader_identity(dim) == loader_identity(functools.partial(scaled_loader, gain=0.5))
+    first = PreprocessCache(tmp_path / "cache", CONFIG, loader=dim)
+    first.build(manifest, workers=1, progress=False)
+    second = PreprocessCache(tmp_path / "cache", CONFIG, loader=bright)
+    report = second.build(manifest, workers=1, progress=False)
+    assert report.reused == 0 and report.rebuilt_stale == 2
+    expected = Pipeline(CONFIG)(Sample(pixels=bright(str(tmp_path / "img0.npy")), rois=())).pixels
+    np.testing.assert_allclose(second.load("s0"), expected, atol=1 / 65535)

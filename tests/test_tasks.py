@@ -6,6 +6,7 @@ import pytest
 from mammolens.data.manifest import MIAS_CLASSES, Manifest
 from mammolens.data.tasks import TASKS, derive_task, task_counts
 from mammolens.errors import ConfigError, DataError
+from realdata import shared_folder
 
 # (pathology, abnormality, lesion_type) of a small MIAS-like source
 ROWS = [
@@ -85,11 +86,10 @@ def test_task_counts_lists_only_supported_tasks():
 def test_real_mias_task_counts(shared_data):
     from mammolens.data.adapters import mias
 
-    folder = os.path.join(shared_data, "mias")
-    if not os.path.isdir(folder):
-        pytest.skip("../shared/data/mias is absent")
-    counts = task_counts(mias.load(folder).manifest)
+    counts = task_counts(mias.load(shared_folder("mias")).manifest)
     assert counts["normal-benign-malignant"] == {"normal": 166, "benign": 50, "malignant": 42}
     assert counts["normal-abnormal"] == {"normal": 166, "abnormal": 92}
     assert counts["mias-7class"] == {"NORM": 166, "CALC": 20, "CIRC": 17, "SPIC": 17, "MISC": 12, "ARCH": 16, "ASYM": 10}
-    assert counts["mass-calc"] == {"mass": 72, "calc": 20}
+    # lesion tasks: one sample per finding with coordinates (97 findings, 4 without: 1 CIRC, 3 CALC)
+    assert counts["benign-malignant"] == {"benign": 52, "malignant": 41}
+    assert counts["mass-calc"] == {"mass": 73, "calc": 20}

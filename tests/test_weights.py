@@ -21,6 +21,7 @@ from mammolens.models.weights import (
     read_state_dict,
     to_timm_layout,
 )
+from realdata import import_or_absent
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 CUP_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
@@ -40,14 +41,14 @@ def offline(monkeypatch, tmp_path):
 
 
 def real_weights(arch: str) -> Path:
-    pytest.importorskip(REAL_PACKAGES[arch])
+    import_or_absent(REAL_PACKAGES[arch])
     path = find_local_weights(arch)
     assert path is not None and path.is_file()
     return path
 
 
 def photos() -> dict[str, tuple[np.ndarray, set[int]]]:
-    data = pytest.importorskip("skimage.data")
+    data = import_or_absent("skimage.data")
     return {"cat": (data.chelsea(), CAT_CLASSES), "coffee": (data.coffee(), CUP_CLASSES)}
 
 

@@ -1,11 +1,16 @@
-"""Write-then-rename helpers: a crash or a user error never leaves a half-written file."""
+"""Write-then-rename helpers: a crash or a user error never leaves a half-written file.
+
+Temporary files and folders are created with the modes ``open`` and ``mkdir`` would use (0666 /
+0777 less the umask), not ``mkstemp``'s owner-only 0600: a bundle or run written here must be
+readable by the service account or container that deploys it, as any other file the user writes.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -13,14 +18,43 @@ from typing import IO, Any
 import numpy as np
 
 
+def umask_mode(path: str | Path) -> None:
+    """Give a file written by a library that creates it owner-only (safetensors does) the mode
+    ``open`` would have given it: 0666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def _temp_name(path: Path, suffix: str) -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+
+
+def make_temp_dir(path: str | Path, suffix: str = ".tmp") -> Path:
+    """A new, empty folder beside ``path`` (same file system, so it can be renamed onto it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = _temp_name(path, suffix)
+        try:
+            tmp.mkdir(mode=0o777)  # the umask applies, as for any folder
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    while True:
+        tmp_path = _temp_name(path, ".tmp")
+        try:
+            os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # umask applies
+            break
+        except FileExistsError:
+            continue
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -46,3 +80,18 @@ def write_json(path: str | Path, obj: Any) -> None:
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_open(path, "wb") as fh:
         np.save(fh, array, allow_pickle=False)
+
+
+def replace_dir(new: str | Path, target: str | Path) -> None:
+    """Rename the finished folder ``new`` onto ``target``; an old ``target`` is moved aside first
+    and removed after, so readers see the old folder or the new one, never a mix."""
+    import shutil
+
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = make_temp_dir(target, ".old")
+    os.replace(target, old / target.name)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)

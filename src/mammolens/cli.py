@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-import yaml
 
-from mammolens.errors import ConfigError, MammolensError
+from mammolens.configuration import parse_assignment
+from mammolens.errors import MammolensError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mammogram classification with explanations.")
@@ -27,17 +27,11 @@ OptionOpt = typer.Option(None, "--option", "-o", help="Adapter option key=value 
 
 
 def _options(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option {item!r} must look like key=value")
-        out[key] = yaml.safe_load(raw)
-    return out
+    return dict(parse_assignment(item, "--option") for item in items or [])
 
 
 def _source_config(source: str, kind: str | None, options: list[str] | None, task: str | None = None, dedup: bool = False):
-    from mammolens.experiment import ExperimentConfig
+    from mammolens.experiment_config import ExperimentConfig
 
     cfg = ExperimentConfig()
     cfg.data.source, cfg.data.kind, cfg.data.options, cfg.data.dedup = source, kind, _options(options), dedup
@@ -77,16 +71,17 @@ def data_split(
 ) -> None:
     """A stratified, patient-grouped split, saved to disk and checked for leakage."""
     from mammolens.data.splits import save_split
-    from mammolens.data.tasks import TASKS, derive_task
-    from mammolens.experiment import load_experiment_source, make_or_load_split
+    from mammolens.datasets import make_or_load_split, task_samples
 
     cfg = _source_config(source, kind, option, task=task, dedup=dedup)
     cfg.data.split.val, cfg.data.split.test, cfg.data.split.folds, cfg.data.split.seed = val, test, folds, seed
-    manifest, _ = load_experiment_source(cfg)
-    manifest, labels = derive_task(manifest, task)
+    manifest, labels, task_spec = task_samples(cfg)
     split = make_or_load_split(cfg, manifest, labels, task)
     save_split(split, out)
-    classes = TASKS.get(task).classes
+    classes = task_spec.classes
+    typer.echo(f"task {task} ({task_spec.unit} level): {len(manifest)} samples")
+    for note in manifest.notes:
+        typer.echo(f"note: {note}")
     for part in split.parts:
         idx = split.indices(manifest, part)
         groups = manifest.df["group"].iloc[idx].nunique()
@@ -111,14 +106,13 @@ def data_preview(
     workers: Optional[int] = typer.Option(None, help="Preprocessing worker processes."),
     cache_dir: Optional[str] = typer.Option(None, help="Where preprocessed arrays are cached (default $MAMMOLENS_CACHE or .cache/mammolens)."),
 ) -> None:
-    """A PNG contact sheet of preprocessed samples with ROI outlines."""
-    from mammolens.experiment import write_preview
+    """One PNG: preprocessed samples, or with --original the original films, with ROI outlines."""
+    from mammolens.datasets import write_preview
 
     cfg = _source_config(source, kind, option)
     cfg.image_size, cfg.roi_crop, cfg.workers = size, roi_crop, workers
     cfg.cache_dir = cache_dir or cfg.cache_dir
-    for path in write_preview(cfg, out, n=n, seed=seed, original=original, only_rois=only_rois):
-        typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {write_preview(cfg, out, n=n, seed=seed, original=original, only_rois=only_rois)}")
 
 
 @app.command("train")
@@ -134,15 +128,20 @@ def train(
     num_nodes: Optional[int] = typer.Option(None, help="Nodes for multi-node DDP."),
 ) -> None:
     """Train one configured model and write a bundle (weights, config, threshold, provenance)."""
-    from mammolens.experiment import load_config, run_experiment
+    from mammolens.experiment_config import load_config
 
     overrides = list(set_ or [])
     for key, value in (("devices", devices), ("strategy", strategy), ("accelerator", accelerator), ("num_nodes", num_nodes)):
         if value is not None:
             overrides.append(f"train.{key}={value}")
-    cfg = load_config(config, overrides)
-    summary = run_experiment(cfg, out or Path("runs") / cfg.name, resume=resume, fresh=fresh)
-    _print_summary(summary)
+    from mammolens.run_dir import claim_run_dir
+
+    cfg = load_config(config, overrides)  # config and run folder are checked before torch is imported
+    out = out or Path("runs") / cfg.name
+    claim_run_dir(out, resume=resume, fresh=fresh)
+    from mammolens.experiment import run_experiment
+
+    _print_summary(run_experiment(cfg, out, resume=resume, fresh=fresh))
 
 
 @app.command("demo")
@@ -151,9 +150,11 @@ def demo(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override section.key=value, repeatable."),
 ) -> None:
     """The main job on built-in synthetic mammograms: split, preprocess, train the hybrid, evaluate, bundle."""
-    from mammolens.experiment import load_config, run_experiment
+    from mammolens.experiment_config import load_config
 
     cfg = load_config("demo", list(set_ or []))
+    from mammolens.experiment import run_experiment
+
     summary = run_experiment(cfg, out, fresh=True)
     _print_summary(summary)
 
@@ -168,12 +169,20 @@ def models() -> None:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    typer.echo(f"{summary['name']}: {summary['model']} on {summary['task']} {summary['classes']}")
+    typer.echo(f"{summary['name']}: {summary['model']} on {summary['task']} ({summary['unit']} level) {summary['classes']}")
     typer.echo(f"  samples {summary['samples']}  groups {summary['groups']}  best epoch {summary['best_epoch']}"
                f"{'  (stopped early)' if summary['stopped_early'] else ''}  {summary['seconds']} s")
     for part, m in summary["metrics"].items():
-        typer.echo("  " + part + ": " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
+        typer.echo("  " + part + ": " + "  ".join(f"{k} {_number(v)}" for k, v in m.items()))
+    for note in summary["notes"]:
+        typer.echo(f"  note: {note}")
     typer.echo(f"  bundle: {summary['bundle']}")
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "undefined"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,19 +67,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def parse_assignment(item: str, what: str = "override") -> tuple[str, Any]:
+    """``key=value`` -> (key, value parsed as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{what} {item!r} must look like key=value")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {item!r}: value is not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, in place."""
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, value = parse_assignment(item)
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = value
     return data
 
 

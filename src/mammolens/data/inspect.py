@@ -6,20 +6,25 @@ import json
 from typing import Any
 
 from mammolens.data.tasks import task_counts
+from mammolens.data.units import lesion_rows
+from mammolens.errors import MammolensError
 
 
 def inspect_source(cfg) -> dict[str, Any]:  # noqa: ANN001 - ExperimentConfig (import cycle)
     """A JSON-able report of a source: counts per label, task and group, ROIs, missing files."""
-    from mammolens.experiment import load_experiment_source
+    from mammolens.datasets import load_experiment_source
 
     manifest, result = load_experiment_source(cfg, require_images=False)
     df = manifest.df
-    lesion = df["pathology"].isin(["benign", "malignant"])
-    no_roi = lesion & (df["rois"] == "[]") & (df["mask_path"] == "")
+    lesions = lesion_rows(manifest, keep_unlocated=True).manifest.df
+    lesions = lesions[lesions["pathology"].isin(["benign", "malignant"])]
+    no_roi = (lesions["rois"] == "[]") & (lesions["mask_path"] == "")
+    bad = list(result.bad_files) + _unreadable(df, set(result.missing_files), result.bad_files)
     report: dict[str, Any] = {
         "source": cfg.data.source,
         "kind": str(df["source"].iat[0]) if len(df) else "",
         "samples": int(len(df)),
+        "lesions": {"count": int(len(lesions)), "pathology": _counts(lesions["pathology"])},
         "image_files": int(df["path"].nunique()),
         "groups": int(df["group"].nunique()),
         "patients": int(df["patient_id"].replace("", None).nunique()),
@@ -29,8 +34,9 @@ def inspect_source(cfg) -> dict[str, Any]:  # noqa: ANN001 - ExperimentConfig (i
         "laterality": _counts(df["laterality"]),
         "view": _counts(df["view"]),
         "tasks": task_counts(manifest),
-        "lesions_without_roi": {"count": int(no_roi.sum()), "samples": df.loc[no_roi, "sample_id"].tolist()},
+        "lesions_without_roi": {"count": int(no_roi.sum()), "samples": lesions.loc[no_roi, "sample_id"].tolist()},
         "missing_image_files": len(result.missing_files),
+        "unreadable_files": bad,
         "missing_examples": result.missing_files[:5],
         "notes": list(result.notes),
         "by_file": _by_source_file(df),
@@ -46,7 +52,10 @@ def inspect_source(cfg) -> dict[str, Any]:  # noqa: ANN001 - ExperimentConfig (i
 def render_report(report: dict[str, Any]) -> str:
     lines = [
         f"source   {report['source']} ({report['kind']})",
-        f"samples  {report['samples']} (image files: {report['image_files']}, missing: {report['missing_image_files']})",
+        f"samples  {report['samples']} (image files: {report['image_files']}, missing: {report['missing_image_files']}, "
+        f"unreadable: {len(report['unreadable_files'])})",
+        f"lesions  {report['lesions']['count']} findings ("
+        + ", ".join(f"{k} {v}" for k, v in report["lesions"]["pathology"].items()) + ")",
         f"groups   {report['groups']} split groups, {report['patients']} patients",
     ]
     for key in ("pathology", "abnormality", "lesion_type", "laterality", "view"):
@@ -56,7 +65,11 @@ def render_report(report: dict[str, Any]) -> str:
         lines.append(f"task {task:<24} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     nr = report["lesions_without_roi"]
     if nr["count"]:
-        lines.append(f"lesions without ROI (no coordinates, no mask file): {nr['count']} ({', '.join(nr['samples'][:10])}{' ...' if nr['count'] > 10 else ''})")
+        lines.append(
+            f"lesions without ROI (no coordinates, no mask file), left out of lesion tasks: {nr['count']} "
+            f"({', '.join(nr['samples'][:10])}{' ...' if nr['count'] > 10 else ''})"
+        )
+    lines += [f"unreadable: {line}" for line in report["unreadable_files"]]
     if report["missing_image_files"]:
         lines.append(f"missing image files: {report['missing_image_files']} (e.g. {report['missing_examples'][0]})")
     if "groups_after_dedup" in report:
@@ -82,6 +95,23 @@ def _by_source_file(df) -> dict[str, dict[str, Any]]:  # noqa: ANN001
         entry["pathology"][label] = entry["pathology"].get(label, 0) + 1
     return {k: {**v, "patients": len(v["patients"]), "pathology": dict(sorted(v["pathology"].items()))}
             for k, v in sorted(out.items())}
+
+
+def _unreadable(df, missing: set[str], known: list[str]) -> list[str]:  # noqa: ANN001
+    """One line per image or mask file whose header cannot be read; every file is tried."""
+    from mammolens.io import read_meta
+
+    reported = "\n".join(known)
+    out = []
+    paths = [*df["path"], *df.loc[df["mask_path"] != "", "mask_path"]]
+    for path in dict.fromkeys(paths):
+        if path in missing or path in reported:
+            continue
+        try:
+            read_meta(path)
+        except MammolensError as exc:
+            out.append(str(exc))
+    return out
 
 
 def _counts(series) -> dict[str, int]:  # noqa: ANN001

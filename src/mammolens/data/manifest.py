@@ -47,6 +47,7 @@ class Manifest:
     def __init__(self, df: pd.DataFrame, *, name: str = "manifest") -> None:
         self.df = _normalise(df, name)
         self.name = name
+        self.notes: list[str] = []  # what was left out on the way here, for reports (not saved)
 
     @classmethod
     def from_records(cls, records: Iterable[dict[str, Any]], *, name: str = "manifest") -> Manifest:

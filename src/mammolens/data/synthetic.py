@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from mammolens.atomic import make_temp_dir, replace_dir
 from mammolens.errors import ConfigError, DataError
 
 CSV_NAME = "synthetic.csv"
@@ -361,13 +360,7 @@ def _prepare_target(out: Path) -> None:
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
     _prepare_target(out)
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
+    replace_dir(tmp, out)
 
 
 def generate(
@@ -401,7 +394,7 @@ def generate(
     out = Path(out_dir).absolute()
     _prepare_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = make_temp_dir(out)
     try:
         (tmp / "images").mkdir()
         rows = []

@@ -1,8 +1,10 @@
-"""Tasks: which manifest column a model learns and how its values map to class indices.
+"""Tasks: which manifest column a model learns, at which unit, and how values map to class indices.
 
 A task reads one column, so a manifest from any source supports the tasks whose column it fills:
 CBIS-DDSM rows (lesions, never normal) support benign-malignant and mass-calc; MIAS supports all
-five. Derive a task on the whole manifest *before* splitting, so every class is known up front.
+five. Lesion tasks (benign-malignant, mass-calc) classify one finding per sample; film tasks one
+film (``units.py``). Derive a task on the whole manifest *before* splitting, so every class is
+known up front.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mammolens.data.manifest import MIAS_CLASSES, Manifest
+from mammolens.data.units import Units, lesion_rows
 from mammolens.errors import DataError
 from mammolens.registry import Registry
 
@@ -25,21 +28,25 @@ class Task:
     label_of: Callable[[Mapping[str, Any]], int | None]  # None: the row takes no part in this task
     description: str
     column: str  # the manifest column label_of reads, named in errors
+    unit: str = "film"  # "lesion": one sample per finding (units.lesion_rows); "film": per image
 
 
 TASKS: Registry[Task] = Registry("task")
 
 
-def _column_task(name: str, column: str, classes: tuple[str, ...], values: dict[str, str], description: str) -> Task:
+def _column_task(
+    name: str, column: str, classes: tuple[str, ...], values: dict[str, str], description: str, unit: str = "film"
+) -> Task:
     """A task whose label is ``classes.index(values[row[column]])``; values not listed are excluded."""
     index = {value: classes.index(cls) for value, cls in values.items()}
-    return TASKS.add(name, Task(name, classes, lambda row: index.get(row[column]), description, column))
+    return TASKS.add(name, Task(name, classes, lambda row: index.get(row[column]), description, column, unit))
 
 
 _column_task(
     "benign-malignant", "pathology", ("benign", "malignant"),
     {"benign": "benign", "malignant": "malignant"},
-    "benign vs malignant finding (image or lesion); normal samples are excluded",
+    "benign vs malignant, one sample per finding; normal samples are excluded",
+    unit="lesion",
 )
 _column_task(
     "normal-abnormal", "pathology", ("normal", "abnormal"),
@@ -59,7 +66,8 @@ _column_task(
 _column_task(
     "mass-calc", "lesion_type", ("mass", "calc"),
     {"mass": "mass", "calc": "calc"},
-    "lesion type; MIAS ARCH and ASYM count as mass",
+    "lesion type, one sample per finding; MIAS ARCH and ASYM count as mass",
+    unit="lesion",
 )
 
 
@@ -83,25 +91,44 @@ def _check(manifest: Manifest, task: Task, labels: np.ndarray, allow_missing_cla
     )
 
 
-def derive_task(manifest: Manifest, name: str, *, allow_missing_classes: bool = False) -> tuple[Manifest, np.ndarray]:
-    """The rows that take part in task ``name`` and their class indices (int64).
+def task_units(manifest: Manifest, name: str, *, keep_unlocated: bool = False) -> Units:
+    """The manifest at task ``name``'s unit (lesion rows for a lesion task), with what was left out."""
+    if TASKS.get(name).unit == "lesion":
+        return lesion_rows(manifest, keep_unlocated=keep_unlocated)
+    return Units(manifest)
+
+
+def derive_task(
+    manifest: Manifest, name: str, *, allow_missing_classes: bool = False, keep_unlocated: bool = False
+) -> tuple[Manifest, np.ndarray]:
+    """The samples of task ``name`` (one per finding for a lesion task) and their class indices.
 
     Every class must be present, since a class absent at training time cannot be learned or
     scored; ``allow_missing_classes`` relaxes that to two classes, for evaluating on a subset.
+    Lesions without coordinates are left out unless ``keep_unlocated``; the returned manifest's
+    ``notes`` say which.
     """
     task = TASKS.get(name)
-    labels = _labels(manifest, task)
-    _check(manifest, task, labels, allow_missing_classes)
+    units = task_units(manifest, name, keep_unlocated=keep_unlocated)
+    labels = _labels(units.manifest, task)
+    _check(units.manifest, task, labels, allow_missing_classes)
     keep = labels >= 0
-    return manifest.subset(keep), labels[keep]
+    out = units.manifest.subset(keep)
+    if units.left_out:
+        out.notes.append(
+            f"{len(units.left_out)} finding(s) without coordinates left out of lesion task {name}: "
+            + "; ".join(units.left_out)
+        )
+    return out, labels[keep]
 
 
 def task_counts(manifest: Manifest) -> dict[str, dict[str, int]]:
-    """Samples per class for each task this manifest fully supports (for ``data inspect``)."""
+    """Samples per class for each task this manifest fully supports, at the task's unit."""
     counts = {}
     for name in TASKS.names():
         task = TASKS.get(name)
-        labels = _labels(manifest, task)
+        units = task_units(manifest, name)
+        labels = _labels(units.manifest, task)
         if len(set(labels[labels >= 0].tolist())) == len(task.classes):
             counts[name] = {c: int((labels == i).sum()) for i, c in enumerate(task.classes)}
     return counts

@@ -1,4 +1,9 @@
-"""DICOM through pydicom: stored values -> modality LUT -> VOI LUT or window -> MONOCHROME1 inversion.
+"""DICOM through pydicom: stored values -> modality LUT -> VOI LUT or window -> inversion -> padding.
+
+Inversion: MONOCHROME1, or ``PresentationLUTShape`` INVERSE on MONOCHROME2. The DX and MG IODs
+pair MONOCHROME1 with INVERSE, so there INVERSE is the inversion MONOCHROME1 already implies and
+is applied once. Pixels equal to ``PixelPaddingValue`` (up to ``PixelPaddingRangeLimit``) are
+not tissue: they become 0, the black of a background, whatever the windowing made of them.
 
 Only the tags listed in ``_meta`` are read into ImageMeta: patient identifiers never leave this
 module, and pydicom's own warnings (which can quote tag values) are silenced while reading.
@@ -18,7 +23,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, pixel_array
 
 from mammolens.errors import ImageReadError
 from mammolens.io.guards import check_frame, check_shape
@@ -159,7 +164,8 @@ def _meta(path: Path, ds: Dataset) -> ImageMeta:
         pixel_spacing_mm=_spacing(ds),
         transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
         windowed=windowed,
-        inverted=photometric == "MONOCHROME1",
+        inverted=photometric == "MONOCHROME1"
+        or (photometric == "MONOCHROME2" and str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"),
         frames=max(int(ds.get("NumberOfFrames") or 1), 1),
         normalization=normalization,
     )
@@ -181,26 +187,22 @@ def read_meta(path: Path, frame: int | None = None) -> ImageMeta:
     return meta
 
 
-def _window(values: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
-    """The first (default) window of PS3.3 C.11.2.1.2, mapped straight to [0, 1].
+def _window(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """pydicom's ``apply_windowing`` (the first window of PS3.3 C.11.2.1.2), mapped to [0, 1].
 
-    pydicom's ``apply_windowing`` returns values in the input's units, which would need its
-    output range re-derived; the three VOI functions are short enough to state here.
+    Its output spans the input's possible range [y_min, y_max]; windowing the two extremes
+    gives exactly those bounds, whatever the VOI LUT function.
     """
-    center, width = (float(v[0] if isinstance(v, MultiValue) else v) for v in (ds.WindowCenter, ds.WindowWidth))
-    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
-    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
-        raise ImageReadError(f"unsupported VOILUTFunction {function!r}", path=path)
-    if width <= 0 or (function == "LINEAR" and width < 1):
-        raise ImageReadError(f"invalid WindowWidth {width} for a {function} window", path=path)
-    values = np.asarray(values, dtype=np.float32)  # exact for stored values up to 2**24
-    if function == "SIGMOID":
-        return (1.0 / (1.0 + np.exp(np.float32(-4.0 / width) * (values - np.float32(center))))).astype(np.float32)
-    if function == "LINEAR":
-        center, width = center - 0.5, width - 1.0
-    if width == 0:  # a LINEAR window of width 1 is a threshold
-        return (values > center).astype(np.float32)
-    return between((values - np.float32(center)) / np.float32(width) + np.float32(0.5), 0.0, 1.0)
+    for keyword in ("WindowCenter", "WindowWidth"):  # pydicom would only say that str < int failed
+        value = ds[keyword].value
+        first = value[0] if isinstance(value, MultiValue) else value
+        try:
+            float(first)
+        except (TypeError, ValueError):
+            raise ValueError(f"{keyword} {str(first)!r} is not a number") from None
+    windowed = apply_windowing(np.asarray(values, dtype=np.float64), ds)
+    lo, hi = apply_windowing(np.array([-1e300, 1e300]), ds)
+    return between(windowed, float(lo), float(hi))
 
 
 def _lut_range(lut: Callable, sequence_item: Dataset) -> tuple[float, float]:
@@ -232,14 +234,27 @@ def _to_unit(stored: np.ndarray, ds: Dataset, meta: ImageMeta, path: Path) -> np
     if meta.normalization == "voi_lut":
         pixels = between(apply_voi(values, ds), *_lut_range(lambda x: apply_voi(x, ds), ds.VOILUTSequence[0]))
     elif meta.normalization == "window":
-        pixels = _window(values, ds, path)
+        pixels = _window(values, ds)
     elif meta.normalization == "modality_lut":
         pixels = between(values, *_lut_range(lambda x: apply_modality_lut(x, ds), ds.ModalityLUTSequence[0]))
     else:
         pixels = between(values, *_bits_range(ds))
     if meta.inverted:
         np.subtract(1.0, pixels, out=pixels)
+    padding = _padding(stored, ds)
+    if padding is not None:
+        pixels[padding] = 0.0
     return pixels
+
+
+def _padding(stored: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """Where the stored values are PixelPaddingValue (through PixelPaddingRangeLimit when set)."""
+    value = ds.get("PixelPaddingValue")
+    if value is None or stored.ndim != 2:
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    lo, hi = (int(value), int(value)) if limit is None else sorted((int(value), int(limit)))
+    return (stored >= lo) & (stored <= hi)
 
 
 def read(path: Path, frame: int | None, max_pixels: int) -> Image:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mammolens.models.adapters import Normalize
+from mammolens.models.catalog import BACKBONES
 from mammolens.models.weights import load_backbone_weights
 
 
@@ -65,7 +66,8 @@ _CAM_LAYER = {
     "inception_v3": "Mixed_7c",
 }
 
-BACKBONES = tuple(_STAGES)
+if set(_STAGES) != set(BACKBONES) or set(_CAM_LAYER) != set(BACKBONES):
+    raise RuntimeError("backbones.py and catalog.BACKBONES list different architectures")
 
 # Smallest input side each backbone accepts (inception_v3's stem and reductions need 75 px).
 MIN_INPUT_SIZE = {name: 75 if name == "inception_v3" else 32 for name in BACKBONES}

@@ -7,24 +7,16 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mammolens.errors import ConfigError
 from mammolens.models.base import MammoModel
+from mammolens.models.catalog import MODELS, list_models
 from mammolens.models.options import require_int
-from mammolens.registry import Registry
-
-# A factory takes (num_classes, in_chans, **architecture options) and returns an untrained model
-# with a ``load_pretrained(source, trust_pickle)`` method.
-MODELS: Registry[Callable[..., MammoModel]] = Registry("model")
 
 Pretrained = str | Path | Mapping[str, str | Path | None] | None
-
-
-def list_models() -> list[str]:
-    return MODELS.names()
 
 
 def create_model(

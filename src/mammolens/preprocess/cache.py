@@ -3,8 +3,8 @@
 Decoding a 4500x2800 DICOM and cropping it costs far more than training on the 224x224 result,
 so each image is preprocessed once and kept as a small uint16 ``.npy``. An entry is keyed by
 what its pixels depend on: the source file's bytes (and path and frame), the row's ROI, mask
-and laterality, the reader, and the pipeline config and version. Anything stale or damaged is
-rebuilt, never used.
+and laterality, the loader (its arguments and code), and the pipeline config and the code that
+runs it (``Pipeline.config_hash``). Anything stale or damaged is rebuilt, never used.
 
 Layout: ``root/<pipeline hash>/index.json`` and ``root/<pipeline hash>/arrays/<key>.npy``, so
 one root can hold several preprocessings (224 and 512, say) side by side. One build at a time
@@ -14,12 +14,15 @@ per root: the index is rewritten by whoever builds.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
+import inspect
 import io
 import json
 import logging
 import multiprocessing
 import os
+import pickle
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -43,7 +46,7 @@ if TYPE_CHECKING:  # pandas stays out of the worker processes: they start faster
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
-_DTYPE = np.dtype("<u2")  # 16 bits: a quarter of float32 on disk, finer steps than float16 near 1
+_DTYPE = np.dtype("<u2")  # 16 bits: half of float32 on disk, finer steps than float16 near 1
 _CHECKPOINT_S = 30.0  # rewrite the index this often during a long build, so a crash loses little
 
 
@@ -404,8 +407,23 @@ def _inputs(row: dict[str, Any], loader: Loader) -> dict[str, Any]:
         "rois": rois,
         "laterality": str(row.get("laterality", "")).upper(),
         "mask_path": os.path.abspath(row["mask_path"]) if row.get("mask_path") else "",
-        "loader": f"{getattr(loader, '__module__', '?')}.{getattr(loader, '__qualname__', type(loader).__name__)}",
+        "loader": loader_identity(loader),
     }
+
+
+def loader_identity(loader: Loader) -> str:
+    """What a loader computes: its pickle (module, name and, for ``functools.partial`` or a callable
+    object, its arguments and state) and the source code of the functions behind it."""
+    digest = hashlib.sha256(pickle.dumps(loader))
+    target = loader
+    while isinstance(target, functools.partial):
+        target = target.func
+    code_of = target if inspect.isfunction(target) or inspect.ismethod(target) else type(target)
+    try:
+        digest.update(inspect.getsource(code_of).encode())
+    except (OSError, TypeError):  # built-in or source unavailable: the pickle still names it
+        pass
+    return digest.hexdigest()[:32]
 
 
 def _stat(path: str) -> tuple[int, int]:

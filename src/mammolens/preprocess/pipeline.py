@@ -1,15 +1,22 @@
 """A preprocessing config (a list of named steps) and the Pipeline that runs it.
 
 The config is what a bundle stores, so training, evaluation and serving rebuild exactly the
-same input; its hash (with PIPELINE_VERSION) keys the on-disk cache.
+same input. Its hash keys the on-disk cache together with a fingerprint of the code that turns a
+file into those arrays (the steps, the sample reader, every image reader, and the versions of
+the libraries they call), so an array made by other code is never served: no version number has
+to be remembered and bumped by hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib
 import json
 from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from mammolens.configuration import from_dict, to_dict
@@ -17,8 +24,29 @@ from mammolens.errors import ConfigError
 from mammolens.preprocess.sample import Sample
 from mammolens.preprocess.steps import STEPS
 
-# Bump when any step's output changes for the same parameters: every cached array goes stale.
-PIPELINE_VERSION = 1
+# The code a preprocessed array depends on (a package stands for all its modules) ...
+_CODE = ("mammolens.preprocess.steps", "mammolens.preprocess.sample", "mammolens.preprocess.pipeline", "mammolens.io")
+# ... and the libraries that code calls into.
+_LIBRARIES = ("mammolens", "numpy", "opencv-python-headless", "pydicom", "pillow", "pylibjpeg", "pylibjpeg-libjpeg",
+              "pylibjpeg-openjpeg")
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the preprocessing and image-reading source files and the library versions."""
+    digest = hashlib.sha256()
+    for name in _CODE:
+        module = importlib.import_module(name)
+        files = sorted(Path(module.__file__).parent.glob("*.py")) if name == "mammolens.io" else [Path(module.__file__)]
+        for file in files:
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    for lib in _LIBRARIES:
+        try:
+            digest.update(f"{lib}=={metadata.version(lib)}".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{lib} absent".encode())
+    return digest.hexdigest()[:16]
 
 
 def default_steps(size: int = 224, roi: bool = False) -> list[dict[str, Any]]:
@@ -82,8 +110,8 @@ class Pipeline:
         return [{"name": spec["name"], **dataclasses.asdict(step)} for spec, step in zip(self.config.steps, self.steps)]
 
     def config_hash(self) -> str:
-        """Stable across runs and machines; equal for configs that differ only in spelled-out defaults."""
-        text = json.dumps({"version": PIPELINE_VERSION, "steps": self.resolved()}, sort_keys=True)
+        """Equal for configs that differ only in spelled-out defaults; changes with the code (see above)."""
+        text = json.dumps({"code": code_fingerprint(), "steps": self.resolved()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

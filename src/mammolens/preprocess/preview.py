@@ -95,6 +95,38 @@ def overlay_original(
     return _save(fig, out_png)
 
 
+def originals_sheet(manifest: Manifest, out_png: str | Path, *, cols: int = 2, loader: Loader | None = None,
+                    max_side: int = 512) -> Path:
+    """One PNG of every row's ORIGINAL image with its ROI circles, given in original-image pixels.
+
+    Mask-annotated rows (CBIS-DDSM) take their circles from the mask file, as training does.
+    """
+    if len(manifest) == 0:
+        raise DataError(f"{manifest.name}: no samples to preview")
+    loader = loader or default_loader
+    rows = manifest.df.to_dict("records")
+    cols = max(1, min(cols, len(rows)))
+    grid = math.ceil(len(rows) / cols)
+    fig = Figure(figsize=(4.0 * cols, 4.3 * grid), facecolor="white", layout="constrained")
+    for k, row in enumerate(rows):
+        sample, _ = sample_from_row(row, loader)
+        pixels = sample.pixels
+        height, width = pixels.shape
+        scale = min(1.0, max_side / max(height, width))
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            pixels = cv2.resize(np.ascontiguousarray(pixels), size, interpolation=cv2.INTER_AREA)
+        ax = fig.add_subplot(grid, cols, k + 1)
+        # the extent keeps axes in original-image pixels, so the circles need no rescaling
+        ax.imshow(pixels, cmap="gray", vmin=0.0, vmax=1.0, extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+        for x, y, r in sample.rois:
+            ax.add_patch(Circle((x, y), r, fill=False, edgecolor=_ROI_COLOUR, linewidth=1.5))
+            ax.plot([x], [y], marker="+", color=_ROI_COLOUR, markersize=8)
+        ax.set_title(f"{row['sample_id']} ({row['pathology'] or '?'})", fontsize=9)
+        ax.set_axis_off()
+    return _save(fig, out_png)
+
+
 def _tile(
     source: PreprocessCache | Pipeline, row: dict, label_column: str, loader: Loader | None
 ) -> tuple[np.ndarray, list[ROI], str]:

@@ -83,12 +83,13 @@ def _flip(sample: Sample) -> Sample:
 class Orient:
     """Mirror so the chest wall is on the left, giving the model one breast orientation to learn.
 
-    ``tissue`` (default) flips when the right half holds more breast; it needs nothing from the
-    source and agreed with the film pairing on 256 of the 258 mini-MIAS films here (the two
-    misses fill the whole frame). ``laterality`` trusts the L/R label and the CBIS-DDSM storage
-    convention (a left breast is stored chest wall on the left), which not every source follows:
-    mini-MIAS stores each side the other way round from its adapter's laterality. ``auto`` uses
-    laterality when known and tissue otherwise.
+    ``tissue`` (default) flips when the right half holds more breast: it reads the image itself,
+    so a wrong or missing laterality header cannot flip a model's input (on mini-MIAS it puts
+    the chest wall on the left for every film whose breast is clearly on one side; mdb151/152
+    fill the frame). ``laterality`` trusts the L/R label and the standard storage of CBIS-DDSM
+    and DICOM (a left breast stored chest wall on the left), which not every source follows:
+    mini-MIAS films are stored mirrored (see its adapter), so there a right breast has its chest
+    wall on the left. ``auto`` uses laterality when known and tissue otherwise.
     """
 
     by: Literal["auto", "laterality", "tissue"] = "tissue"
@@ -158,7 +159,8 @@ class CropROI:
     The side is ``context`` times the diameter of the box holding every ROI circle, at least
     ``min_size`` pixels, moved (not padded) to stay inside the image. A sample without ROI is
     an error, or with ``on_missing='full'`` keeps the whole image and is flagged 'roi_missing'
-    so the cache can report it.
+    so the cache and the run summary report it: among lesion crops a whole film is a shortcut
+    (the kind of input predicts the label), so ``full`` is only ever an explicit choice.
     """
 
     context: float = 1.5

@@ -13,10 +13,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
@@ -29,7 +27,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from mammolens.atomic import write_json, write_text
+from mammolens.atomic import make_temp_dir, replace_dir, umask_mode, write_json, write_text
 from mammolens.errors import ConfigError, DataError
 from mammolens.models.base import MammoModel
 from mammolens.train.losses import probabilities
@@ -114,9 +112,10 @@ def save_bundle(
     if out_dir.exists() and not (out_dir / MANIFEST).is_file():
         raise ConfigError("exists and is not a bundle; refusing to replace it", path=out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir)
     try:
         save_model(model, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        umask_mode(tmp / WEIGHTS)
         manifest = {
             "format_version": FORMAT_VERSION,
             "model": _plain(model.config, "model.config"),
@@ -132,7 +131,7 @@ def save_bundle(
         }
         write_json(tmp / MANIFEST, manifest)
         write_text(tmp / CONFIG, yaml.safe_dump(_plain(config, "config"), sort_keys=False))
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -218,23 +217,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename ``new`` onto ``target``; an old bundle there is moved aside first and removed after."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, old / target.name)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _plain(value: Any, where: str) -> Any:

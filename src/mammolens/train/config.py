@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mammolens.errors import ConfigError
-from mammolens.train.losses import LOSSES
-from mammolens.train.optim import OPTIMIZERS, SCHEDULERS
+from mammolens.train.registries import LOSSES, OPTIMIZERS, SCHEDULERS
 
 TransferMode = Literal["full", "frozen", "finetune-last-N"]
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")

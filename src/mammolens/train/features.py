@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mammolens.atomic import save_npy
 from mammolens.models.base import MammoModel
@@ -35,13 +36,16 @@ def feature_cache_key(model: MammoModel, sample_ids: list[str], normalisation: d
 
 
 @torch.no_grad()
-def extract_features(model: MammoModel, datamodule: ArrayDataModule, part: str, device: torch.device) -> np.ndarray:
+def extract_features(
+    model: MammoModel, datamodule: ArrayDataModule, part: str, device: torch.device, progress: bool = True
+) -> np.ndarray:
     """(N, D) float32 ``forward_features`` of ``part`` in row order, the model in eval mode."""
     was_training = model.training
     home = next(model.parameters()).device
     model.eval().to(device)
+    batches = tqdm(datamodule.eval_dataloader(part), desc=f"features ({part})", unit="batch", disable=not progress)
     try:
-        chunks = [model.forward_features(x.to(device)).float().cpu() for x, _ in datamodule.eval_dataloader(part)]
+        chunks = [model.forward_features(x.to(device)).float().cpu() for x, _ in batches]
     finally:
         model.train(was_training).to(home)
     return torch.cat(chunks).numpy()
@@ -54,6 +58,7 @@ def part_features(
     *,
     device: torch.device,
     cache_dir: str | Path | None = None,
+    progress: bool = True,
 ) -> np.ndarray:
     """Features of ``part``, from ``cache_dir`` when the same model saw the same data before.
 
@@ -61,7 +66,7 @@ def part_features(
     cannot be vouched for, and stale features would be silently wrong.
     """
     if cache_dir is None or datamodule.data_key is None:
-        return extract_features(model, datamodule, part, device)
+        return extract_features(model, datamodule, part, device, progress)
     sample_ids = [datamodule.sample_ids[r] for r in datamodule.rows(part)]
     key = feature_cache_key(model, sample_ids, datamodule.normalisation, datamodule.data_key)
     path = Path(cache_dir) / f"{part}-{key[:24]}.npy"
@@ -71,6 +76,6 @@ def part_features(
             return cached
     except (OSError, ValueError):
         pass  # absent or unreadable: compute it again
-    features = extract_features(model, datamodule, part, device)
+    features = extract_features(model, datamodule, part, device, progress)
     save_npy(path, features)
     return features

@@ -11,7 +11,9 @@ Multi-GPU and multi-node runs need only ``devices``, ``strategy: ddp`` and ``num
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +48,23 @@ class FitResult:
     stopped_early: bool
     normalisation: dict[str, float]
     out_dir: Path
+
+
+class _EpochLines(Callback):
+    """One line per epoch on stderr, for logs and pipes where a progress bar shows only its last state."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: ClassifierModule) -> None:
+        if trainer.is_global_zero and trainer.state.fn == "fit" and pl_module.history:
+            row = pl_module.history[-1]
+            values = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
+            print(f"epoch {row['epoch']}/{trainer.max_epochs}  {values}", file=sys.stderr, flush=True)
+
+
+class _DropTip(logging.Filter):
+    """Lightning's advertisement for its cloud logger is not something a mammolens user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
 
 
 class _HistoryWriter(Callback):
@@ -88,7 +107,7 @@ def fit(
         cache_dir = Path(feature_cache_dir) if feature_cache_dir is not None else out_dir / "feature_cache"
         device = _feature_device(cfg)
         data = datamodule.with_features(
-            {p: part_features(model, datamodule, p, device=device, cache_dir=cache_dir) for p in ("train", "val")}
+            {p: part_features(model, datamodule, p, device=device, cache_dir=cache_dir, progress=cfg.progress) for p in ("train", "val")}
         )
         inputs = "features"
     _check_outputs(model, data, inputs, expected_outputs, cfg.loss, num_classes)
@@ -100,16 +119,27 @@ def fit(
     # A second, unmonitored checkpoint: save_last alone only writes in epochs that improve the best.
     last_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     all_callbacks: list[Callback] = [checkpoint, last_checkpoint, _HistoryWriter(out_dir / "history.csv"), *callbacks]
+    bar = cfg.progress and sys.stderr.isatty()
+    if cfg.progress and not bar:
+        all_callbacks.append(_EpochLines())
     if cfg.patience:
         all_callbacks.append(
             EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience, min_delta=cfg.min_delta)
         )
-    trainer = _trainer(cfg, out_dir, all_callbacks)
+    tip_filter = _DropTip()
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_log.addFilter(tip_filter)
+    try:
+        trainer = _trainer(cfg, out_dir, all_callbacks, progress_bar=bar)
+    finally:
+        lightning_log.removeFilter(tip_filter)
     with warnings.catch_warnings():
         # Lightning's own deprecation notice, and its hint that small datasets log less often than
         # log_every_n_steps: neither is actionable by a mammolens user.
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         warnings.filterwarnings("ignore", message=r"The number of training batches .* smaller than the logging interval")
+        # A resumed run writes into its own checkpoint folder; that it is not empty is the point.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
     # Read back from disk, so every strategy (spawned workers included) ends with the same record.
@@ -186,7 +216,7 @@ def _feature_device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _trainer(cfg: TrainConfig, out_dir: Path, callbacks: list[Callback]) -> L.Trainer:
+def _trainer(cfg: TrainConfig, out_dir: Path, callbacks: list[Callback], *, progress_bar: bool) -> L.Trainer:
     strategy = cfg.strategy
     if cfg.transfer == "finetune-last-N" and strategy in _DDP_STRATEGIES:
         # The blocks to fine-tune get no gradient during the head-only epochs; DDP must expect that.
@@ -201,7 +231,7 @@ def _trainer(cfg: TrainConfig, out_dir: Path, callbacks: list[Callback]) -> L.Tr
             precision=cfg.precision,
             deterministic=cfg.deterministic,
             log_every_n_steps=cfg.log_every_n_steps,
-            enable_progress_bar=cfg.progress,
+            enable_progress_bar=progress_bar,
             enable_model_summary=cfg.progress,
             callbacks=callbacks,
             logger=[CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tensorboard")],

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mammolens.errors import ConfigError, DataError
-from mammolens.registry import Registry
+from mammolens.train.registries import LOSSES
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -30,7 +30,6 @@ class LossSpec:
     single_logit: bool = False
 
 
-LOSSES: Registry[LossSpec] = Registry("loss")
 
 
 def _two_logits(logits: torch.Tensor) -> torch.Tensor:

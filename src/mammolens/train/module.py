@@ -15,23 +15,12 @@ import lightning as L
 import numpy as np
 import torch
 
+from mammolens.evaluate.metrics import roc_auc
 from mammolens.models.base import MammoModel
 from mammolens.train.config import TrainConfig
 from mammolens.train.losses import ClassificationLoss, probabilities
 from mammolens.train.optim import build_optimizer, build_scheduler
 from mammolens.train.transfer import TransferPlan
-
-
-def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Binary ROC AUC, or the macro one-vs-rest mean over the classes present; NaN if only one class is."""
-    from sklearn.metrics import roc_auc_score
-
-    present = np.unique(labels)
-    if len(present) < 2:
-        return math.nan
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    return float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present]))
 
 
 class ClassifierModule(L.LightningModule):
@@ -104,7 +93,7 @@ class ClassifierModule(L.LightningModule):
         metrics = {
             "val_loss": float(self.loss_fn(logits, targets)),
             "val_acc": float((probs.argmax(1) == labels).mean()),
-            "val_auc": macro_auc(labels, probs),
+            "val_auc": _nan_if_none(roc_auc(labels, probs)),
         }
         fitting = self.trainer.state.fn == "fit"
         if fitting:
@@ -139,3 +128,7 @@ class ClassifierModule(L.LightningModule):
         cuda_rng = state.get("cuda_rng", [])
         if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value

@@ -8,16 +8,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.optim import Optimizer, lr_scheduler
 
-from mammolens.registry import Registry
+from mammolens.train.registries import OPTIMIZERS, SCHEDULERS
 
 if TYPE_CHECKING:
     from mammolens.train.config import TrainConfig
 
 ParamGroups = list[dict[str, Any]]
 
-OPTIMIZERS: Registry[Callable[[ParamGroups, "TrainConfig"], Optimizer]] = Registry("optimizer")
-# A schedule returns Lightning's lr-scheduler dict (stepped once per epoch), or None for a constant lr.
-SCHEDULERS: Registry[Callable[[Optimizer, "TrainConfig"], dict[str, Any] | None]] = Registry("scheduler")
 
 OPTIMIZERS.add("adam", lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
 OPTIMIZERS.add("adamw", lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))

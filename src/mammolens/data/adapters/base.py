@@ -25,6 +25,7 @@ class SourceResult:
     manifest: Manifest
     notes: list[str] = field(default_factory=list)  # human lines, e.g. rows without coordinates
     missing_files: list[str] = field(default_factory=list)  # only when require_images=False
+    bad_files: list[str] = field(default_factory=list)  # "path: why" for unreadable files (require_images=False)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Adapter:
     # listed in missing_files. load_source checks option names against that signature.
     load: Callable[..., SourceResult]
     description: str = ""
+    # near_miss(path) -> why a path that almost fits this adapter does not (None: not close)
+    near_miss: Callable[[Path], str | None] | None = None
 
 
 ADAPTERS: Registry[Adapter] = Registry("dataset adapter")
@@ -56,6 +59,11 @@ def detect_kind(path: str | Path) -> str:
     for name in ADAPTERS.names():
         if ADAPTERS.get(name).detect(path):
             return name
+    for name in ADAPTERS.names():
+        adapter = ADAPTERS.get(name)
+        why = adapter.near_miss(path) if adapter.near_miss else None
+        if why:
+            raise DataError(f"not a {name} source: {why}", path=path)
     raise DataError(
         f"cannot tell what kind of dataset this is; pass a kind (one of: {', '.join(ADAPTERS.names())})",
         path=path,

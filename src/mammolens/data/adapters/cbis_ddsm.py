@@ -163,8 +163,10 @@ def _series_kind(path: Path) -> str:
 class _Resolver:
     """Finds a row's full image, crop and mask below ``root``; counts what it could not find."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, lenient: bool = False) -> None:
         self.root = root
+        self.lenient = lenient  # list unreadable DICOMs in ``bad`` instead of stopping at the first
+        self.bad: list[str] = []
         self.stats: Counter[str] = Counter()
         self._listing: dict[str, list[Path]] = {}
 
@@ -185,13 +187,22 @@ class _Resolver:
             raise DataError(f"{len(found)} DICOMs below the full-image folder; expected one", path=folder)
         return found[0] if found else None
 
+    def _kind(self, path: Path) -> str:
+        try:
+            return _series_kind(path)
+        except DataError as exc:
+            if not self.lenient:
+                raise
+            self.bad.append(str(exc))
+            return "unreadable"
+
     def crop_and_mask(self, crop_rel: str, mask_rel: str) -> tuple[Path | None, Path | None]:
         literal = [p for p in (self.root / crop_rel, self.root / mask_rel) if p.is_file()]
         candidates = sorted(set(literal) | set(self._dicoms_below(crop_rel)) | set(self._dicoms_below(mask_rel)))
         if not candidates:
             self.stats["no crop or mask file"] += 1
             return None, None
-        kinds = {p: _series_kind(p) for p in candidates}
+        kinds = {p: self._kind(p) for p in candidates}
         crops = [p for p in candidates if kinds[p] == "crop"]
         masks = [p for p in candidates if kinds[p] == "mask"]
         if (self.root / crop_rel) in masks:
@@ -201,7 +212,7 @@ class _Resolver:
         return (crops[0] if len(crops) == 1 else None), (masks[0] if len(masks) == 1 else None)
 
 
-def _finish(rows: list[dict[str, Any]], notes: list[str], missing: list[str]) -> SourceResult:
+def _finish(rows: list[dict[str, Any]], notes: list[str], missing: list[str], bad: list[str] = ()) -> SourceResult:
     records = []
     for r in rows:
         records.append({k: (json.dumps(v) if k == "meta" else v) for k, v in r.items() if not k.startswith("_")})
@@ -223,7 +234,7 @@ def _finish(rows: list[dict[str, Any]], notes: list[str], missing: list[str]) ->
         )
     if missing:
         summary.append(f"{len(missing)} full image file(s) missing")
-    return SourceResult(manifest=manifest, notes=summary + notes, missing_files=missing)
+    return SourceResult(manifest=manifest, notes=summary + notes, missing_files=missing, bad_files=list(bad))
 
 
 def load(
@@ -248,7 +259,7 @@ def load(
     root = Path(images_root).resolve() if images_root is not None else csvs[0].parent
     if images_root is not None and not root.is_dir():
         raise ConfigError(f"option images_root: {root} is not a folder")
-    resolver = _Resolver(root)
+    resolver = _Resolver(root, lenient=not require_images)
     rows, missing = [], []
     for csv_path in csvs:
         for r in read_description(csv_path):
@@ -268,7 +279,7 @@ def load(
             rows.append(r)
     missing = sorted(set(missing))
     notes += [f"{n} lesions: {what}" for what, n in sorted(resolver.stats.items())]
-    return _finish(rows, notes, missing)
+    return _finish(rows, notes, missing, resolver.bad)
 
 
 def cbis_from_dicom_files(csv_path: str | Path, dicom_paths: Iterable[str | Path]) -> SourceResult:
@@ -310,16 +321,33 @@ def cbis_from_dicom_files(csv_path: str | Path, dicom_paths: Iterable[str | Path
     return _finish(rows, [f"{len(seen)} DICOMs matched {len(rows)} of {total} rows of {csv_path.name}"], [])
 
 
-def detect(path: Path) -> bool:
+def _header_columns(path: Path) -> list[str] | None:
     try:
         csvs = [path] if path.is_file() else _csv_files(path)[0]
         with open(csvs[0], encoding="utf-8-sig", errors="replace") as fh:
             header = fh.readline()
     except (DataError, OSError):
-        return False
-    return all(c in header for c in ("patient_id", "pathology", "image file path", "ROI mask file path"))
+        return None
+    return [c.strip().replace("breast_density", "breast density") for c in header.split(",")]
+
+
+def detect(path: Path) -> bool:
+    columns = _header_columns(path)
+    return columns is not None and all(c in columns for c in REQUIRED)
+
+
+def near_miss(path: Path) -> str | None:
+    """What a CSV with most of CBIS-DDSM's columns lacks, so the user is not left guessing."""
+    columns = _header_columns(path)
+    if columns is None:
+        return None
+    missing = [c for c in REQUIRED if c not in columns]
+    if not missing or len(missing) > len(REQUIRED) // 2:
+        return None
+    return f"it looks like a CBIS-DDSM description CSV but lacks column(s) {', '.join(repr(c) for c in missing)}"
 
 
 ADAPTERS.register("cbis-ddsm")(
-    Adapter(detect=detect, load=load, description="CBIS-DDSM description CSVs (+ DICOM tree under images_root)")
+    Adapter(detect=detect, load=load, near_miss=near_miss,
+            description="CBIS-DDSM description CSVs (+ DICOM tree under images_root)")
 )

@@ -3,19 +3,24 @@
 Rules taken from ``Info.txt`` itself, so they can be checked against the source:
 
 - Note 1: films come in pairs of one woman. Pair k holds films 2k-1 and 2k; it is the patient and
-  the split group. The note says even numbers are left breasts and odd numbers right. The films'
-  geometry agrees under the standard back-to-back display (a right breast shows its chest wall
-  on the image's right, as CBIS-DDSM's right films do): 256 of 258 films have the chest wall on
-  the side the note predicts (the two others fill the frame). Burned-in side markers, which read
-  the other way on some films, are taken to be mirrored by the digitiser. So even = L, odd = R.
+  the split group. The note says even numbers are left breasts and odd numbers right, but the
+  films say the opposite, and the films are the evidence. Every film is stored mirrored (it
+  was digitised through the back of the film): the burned-in side markers and their numbers
+  are mirror-written on every film, and they read R on even films (mdb002, mdb004, mdb104,
+  mdb210) and L on odd ones (mdb005, mdb007, mdb011, mdb209). Mirroring also moves the chest
+  wall: a right breast, shown chest wall on the right in the standard (CBIS-DDSM, DICOM)
+  display, shows it on the LEFT here, which is where every even film has it (all 256 films
+  whose breast is clearly on one side; mdb151/152 fill the frame). So even = R, odd = L, and
+  each film is the mirror image of the standard display (``meta["stored_mirrored"]``).
 - Note 3: the coordinate origin is the BOTTOM-left corner; rois are flipped to the manifest's
   top-left origin with ``row = (height - 1) - y``, height read from the image header (1024, the
   documented size, when the image is absent).
 - Note 4: some calcification rows carry no coordinates; their image has no ROI for that finding.
 
-One row per image. Image-level pathology is malignant if any finding is malignant. When an image
+One row per film. Film-level pathology is malignant if any finding is malignant. When a film
 has several findings, ``abnormality`` and ``lesion_type`` come from the most severe one (the
-first listed among equals); every finding is kept in ``meta["findings"]``. ARCH and ASYM are
+first listed among equals); every finding is kept in ``meta["findings"]`` with its own ROI and
+severity, and lesion tasks take one sample per finding from there (``mammolens.data.units``). ARCH and ASYM are
 counted as mass-like (``lesion_type="mass"``): they are density findings, not calcifications.
 mini-MIAS films are all MLO views.
 """
@@ -29,7 +34,7 @@ from typing import Any
 
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.manifest import MIAS_CLASSES, Manifest
-from mammolens.errors import DataError
+from mammolens.errors import DataError, ImageReadError
 from mammolens.io import read_meta
 
 MIAS_SIZE = 1024  # Info.txt note 2: every mini-MIAS film is 1024 x 1024
@@ -113,6 +118,7 @@ def _row(ref: str, findings: list[dict[str, Any]], image: Path, width: int, heig
     rois = []
     for f in findings:
         if f["x"] is None:
+            f["roi"] = None
             continue
         if not (0 <= f["x"] < width and 0 <= f["y"] < height):
             raise DataError(
@@ -120,7 +126,8 @@ def _row(ref: str, findings: list[dict[str, Any]], image: Path, width: int, heig
                 "(resized films need coordinates rescaled first)",
                 path=image,
             )
-        rois.append([f["x"], (height - 1) - f["y"], f["radius"]])
+        f["roi"] = [f["x"], (height - 1) - f["y"], f["radius"]]
+        rois.append(f["roi"])
     return {
         "sample_id": f"mias-{ref}",
         "source": "mias",
@@ -128,7 +135,7 @@ def _row(ref: str, findings: list[dict[str, Any]], image: Path, width: int, heig
         "patient_id": pair,
         "group": pair,
         "view": "MLO",
-        "laterality": "R" if number % 2 else "L",  # Info.txt note 1 (module docstring)
+        "laterality": "L" if number % 2 else "R",  # the films' markers, not Info.txt note 1 (module docstring)
         "pathology": "malignant" if "M" in severities else "benign" if "B" in severities else "normal",
         "abnormality": main["class"],
         "lesion_type": LESION_TYPES[main["class"]],
@@ -136,10 +143,13 @@ def _row(ref: str, findings: list[dict[str, Any]], image: Path, width: int, heig
         "meta": json.dumps(
             {
                 "tissue": TISSUES[findings[0]["tissue"]],
+                "stored_mirrored": True,
                 "findings": [
                     {
                         "class": f["class"],
                         "severity": SEVERITIES.get(f["severity"]),
+                        "lesion_type": LESION_TYPES[f["class"]],
+                        "roi": f["roi"],
                         "xy_bottom_left": None if f["x"] is None else [f["x"], f["y"]],
                         "radius": f["radius"],
                         "remark": f["remark"],
@@ -160,7 +170,7 @@ def load(path: str | Path, *, require_images: bool = True) -> SourceResult:
         raise DataError("no Info.txt here; a MIAS source is the folder holding Info.txt and the mdbNNN images", path=path)
     folder = info.parent
     findings = parse_info(info)
-    records, missing, notes, no_coords, shadowed = [], [], [], [], []
+    records, missing, bad, notes, no_coords, shadowed = [], [], [], [], [], []
     for ref, rows in findings.items():
         image, others = _image_file(folder, ref)
         shadowed += others
@@ -171,7 +181,13 @@ def load(path: str | Path, *, require_images: bool = True) -> SourceResult:
             missing.append(str(image))
             width, height = MIAS_SIZE, MIAS_SIZE
         else:
-            height, width = read_meta(image).shape  # header only, no pixel decoding
+            try:
+                height, width = read_meta(image).shape  # header only, no pixel decoding
+            except ImageReadError as exc:
+                if require_images:
+                    raise
+                bad.append(str(exc))
+                width, height = MIAS_SIZE, MIAS_SIZE
         no_coords += [
             f"{ref} {r['class']} {r['severity']} (Info.txt line {r['line']})"
             for r in rows
@@ -185,7 +201,8 @@ def load(path: str | Path, *, require_images: bool = True) -> SourceResult:
         f"{sum(len(r) for r in findings.values())} finding rows: "
         + ", ".join(f"{counts.get(p, 0)} {p}" for p in ("normal", "benign", "malignant"))
     )
-    notes.append("laterality from Info.txt note 1 (even = L, odd = R), which the chest-wall side of the films agrees with")
+    notes.append("laterality from the films' mirror-written side markers (even = R, odd = L), not Info.txt note 1, "
+                 "which says the opposite; the films are stored mirrored")
     if no_coords:
         notes.append(f"{len(no_coords)} finding row(s) without coordinates, so no ROI: " + "; ".join(no_coords))
     listed = {f"{ref}{s}" for ref in findings for s in IMAGE_SUFFIXES}
@@ -197,7 +214,7 @@ def load(path: str | Path, *, require_images: bool = True) -> SourceResult:
         notes.append(f"{len(shadowed)} film(s) exist as both .pgm and .png; the .pgm was used, not {names}")
     if missing:
         notes.append(f"{len(missing)} image file(s) listed in Info.txt are missing")
-    return SourceResult(manifest=manifest, notes=notes, missing_files=missing)
+    return SourceResult(manifest=manifest, notes=notes, missing_files=missing, bad_files=bad)
 
 
 def detect(path: Path) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,8 +23,14 @@ def _options(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _command() -> str:
-    return "mammolens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def _command(verb: str, arguments: list[Any], options: dict[str, Any]) -> str:
+    """The command line that reproduces this run (rebuilt from the parsed values, defaults included)."""
+    parts = ["mammolens", verb, *(shlex.quote(str(a)) for a in arguments)]
+    for name, value in options.items():
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                parts += [f"--{name}", shlex.quote(str(item))]
+    return " ".join(parts)
 
 
 def label_source(manifest: Any, task_name: str) -> tuple[Any, Any]:
@@ -45,6 +50,18 @@ def label_source(manifest: Any, task_name: str) -> tuple[Any, Any]:
         return manifest.subset(keep), labels[keep].astype(np.int64)
 
 
+def training_history(bundle_path: Path) -> list[dict[str, Any]] | None:
+    """Per-epoch rows of the training run that wrote ``bundle_path`` (``<run>/training/history.csv``), if any."""
+    import csv
+
+    path = Path(bundle_path).parent / "training" / "history.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in rows] or None
+
+
 def _check_task(bundle: Any, task_name: str) -> None:
     from mammolens.data.tasks import TASKS
 
@@ -57,7 +74,7 @@ def _check_task(bundle: Any, task_name: str) -> None:
 def evaluate_bundle(
     bundle_path: Path, source: str, *, task: str | None = None, kind: str | None = None,
     options: dict[str, Any] | None = None, cache_dir: str | Path, workers: int | None = None,
-    half_threshold: bool = False, n_boot: int = 2000, seed: int = 0, progress: bool = True,
+    half_threshold: bool = False, n_boot: int = 2000, seed: int = 0, progress: bool = True, command: str = "",
 ) -> tuple[dict[str, Any], Any, str]:
     """(metrics, predictions table, report HTML) of a bundle on every labelled sample of ``source``."""
     from mammolens.data.adapters.base import load_source
@@ -81,11 +98,12 @@ def evaluate_bundle(
                    threshold_from="fixed 0.5" if half_threshold else "bundle")
     table = predictions_frame(sample_ids, groups, y, proba, bundle.classes, threshold)
     cache = bundle_cache(bundle, cache_dir)
+    name = "/".join(Path(bundle_path).resolve().parts[-2:])
     html = render_report(
-        metrics, table, title=f"{Path(bundle_path).name} on {Path(str(source)).name}",
+        metrics, table, title=f"{name} on {Path(str(source)).name}", history=training_history(bundle_path),
         subtitle=f"task {task}; every labelled sample of {source} scored (no split); threshold "
                  f"{threshold:.3f} ({metrics['threshold_from']})",
-        thumbnails=lambda sid: (cache.load(sid), cache.load_rois(sid)), command=_command(),
+        thumbnails=lambda sid: (cache.load(sid), cache.load_rois(sid)), command=command or None,
         config=getattr(bundle, "config", None) or None,
         provenance={"bundle": metrics["bundle"], "bundle_provenance": getattr(bundle, "provenance", {})},
     )
@@ -122,9 +140,14 @@ def register(app: typer.Typer) -> None:
         out_dir = out or Path("runs") / "evaluate" / f"{bundle.name}-{Path(source).stem}"
         if out_dir.exists() and not out_dir.is_dir():
             raise ConfigError("--out exists and is not a directory", path=out_dir)
+        command = _command("evaluate", [bundle, source], {
+            "task": task, "kind": kind, "option": option, "out": out_dir, "n-boot": n_boot, "seed": seed,
+            "workers": workers, "cache-dir": cache})
+        if not threshold_from_bundle:
+            command += " --half-threshold"
         metrics, table, html = evaluate_bundle(
             bundle, source, task=task, kind=kind, options=_options(option), cache_dir=cache, workers=workers,
-            half_threshold=not threshold_from_bundle, n_boot=n_boot, seed=seed,
+            half_threshold=not threshold_from_bundle, n_boot=n_boot, seed=seed, command=command,
         )
         # Everything is computed before anything is written: a failure leaves --out untouched.
         write_predictions(out_dir / "predictions.csv", table)

@@ -56,7 +56,7 @@ def _roc_figure(metrics: dict[str, Any], y: np.ndarray, proba: np.ndarray, class
     from sklearn.metrics import roc_curve
 
     fig, ax = _figure()
-    ax.plot([0, 1], [0, 1], color="#bbb", lw=1, ls="--")
+    ax.plot([0, 1], [0, 1], color="#bbb", lw=1, ls="--", label="chance")
     if len(classes) == 2:
         band = metrics.get("roc_band")
         if band:

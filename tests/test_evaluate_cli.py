@@ -139,3 +139,18 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(trained, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("mammolens: error:")
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"] and (out / "metrics.json").read_text() == "earlier"
+
+
+def test_an_ensemble_bundle_is_evaluated_like_any_bundle(trained, tmp_path):
+    from mammolens.evaluate.ensembles import save_mean_ensemble
+
+    bundle_dir, root = trained
+    unseen = generate(tmp_path / "unseen", n_per_class=3, size=64, seed=11)
+    ensemble = save_mean_ensemble(tmp_path / "ens", [bundle_dir, _copy(bundle_dir, tmp_path / "copy")],
+                                  threshold=0.4, temperature=1.0)
+    assert _evaluate(bundle_dir, unseen, tmp_path / "single", root / "cache") == 0
+    assert _evaluate(ensemble, unseen, tmp_path / "mean", root / "cache") == 0
+    single = pd.read_csv(tmp_path / "single" / "predictions.csv")
+    mean = pd.read_csv(tmp_path / "mean" / "predictions.csv")
+    assert np.allclose(single["p_malignant"], mean["p_malignant"], atol=1e-6)  # the mean of two equal models
+    assert json.loads((tmp_path / "mean" / "metrics.json").read_text())["threshold"] == 0.4

@@ -154,3 +154,34 @@ def test_an_ensemble_bundle_is_evaluated_like_any_bundle(trained, tmp_path):
     mean = pd.read_csv(tmp_path / "mean" / "predictions.csv")
     assert np.allclose(single["p_malignant"], mean["p_malignant"], atol=1e-6)  # the mean of two equal models
     assert json.loads((tmp_path / "mean" / "metrics.json").read_text())["threshold"] == 0.4
+
+
+def _mias_folder(root: Path, seed: int) -> Path:
+    """A folder laid out like mini-MIAS (Info.txt + mdbNNN.pgm), holding films the bundle never saw."""
+    from mammolens.data.synthetic import generate_array
+
+    rng = np.random.default_rng(seed)
+    root.mkdir()
+    rows = []
+    for i, pathology in enumerate(["benign", "malignant", "benign", "malignant", "benign", "malignant", "normal", "normal"]):
+        ref = f"mdb{i + 1:03d}"
+        image, rois = generate_array(rng, 128, pathology)
+        pixels = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+        (root / f"{ref}.pgm").write_bytes(b"P5\n128 128\n255\n" + pixels.tobytes())
+        if pathology == "normal":
+            rows.append(f"{ref} G NORM ")
+        else:
+            x, y, r = rois[0]
+            rows.append(f"{ref} G CIRC {'B' if pathology == 'benign' else 'M'} {int(x)} {127 - int(y)} {max(int(r), 2)}")
+    (root / "Info.txt").write_text("MIAS\n=====\n\n" + "\n".join(rows) + "\n\n=====\n")
+    return root
+
+
+def test_evaluate_a_mias_layout_folder_of_other_films(trained, tmp_path, capsys):
+    bundle_dir, root = trained
+    folder = _mias_folder(tmp_path / "mias", seed=21)
+    assert _evaluate(bundle_dir, folder, tmp_path / "eval", root / "cache", "--kind", "mias") == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["class_counts"] == {"benign": 3, "malignant": 3} and metrics["n_groups"] == 3  # film pairs
+    preds = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    assert sorted(preds["sample_id"].str[-6:]) == [f"mdb00{i}" for i in range(1, 7)]

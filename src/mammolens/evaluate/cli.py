@@ -177,6 +177,6 @@ def register(app: typer.Typer) -> None:
         path, metrics = build_ensemble(out, runs, stack, seed=seed, beta=beta,
                                        target_sensitivity=target_sensitivity, n_boot=n_boot)
         typer.echo(f"{stack} ensemble of {len(runs)} run(s); held-out ({'nested cv' if stack != 'mean' else 'out-of-fold'}) "
-                   "predictions:")
+                   "predictions (threshold-dependent figures are optimistic: the threshold was chosen on them):")
         typer.echo(render_table(metrics))
         typer.echo(f"wrote {path}")

@@ -168,7 +168,8 @@ def _worst(df: pd.DataFrame, classes: list[str], threshold: float, n: int) -> li
     return [("Most confident errors", errors.head(n))]
 
 
-def _table(rows: list[list[Any]], header: list[str]) -> str:
+def html_table(rows: list[list[Any]], header: list[str]) -> str:
+    """A plain HTML table (cells escaped), e.g. for a cv run's per-fold figures in ``extra_tables``."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -196,7 +197,7 @@ def _headline(metrics: dict[str, Any]) -> str:
         rows += [["macro F1", _ci(metrics["macro_f1"])], ["accuracy", format_value(metrics["accuracy"])]]
     cal = metrics["calibration"]
     rows += [["Brier score", format_value(cal["brier"])], ["expected calibration error", format_value(cal["ece"])]]
-    return _table(rows, ["metric", "value [95% patient-bootstrap CI]"])
+    return html_table(rows, ["metric", "value [95% patient-bootstrap CI]"])
 
 
 def _detail_table(metrics: dict[str, Any]) -> str:
@@ -205,14 +206,14 @@ def _detail_table(metrics: dict[str, Any]) -> str:
         keys = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "f2", "tp", "fp", "fn", "tn")
         rows = [[f"threshold {metrics[k]['threshold']:.3f}" + (" (bundle)" if k == "at_threshold" else ""),
                  *(format_value(metrics[k][key], undefined) for key in keys)] for k in ("at_threshold", "at_0_5")]
-        return _table(rows, ["operating point", *keys])
+        return html_table(rows, ["operating point", *keys])
     rows = [[name, *(format_value(row[k], undefined) for k in ("precision", "recall", "f1")), row["support"],
              format_value(metrics["ovr_auc"][name], "class absent or alone")]
             for name, row in metrics["per_class"].items()]
     for avg in ("macro", "weighted"):
         rows.append([f"{avg} average", *(format_value(metrics[avg][k]) for k in ("precision", "recall", "f1")),
                      metrics["n_samples"], ""])
-    return _table(rows, ["class", "precision", "recall", "F1", "support", "one-vs-rest AUC"])
+    return html_table(rows, ["class", "precision", "recall", "F1", "support", "one-vs-rest AUC"])
 
 
 def environment() -> dict[str, Any]:
@@ -287,7 +288,7 @@ def render_report(
     parts += ["<h2>Reproduce</h2>",
               f"<p>command</p><pre>{html.escape(command or '(not recorded)')}</pre>",
               f"<p>git commit {html.escape(env['git_commit'])}, Python {env['python']}</p>",
-              _table([[k, v] for k, v in env["packages"].items()], ["package", "version"])]
+              html_table([[k, v] for k, v in env["packages"].items()], ["package", "version"])]
     if provenance:
         parts.append(f"<p>provenance</p><pre>{html.escape(json.dumps(provenance, indent=1, default=str))}</pre>")
     if config:

@@ -86,7 +86,8 @@ def build_ensemble(
     metrics = evaluate_predictions(y, held_out, groups, classes, threshold, n_boot=n_boot, seed=seed)
     out = save_ensemble(
         out_dir, [b for b, _ in members], combiner=combiner, threshold=threshold, temperature=temperature,
-        metrics={"held_out_stacking": {k: metrics[k] for k in ("n_samples", "n_groups", "auc")}},
+        metrics={"held_out": {"predictions": "out-of-fold mean" if method == "mean" else "nested cv of the stacker",
+                              **{k: metrics[k] for k in ("n_samples", "n_groups", "auc")}}},
         provenance={"stack": method, "seed": seed, "beta": beta, "target_sensitivity": target_sensitivity,
                     "fitted_on": [str(Path(oof).resolve()) for _, oof in members]},
     )

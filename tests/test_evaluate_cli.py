@@ -17,10 +17,10 @@ from mammolens.data.synthetic import generate
 TINY = {
     "name": "tiny",
     "data": {"source": "synthetic", "task": "benign-malignant",
-             "synthetic": {"n_per_class": 12, "size": 64, "seed": 1}, "split": {"val": 0.25, "test": 0.25}},
+             "synthetic": {"n_per_class": 8, "size": 64, "seed": 1}, "split": {"val": 0.25, "test": 0.25}},
     "image_size": 32,
     "model": {"name": "scratch-cnn", "options": {"depth": 2, "width": 4}},
-    "train": {"epochs": 2, "batch_size": 8, "patience": 0, "progress": False},
+    "train": {"epochs": 1, "batch_size": 8, "patience": 0, "progress": False},
     "workers": 1,
 }
 

@@ -8,7 +8,8 @@ __all__ = ["MammolensError", "__version__", "load_bundle"]
 
 
 def load_bundle(path):  # noqa: ANN001, ANN201 - thin lazy re-export keeps `import mammolens` light
-    """Restore a trained model from a bundle directory (see `mammolens.train.bundle`)."""
-    from mammolens.train.bundle import load_bundle as _load
+    """Restore a trained model, or an ensemble of them, from a bundle directory (see `mammolens.train.bundle`
+    and `mammolens.evaluate.ensembles`)."""
+    from mammolens.evaluate.load import load_any_bundle as _load
 
     return _load(path)

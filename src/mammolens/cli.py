@@ -185,6 +185,11 @@ def _number(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+from mammolens.evaluate.cli import register as _register_evaluate  # noqa: E402
+
+_register_evaluate(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for a user's mistake, printed as one line)."""
     try:

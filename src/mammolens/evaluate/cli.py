@@ -1,0 +1,182 @@
+"""The ``evaluate`` and ``ensemble`` verbs (heavy imports stay inside the commands: ``--help`` is fast)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mammolens.errors import ConfigError, DataError
+
+
+def _options(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {item!r} must look like key=value")
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
+def _command(verb: str, arguments: list[Any], options: dict[str, Any]) -> str:
+    """The command line that reproduces this run (rebuilt from the parsed values, defaults included)."""
+    parts = ["mammolens", verb, *(shlex.quote(str(a)) for a in arguments)]
+    for name, value in options.items():
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                parts += [f"--{name}", shlex.quote(str(item))]
+    return " ".join(parts)
+
+
+def label_source(manifest: Any, task_name: str) -> tuple[Any, Any]:
+    """Every sample the task labels. Unlike training, one class alone is allowed (its AUC is undefined)."""
+    import numpy as np
+
+    from mammolens.data.tasks import TASKS, derive_task
+
+    try:
+        return derive_task(manifest, task_name, allow_missing_classes=True)
+    except DataError:
+        task = TASKS.get(task_name)
+        labels = np.array([task.label_of(r) for r in manifest.df.to_dict("records")], dtype=object)
+        keep = np.array([v is not None for v in labels])
+        if not keep.any():
+            raise  # no labelled sample at all: derive_task's line says which column held what
+        return manifest.subset(keep), labels[keep].astype(np.int64)
+
+
+def training_history(bundle_path: Path) -> list[dict[str, Any]] | None:
+    """Per-epoch rows of the training run that wrote ``bundle_path`` (``<run>/training/history.csv``), if any."""
+    import csv
+
+    path = Path(bundle_path).parent / "training" / "history.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in rows] or None
+
+
+def _check_task(bundle: Any, task_name: str) -> None:
+    from mammolens.data.tasks import TASKS
+
+    classes = list(TASKS.get(task_name).classes)
+    if list(bundle.classes) != classes:
+        raise ConfigError(f"the bundle's classes {list(bundle.classes)} do not match task {task_name!r}'s "
+                          f"labels {classes}", path=bundle.path)
+
+
+def evaluate_bundle(
+    bundle_path: Path, source: str, *, task: str | None = None, kind: str | None = None,
+    options: dict[str, Any] | None = None, cache_dir: str | Path, workers: int | None = None,
+    half_threshold: bool = False, n_boot: int = 2000, seed: int = 0, progress: bool = True, command: str = "",
+) -> tuple[dict[str, Any], Any, str]:
+    """(metrics, predictions table, report HTML) of a bundle on every labelled sample of ``source``."""
+    from mammolens.data.adapters.base import load_source
+    from mammolens.evaluate.load import load_any_bundle
+    from mammolens.evaluate.predict import bundle_cache, predict_manifest
+    from mammolens.evaluate.predictions import predictions_frame
+    from mammolens.evaluate.report import render_report
+    from mammolens.evaluate.summary import evaluate_predictions
+
+    bundle = load_any_bundle(bundle_path)
+    task = task or bundle.task
+    _check_task(bundle, task)
+    manifest = load_source(source, kind, **(options or {})).manifest
+    manifest, y = label_source(manifest, task)
+    proba = predict_manifest(bundle, manifest, cache_dir, workers=workers, progress=progress)
+    threshold = 0.5 if half_threshold else bundle.threshold
+    groups = manifest.df["group"].astype(str).tolist()
+    sample_ids = manifest.df["sample_id"].astype(str).tolist()
+    metrics = evaluate_predictions(y, proba, groups, bundle.classes, threshold, n_boot=n_boot, seed=seed)
+    metrics.update(task=task, bundle=str(Path(bundle_path).resolve()), source=str(source),
+                   threshold_from="fixed 0.5" if half_threshold else "bundle")
+    table = predictions_frame(sample_ids, groups, y, proba, bundle.classes, threshold)
+    cache = bundle_cache(bundle, cache_dir)
+    name = "/".join(Path(bundle_path).resolve().parts[-2:])
+    html = render_report(
+        metrics, table, title=f"{name} on {Path(str(source)).name}", history=training_history(bundle_path),
+        subtitle=f"task {task}; every labelled sample of {source} scored (no split); threshold "
+                 f"{threshold:.3f} ({metrics['threshold_from']})",
+        thumbnails=lambda sid: (cache.load(sid), cache.load_rois(sid)), command=command or None,
+        config=getattr(bundle, "config", None) or None,
+        provenance={"bundle": metrics["bundle"], "bundle_provenance": getattr(bundle, "provenance", {})},
+    )
+    return metrics, table, html
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("evaluate")
+    def evaluate(
+        bundle: Path = typer.Argument(..., help="Bundle (or ensemble bundle) directory."),
+        source: str = typer.Argument(..., help="Dataset folder or file any adapter reads."),
+        task: Optional[str] = typer.Option(None, "--task", help="Task whose labels are scored (default: the bundle's)."),
+        kind: Optional[str] = typer.Option(None, "--kind", help="Adapter name; detected when omitted."),
+        option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Adapter option key=value, repeatable."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/evaluate/<bundle>-<source>)."),
+        threshold_from_bundle: bool = typer.Option(
+            True, "--threshold-from-bundle/--half-threshold",
+            help="Decide at the bundle's validation-chosen threshold (default) or at 0.5."),
+        n_boot: int = typer.Option(2000, "--n-boot", help="Patient-bootstrap resamples."),
+        seed: int = typer.Option(0, help="Bootstrap seed."),
+        workers: Optional[int] = typer.Option(None, help="Preprocessing worker processes."),
+        cache_dir: Optional[str] = typer.Option(None, help="Preprocessing cache (default $MAMMOLENS_CACHE or .cache/mammolens)."),
+    ) -> None:
+        """Score every sample of SOURCE with BUNDLE: metrics.json, predictions.csv, report.html."""
+        import os
+
+        from mammolens.atomic import write_json, write_text
+        from mammolens.evaluate.predictions import write_predictions
+        from mammolens.evaluate.summary import render_table
+
+        if n_boot < 0:
+            raise ConfigError(f"--n-boot must be >= 0, got {n_boot}")
+        cache = cache_dir or os.environ.get("MAMMOLENS_CACHE", ".cache/mammolens")
+        out_dir = out or Path("runs") / "evaluate" / f"{bundle.name}-{Path(source).stem}"
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError("--out exists and is not a directory", path=out_dir)
+        command = _command("evaluate", [bundle, source], {
+            "task": task, "kind": kind, "option": option, "out": out_dir, "n-boot": n_boot, "seed": seed,
+            "workers": workers, "cache-dir": cache})
+        if not threshold_from_bundle:
+            command += " --half-threshold"
+        metrics, table, html = evaluate_bundle(
+            bundle, source, task=task, kind=kind, options=_options(option), cache_dir=cache, workers=workers,
+            half_threshold=not threshold_from_bundle, n_boot=n_boot, seed=seed, command=command,
+        )
+        # Everything is computed before anything is written: a failure leaves --out untouched.
+        write_predictions(out_dir / "predictions.csv", table)
+        write_json(out_dir / "metrics.json", metrics)
+        write_text(out_dir / "report.html", html)
+        typer.echo(render_table(metrics))
+        typer.echo(f"wrote {out_dir}/metrics.json, predictions.csv, report.html")
+
+    @app.command("ensemble")
+    def ensemble(
+        runs: list[Path] = typer.Argument(..., help="cv run directories (each with predictions.csv and ensemble/)."),
+        stack: str = typer.Option("logreg", "--stack", help="mean, logreg, linear-svc or svc."),
+        out: Path = typer.Option(..., "--out", help="Ensemble bundle directory to write."),
+        beta: float = typer.Option(2.0, help="F-beta the threshold maximises."),
+        target_sensitivity: Optional[float] = typer.Option(
+            None, help="Instead: the threshold reaching this sensitivity at the best specificity."),
+        seed: int = typer.Option(0),
+        n_boot: int = typer.Option(2000, "--n-boot"),
+    ) -> None:
+        """Combine cv runs into one ensemble bundle, fitted on their out-of-fold predictions only."""
+        from mammolens.evaluate.ensembles import STACKERS
+        from mammolens.evaluate.stacking import build_ensemble
+        from mammolens.evaluate.summary import render_table
+
+        if stack != "mean":
+            STACKERS.get(stack)  # one line listing the known names
+        path, metrics = build_ensemble(out, runs, stack, seed=seed, beta=beta,
+                                       target_sensitivity=target_sensitivity, n_boot=n_boot)
+        typer.echo(f"{stack} ensemble of {len(runs)} run(s); held-out ({'nested cv' if stack != 'mean' else 'out-of-fold'}) "
+                   "predictions (threshold-dependent figures are optimistic: the threshold was chosen on them):")
+        typer.echo(render_table(metrics))
+        typer.echo(f"wrote {path}")

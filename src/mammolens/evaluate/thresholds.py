@@ -1,0 +1,68 @@
+"""Choosing a binary operating threshold from validation predictions (never from test data).
+
+``fbeta`` maximises F-beta (beta = 2 weighs a missed cancer four times a false alarm, the seed
+projects' choice); ``sensitivity`` takes the threshold that reaches a target sensitivity with
+the best specificity. A sample is called positive when p(class 1) >= threshold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mammolens.errors import ConfigError, DataError
+from mammolens.evaluate.metrics import as_proba
+from mammolens.registry import Registry
+
+METHODS: Registry[Any] = Registry("threshold method")
+
+
+def _binary_inputs(y_val: Any, p_val: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_val, dtype=np.int64)
+    proba = as_proba(p_val)
+    if proba.shape[1] != 2:
+        raise ConfigError(f"an operating threshold is for binary tasks; these predictions have {proba.shape[1]} classes")
+    if len(y) != len(proba):
+        raise DataError(f"{len(y)} labels for {len(proba)} predictions")
+    if not ((y == 1).any() and (y == 0).any()):
+        raise DataError("choosing a threshold needs validation samples of both classes")
+    return y, proba[:, 1]
+
+
+@METHODS.register("fbeta")
+def _max_fbeta(y: np.ndarray, p: np.ndarray, beta: float, target_sensitivity: float | None) -> float:
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    b2 = beta * beta
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f = np.where(precision + recall > 0, (1 + b2) * precision * recall / (b2 * precision + recall), 0.0)
+    best = np.flatnonzero(f == f.max())
+    return float(thresholds[best[-1]])  # ties: the highest threshold, i.e. the fewest false alarms
+
+
+@METHODS.register("sensitivity")
+def _target_sensitivity(y: np.ndarray, p: np.ndarray, beta: float, target_sensitivity: float | None) -> float:
+    from sklearn.metrics import roc_curve
+
+    if target_sensitivity is None or not 0.0 < target_sensitivity <= 1.0:
+        raise ConfigError(f"method 'sensitivity' needs target_sensitivity in (0, 1], got {target_sensitivity}")
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    reach = np.flatnonzero(tpr >= target_sensitivity - 1e-12)
+    best = reach[fpr[reach] == fpr[reach].min()]
+    return float(min(thresholds[best[0]], 1.0))  # the highest such threshold; roc_curve's first is +inf
+
+
+def choose_threshold(
+    y_val: Any, p_val: Any, method: str = "fbeta", beta: float = 2.0, target_sensitivity: float | None = None
+) -> float:
+    """The operating threshold in [0, 1] chosen on validation labels ``y_val`` and probabilities ``p_val``.
+
+    ``p_val`` is p(class 1) (1-D) or (N, 2) probabilities.
+    """
+    if beta <= 0:
+        raise ConfigError(f"beta must be positive, got {beta}")
+    y, p = _binary_inputs(y_val, p_val)
+    return METHODS.get(method)(y, p, beta, target_sensitivity)

@@ -1,0 +1,163 @@
+"""Every metric against scikit-learn on known inputs; undefined values are None, never NaN."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from mammolens.errors import ConfigError, DataError
+from mammolens.evaluate import bootstrap as b
+from mammolens.evaluate import metrics as m
+from mammolens.evaluate.calibration import (apply_temperature, brier_score, expected_calibration_error,
+                                            fit_temperature, reliability)
+from mammolens.evaluate.summary import evaluate_predictions, render_table
+from mammolens.evaluate.thresholds import choose_threshold
+
+
+@pytest.fixture()
+def binary():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 120)
+    p1 = np.clip(0.35 * y + 0.65 * rng.random(120), 0, 1).round(2)  # rounded: ties, as real scores have
+    return y, np.stack([1 - p1, p1], axis=1)
+
+
+@pytest.fixture()
+def multi():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 4, 150)
+    proba = rng.dirichlet(np.ones(4), 150)
+    proba[np.arange(150), y] += 0.3
+    return y, proba / proba.sum(1, keepdims=True)
+
+
+def test_binary_metrics_match_sklearn(binary):
+    y, proba = binary
+    p1 = proba[:, 1]
+    assert m.roc_auc(y, proba) == pytest.approx(skm.roc_auc_score(y, p1))
+    assert m.pr_auc(y, proba) == pytest.approx(skm.average_precision_score(y, p1))
+    for t in (0.3, 0.5, 0.71):
+        pred = (p1 >= t).astype(int)
+        got = m.binary_at_threshold(y, proba, t)
+        assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+        assert got["sensitivity"] == pytest.approx(skm.recall_score(y, pred))
+        assert got["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
+        assert got["precision"] == pytest.approx(skm.precision_score(y, pred))
+        assert got["npv"] == pytest.approx(skm.precision_score(y, pred, pos_label=0))
+        assert got["f1"] == pytest.approx(skm.f1_score(y, pred))
+        assert got["f2"] == pytest.approx(skm.fbeta_score(y, pred, beta=2))
+        assert got["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()
+        tn, fp, fn, tp = skm.confusion_matrix(y, pred).ravel()
+        assert (got["tn"], got["fp"], got["fn"], got["tp"]) == (tn, fp, fn, tp)
+
+
+def test_multiclass_metrics_match_sklearn(multi):
+    y, proba = multi
+    classes = ["a", "b", "c", "d"]
+    assert m.roc_auc(y, proba) == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+    pred = proba.argmax(1)
+    table = m.multiclass_table(y, proba, classes)
+    report = skm.classification_report(y, pred, output_dict=True, zero_division=0)
+    for i, c in enumerate(classes):
+        assert table["per_class"][c]["precision"] == pytest.approx(report[str(i)]["precision"])
+        assert table["per_class"][c]["recall"] == pytest.approx(report[str(i)]["recall"])
+        assert table["per_class"][c]["f1"] == pytest.approx(report[str(i)]["f1-score"])
+        assert table["per_class"][c]["support"] == report[str(i)]["support"]
+        assert m.ovr_aucs(y, proba, classes)[c] == pytest.approx(skm.roc_auc_score(y == i, proba[:, i]))
+    for avg in ("macro", "weighted"):
+        assert table[avg]["f1"] == pytest.approx(report[f"{avg} avg"]["f1-score"])
+        assert table[avg]["precision"] == pytest.approx(report[f"{avg} avg"]["precision"])
+    assert table["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert table["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()
+    assert m.macro_f1(y, proba) == pytest.approx(skm.f1_score(y, pred, average="macro"))
+
+
+def test_always_one_class_scores_like_classification_report():
+    """Seven classes, the model always answers the majority: undefined precisions count 0 in the macro F1."""
+    y = np.array([6] * 64 + [0, 1, 2, 3, 4, 5] * 6)
+    proba = np.full((len(y), 7), 0.01)
+    proba[:, 6] = 0.94
+    table = m.multiclass_table(y, proba, list("ABCDEFG"))
+    assert table["per_class"]["A"]["precision"] is None  # nothing predicted as A
+    assert table["per_class"]["A"]["recall"] == 0.0
+    assert table["macro"]["f1"] == pytest.approx(skm.f1_score(y, proba.argmax(1), average="macro", zero_division=0))
+
+
+def test_undefined_values_are_none_and_print_as_undefined():
+    y = np.zeros(6, dtype=int)
+    proba = np.stack([np.linspace(0.9, 0.4, 6), np.linspace(0.1, 0.6, 6)], 1)
+    assert m.roc_auc(y, proba) is None
+    assert m.pr_auc(y, proba) is None
+    got = m.binary_at_threshold(y, proba, 0.5)
+    assert got["sensitivity"] is None and got["specificity"] == pytest.approx(4 / 6)
+    three = np.array([0, 1, 1, 0])  # class 2 absent: the macro over every label is undefined
+    assert m.roc_auc(three, np.full((4, 3), 1 / 3)) is None
+    assert m.format_value(None, "one class only") == "undefined (one class only)"
+    assert m.format_value(float("nan")) .startswith("undefined")
+    metrics = evaluate_predictions(y, proba, ["g"] * 6, ["benign", "malignant"], 0.5, n_boot=50)
+    text = json.dumps(metrics)
+    assert "NaN" not in text and metrics["auc"]["value"] is None
+    table = render_table(metrics)
+    assert not re.search(r"\bnan\b", table, re.I) and "undefined (only benign present)" in table
+
+
+def test_fast_bootstrap_statistics_equal_sklearn(binary, multi):
+    y, proba = binary
+    assert b.fast_auc(y, proba) == pytest.approx(skm.roc_auc_score(y, proba[:, 1]))
+    assert b.fast_average_precision(y, proba) == pytest.approx(skm.average_precision_score(y, proba[:, 1]))
+    assert b.fast_sensitivity(0.5)(y, proba) == pytest.approx(skm.recall_score(y, proba[:, 1] >= 0.5))
+    assert b.fast_specificity(0.5)(y, proba) == pytest.approx(skm.recall_score(y, proba[:, 1] >= 0.5, pos_label=0))
+    y3, proba3 = multi
+    assert b.fast_auc(y3, proba3) == pytest.approx(skm.roc_auc_score(y3, proba3, multi_class="ovr"))
+    assert b.fast_macro_f1(y3, proba3) == pytest.approx(skm.f1_score(y3, proba3.argmax(1), average="macro"))
+
+
+def test_choose_threshold_fbeta_and_target_sensitivity():
+    y = np.array([0, 0, 0, 0, 1, 0, 1, 1, 1, 1])
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8, 0.9])
+    # Brute force over every candidate threshold, by sklearn's fbeta_score.
+    for beta in (0.5, 1.0, 2.0):
+        scores = {t: skm.fbeta_score(y, p >= t, beta=beta) for t in p}
+        best = max(scores.values())
+        assert choose_threshold(y, p, beta=beta) == max(t for t, s in scores.items() if s == best)
+    t = choose_threshold(y, p, method="sensitivity", target_sensitivity=0.8)
+    assert t == 0.6  # 4 of 5 positives at the fewest false alarms
+    assert choose_threshold(y, p, method="sensitivity", target_sensitivity=1.0) == 0.35
+    with pytest.raises(DataError, match="both classes"):
+        choose_threshold(np.zeros(4), p[:4])
+    with pytest.raises(ConfigError, match="known: fbeta, sensitivity"):
+        choose_threshold(y, p, method="youden")
+
+
+def test_temperature_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (4000, 3))
+    true = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in true])
+    overconfident = apply_temperature(true, 0.5)  # the model's outputs are true logits * 2
+    assert fit_temperature(overconfident, y) == pytest.approx(2.0, rel=0.1)
+    assert fit_temperature(true, y) == pytest.approx(1.0, rel=0.1)
+    assert np.allclose(apply_temperature(overconfident, 2.0), true, atol=1e-9)
+
+
+def test_brier_ece_reliability_on_known_inputs(binary, multi):
+    y, proba = binary
+    assert brier_score(y, proba) == pytest.approx(skm.brier_score_loss(y, proba[:, 1]))
+    y3, p3 = multi
+    assert brier_score(y3, p3) == pytest.approx(np.mean(((np.eye(4)[y3] - p3) ** 2).sum(1)))
+    # Two bins by hand: p 0.2 (4 samples, 1 positive) and p 0.8 (4 samples, 2 positives).
+    yy = np.array([1, 0, 0, 0, 1, 1, 0, 0])
+    pp = np.array([0.2] * 4 + [0.8] * 4)
+    rel = reliability(yy, pp, n_bins=10)
+    filled = [b for b in rel["bins"] if b["count"]]
+    assert [(b["count"], b["observed"]) for b in filled] == [(4, 0.25), (4, 0.5)]
+    assert expected_calibration_error(yy, pp) == pytest.approx(0.5 * 0.05 + 0.5 * 0.3)
+    from sklearn.calibration import calibration_curve
+
+    frac, mean_pred = calibration_curve(y, proba[:, 1], n_bins=10)
+    mine = [(b["observed"], b["mean_predicted"]) for b in reliability(y, proba)["bins"] if b["count"]]
+    assert np.allclose([o for o, _ in mine], frac) and np.allclose([p for _, p in mine], mean_pred)

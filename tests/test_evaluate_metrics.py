@@ -15,7 +15,7 @@ from mammolens.evaluate import metrics as m
 from mammolens.evaluate.calibration import (apply_temperature, brier_score, expected_calibration_error,
                                             fit_temperature, reliability)
 from mammolens.evaluate.summary import evaluate_predictions, render_table
-from mammolens.evaluate.thresholds import choose_threshold
+from mammolens.evaluate.thresholds import choose_threshold, operating_point
 
 
 @pytest.fixture()
@@ -161,3 +161,13 @@ def test_brier_ece_reliability_on_known_inputs(binary, multi):
     frac, mean_pred = calibration_curve(y, proba[:, 1], n_bins=10)
     mine = [(b["observed"], b["mean_predicted"]) for b in reliability(y, proba)["bins"] if b["count"]]
     assert np.allclose([o for o, _ in mine], frac) and np.allclose([p for _, p in mine], mean_pred)
+
+
+def test_operating_point_scales_first_then_chooses_the_threshold(binary):
+    y, proba = binary
+    sharp = apply_temperature(proba, 0.3)  # overconfident validation outputs
+    threshold, temperature = operating_point(y, sharp)
+    assert temperature == pytest.approx(fit_temperature(sharp, y))
+    assert threshold == choose_threshold(y, apply_temperature(sharp, temperature))
+    # The bundle applies T then the threshold: its decisions are those F2 chose on validation.
+    assert threshold != choose_threshold(y, sharp)

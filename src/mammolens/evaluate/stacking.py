@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from mammolens.errors import ConfigError, DataError
-from mammolens.evaluate.calibration import apply_temperature, fit_temperature
+from mammolens.evaluate.calibration import apply_temperature
 from mammolens.evaluate.ensembles import combiner_output, fit_stacker, nested_stacking_proba, save_ensemble
 from mammolens.evaluate.predictions import proba_of, read_predictions
-from mammolens.evaluate.thresholds import choose_threshold
+from mammolens.evaluate.thresholds import operating_point
 
 
 def run_member(run: str | Path) -> tuple[Path, Path]:
@@ -77,12 +77,9 @@ def build_ensemble(
     else:
         combiner = fit_stacker(method, probas, y, groups, seed)
         held_out = nested_stacking_proba(method, probas, y, groups, seed)
-    temperature = fit_temperature(held_out, y)
+    threshold, temperature = operating_point(y, held_out, "sensitivity" if target_sensitivity is not None else "fbeta",
+                                             beta=beta, target_sensitivity=target_sensitivity)
     held_out = apply_temperature(held_out, temperature)
-    threshold = 0.5
-    if len(classes) == 2:
-        method_t = "sensitivity" if target_sensitivity is not None else "fbeta"
-        threshold = choose_threshold(y, held_out, method_t, beta=beta, target_sensitivity=target_sensitivity)
     metrics = evaluate_predictions(y, held_out, groups, classes, threshold, n_boot=n_boot, seed=seed)
     out = save_ensemble(
         out_dir, [b for b, _ in members], combiner=combiner, threshold=threshold, temperature=temperature,

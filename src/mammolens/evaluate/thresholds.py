@@ -66,3 +66,21 @@ def choose_threshold(
         raise ConfigError(f"beta must be positive, got {beta}")
     y, p = _binary_inputs(y_val, p_val)
     return METHODS.get(method)(y, p, beta, target_sensitivity)
+
+
+def operating_point(
+    y_val: Any, proba_val: Any, method: str = "fbeta", beta: float = 2.0, target_sensitivity: float | None = None
+) -> tuple[float, float]:
+    """(threshold, temperature) from validation predictions made at temperature 1.
+
+    The temperature is fitted first and the threshold chosen on the *scaled* probabilities, since
+    a bundle applies its temperature before its threshold. Multi-class tasks decide by argmax, so
+    their threshold is 0.5 (unused).
+    """
+    from mammolens.evaluate.calibration import apply_temperature, fit_temperature
+
+    temperature = fit_temperature(proba_val, y_val)
+    proba = apply_temperature(proba_val, temperature)
+    if proba.shape[1] != 2:
+        return 0.5, temperature
+    return choose_threshold(y_val, proba, method, beta=beta, target_sensitivity=target_sensitivity), temperature

@@ -144,6 +144,30 @@ def train(
     _print_summary(run_experiment(cfg, out, resume=resume, fresh=fresh))
 
 
+@app.command("cv")
+def cv(
+    config: str = typer.Argument(..., help="Experiment YAML, or a built-in config name."),
+    folds: int = typer.Option(5, "--folds", help="Patient-grouped stratified folds."),
+    repeats: int = typer.Option(1, "--repeats", help="Repeat with split seeds seed, seed+1, ... (mean ± sd)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="cv run directory (default runs/cv-<name>)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override section.key=value, repeatable."),
+    inner_val: float = typer.Option(0.2, "--inner-val", help="Fraction of each training fold held out (by patient) for early stopping, temperature and threshold."),
+    n_boot: int = typer.Option(2000, "--n-boot", help="Patient-bootstrap resamples for the CIs."),
+    fresh: bool = typer.Option(False, help="Discard an earlier cv run in --out instead of continuing it."),
+) -> None:
+    """Patient-grouped k-fold cross-validation: pooled out-of-fold metrics with patient CIs, fold bundles,
+    an ensemble bundle and report.html. Re-running the same command continues an interrupted run."""
+    from mammolens.experiment_config import load_config
+
+    cfg = load_config(config, list(set_ or []))
+    from mammolens.crossval import render_cv, run_cv
+
+    command = "mammolens " + " ".join(sys.argv[1:]) if sys.argv and "cv" in sys.argv else None
+    metrics = run_cv(cfg, out or Path("runs") / f"cv-{cfg.name}", folds=folds, repeats=repeats, inner_val=inner_val,
+                     fresh=fresh, n_boot=n_boot, command=command)
+    typer.echo(render_cv(metrics))
+
+
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory."),

@@ -25,9 +25,11 @@ from mammolens.data.splits import save_split
 from mammolens.data.tasks import Task
 from mammolens.datasets import make_or_load_split, split_parts, task_samples
 from mammolens.evaluate.metrics import roc_auc
+from mammolens.evaluate.thresholds import choose_threshold, operating_point
 from mammolens.run_dir import RUN_RECORD, check_resume, claim_run_dir, clear_run_dir
 from mammolens.experiment_config import (  # noqa: F401 - re-exported: the config is part of this API
     ExperimentConfig,
+    OperatingPointConfig,
     load_config,
     preprocess_config,
     train_config,
@@ -44,6 +46,7 @@ class TrainedParts:
     fit: FitResult
     build: BuildReport
     metrics: dict[str, dict[str, Any]]
+    probas: dict[str, np.ndarray]  # held-out part -> (N, C) probabilities, in the part's row order
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, fresh: bool = False,
@@ -126,15 +129,33 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
         provenance={**(provenance or {}), "preprocess_hash": Pipeline(pre_cfg).config_hash(),
                     "pretrained_from": dict(getattr(model, "pretrained_from", {}) or {})},
     )
-    # Score the held-out parts through the same Bundle code path that inference uses.
-    bundle.metrics = {
-        part: _evaluate_part(bundle, [sample_ids[i] for i in idx], cache.load, labels[idx])
-        for part, idx in parts.items() if part != "train" and len(idx)
-    }
+    # Temperature and threshold from the validation part only; then every held-out part is
+    # scored once, through the same Bundle code path that inference uses.
+    val_ids = [sample_ids[i] for i in parts["val"]]
+    bundle.temperature, bundle.threshold = choose_operating_point(
+        cfg.operating_point, labels[parts["val"]], _predict(bundle, val_ids, cache.load)
+    )
+    probas = {part: _predict(bundle, [sample_ids[i] for i in idx], cache.load)
+              for part, idx in parts.items() if part != "train" and len(idx)}
+    bundle.metrics = {part: _part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
     save_bundle(bundle.path, bundle.model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,
                 metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config)
-    return TrainedParts(bundle=bundle, fit=result, build=build, metrics=bundle.metrics)
+    return TrainedParts(bundle=bundle, fit=result, build=build, metrics=bundle.metrics, probas=probas)
+
+
+def choose_operating_point(op: OperatingPointConfig, y_val: np.ndarray, proba_val: np.ndarray) -> tuple[float, float]:
+    """(temperature, threshold) fitted on validation labels and uncalibrated probabilities only.
+
+    A validation part holding one class says nothing about either: T = 1 and 0.5 stay.
+    """
+    if len(np.unique(y_val)) < 2:
+        return 1.0, 0.5
+    if not op.temperature:
+        binary = proba_val.shape[1] == 2
+        return 1.0, choose_threshold(y_val, proba_val, op.threshold, op.beta, op.target_sensitivity) if binary else 0.5
+    threshold, temperature = operating_point(y_val, proba_val, op.threshold, op.beta, op.target_sensitivity)
+    return temperature, threshold
 
 
 def _warnings(build: BuildReport, task: Task) -> list[str]:
@@ -146,13 +167,16 @@ def _warnings(build: BuildReport, task: Task) -> list[str]:
     return [note]
 
 
-def _evaluate_part(bundle: Bundle, sample_ids: list[str], load, y: np.ndarray, batch: int = 32) -> dict[str, Any]:  # noqa: ANN001
-    """Threshold-free AUC plus accuracy (and, for two classes, sensitivity/specificity) at the bundle's
-    threshold / argmax; None where a metric is undefined (a class absent from the part)."""
-    proba = np.concatenate([
+def _predict(bundle: Bundle, sample_ids: list[str], load, batch: int = 32) -> np.ndarray:  # noqa: ANN001
+    return np.concatenate([
         bundle.predict_proba(np.stack([load(s) for s in sample_ids[i:i + batch]]))
         for i in range(0, len(sample_ids), batch)
     ])
+
+
+def _part_metrics(bundle: Bundle, y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """Threshold-free AUC plus accuracy (and, for two classes, sensitivity/specificity) at the bundle's
+    threshold / argmax; None where a metric is undefined (a class absent from the part)."""
     binary = proba.shape[1] == 2
     pred = (proba[:, 1] >= bundle.threshold).astype(int) if binary else proba.argmax(1)
     out: dict[str, Any] = {"auc": roc_auc(y, proba), "accuracy": float((pred == y).mean()), "n": int(len(y))}

@@ -66,6 +66,24 @@ class ModelConfig:
 
 
 @dataclass
+class OperatingPointConfig:
+    """How the bundle's temperature and decision threshold are chosen: on validation data only."""
+
+    temperature: bool = True  # fit temperature scaling on the validation part (else T = 1)
+    threshold: str = "fbeta"  # fbeta: maximise F-beta; sensitivity: reach target_sensitivity at best specificity
+    beta: float = 2.0  # F2 weighs a missed cancer as four false alarms
+    target_sensitivity: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold not in ("fbeta", "sensitivity"):
+            raise ConfigError(f"operating_point.threshold: {self.threshold!r} is not 'fbeta' or 'sensitivity'")
+        if self.threshold == "sensitivity" and not (self.target_sensitivity and 0 < self.target_sensitivity <= 1):
+            raise ConfigError("operating_point.target_sensitivity: the 'sensitivity' method needs a value in (0, 1]")
+        if self.beta <= 0:
+            raise ConfigError(f"operating_point.beta: must be > 0, got {self.beta}")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     data: DataConfig = field(default_factory=DataConfig)
@@ -74,6 +92,7 @@ class ExperimentConfig:
     roi_crop: bool = False  # default pipeline crops around the lesion annotation
     model: ModelConfig = field(default_factory=ModelConfig)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    operating_point: OperatingPointConfig = field(default_factory=OperatingPointConfig)
     cache_dir: str = field(default_factory=lambda: os.environ.get("MAMMOLENS_CACHE", ".cache/mammolens"))
     workers: int | None = None  # preprocessing worker processes (default: one per core)
 

@@ -62,7 +62,7 @@ def predictions_frame(
 
 def write_predictions(path: str | Path, df: pd.DataFrame) -> Path:
     buffer = io.StringIO()
-    df.to_csv(buffer, index=False, float_format="%.6g")
+    df.to_csv(buffer, index=False, float_format="%.12g")  # 12 digits: a calibrated model can be near 0.5 everywhere, and ties would change the AUC
     write_text(path, buffer.getvalue())
     return Path(path)
 

@@ -1,0 +1,251 @@
+"""``mammolens cv``: patient-grouped k-fold cross-validation whose held-out folds are touched once.
+
+For each repeat (split seed ``data.split.seed + r``) the task's samples are cut into k
+patient-grouped, stratified folds. Fold i is held out; from the other folds an inner
+patient-grouped validation part is taken for early stopping, the temperature and the operating
+threshold; the model then scores fold i once. The pooled out-of-fold predictions give the
+headline metrics with patient-bootstrap CIs; the fold bundles become a mean ensemble bundle whose
+threshold and temperature come from those pooled out-of-fold predictions. A fold that finished
+(its ``oof.csv`` written last) is never trained again, so an interrupted run resumes.
+
+out/
+  cv.json                     what the run started with (refuses a resume with other settings)
+  repeat{r}/fold{i}/          a run folder per fold: training/, bundle/, oof.csv
+  predictions.csv             pooled out-of-fold predictions of repeat 0 (fold, repeat columns)
+  predictions-all.csv         every repeat's (with --repeats > 1)
+  metrics.json, report.html   pooled metrics (+ per-fold table, + mean ± sd over repeats)
+  ensemble/                   mean of repeat 0's fold bundles
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mammolens import atomic
+from mammolens.configuration import to_dict
+from mammolens.data.splits import check_no_leakage, make_holdout, make_kfold
+from mammolens.datasets import task_samples
+from mammolens.errors import ConfigError
+from mammolens.evaluate.ensembles import save_mean_ensemble
+from mammolens.evaluate.predictions import predictions_frame, read_predictions, write_predictions
+from mammolens.evaluate.report import write_report
+from mammolens.evaluate.summary import evaluate_predictions, render_table
+from mammolens.experiment import choose_operating_point, train_on_parts
+from mammolens.experiment_config import ExperimentConfig, first_difference
+
+RECORD = "cv.json"
+DONE = "oof.csv"  # a fold's out-of-fold predictions, written last: its presence means the fold is finished
+
+
+def fold_parts(manifest, labels: np.ndarray, *, folds: int, seed: int, inner_val: float, task: str):  # noqa: ANN001, ANN201
+    """For each fold: {"train", "val", "test"} row indices; test is the held-out fold, val an inner
+    patient-grouped stratified part of the other folds (it never holds a held-out patient)."""
+    outer = make_kfold(manifest, labels, k=folds, seed=seed, task=task)
+    index = {sid: i for i, sid in enumerate(manifest.df["sample_id"])}
+    out = []
+    for i in range(folds):
+        train_ids, test_ids = outer.fold(i)
+        pool = np.array(sorted(index[s] for s in train_ids))
+        inner = make_holdout(manifest.subset(pool.tolist()), labels[pool], val=inner_val, test=0.0, seed=seed + i,
+                             task=task)
+        sub = manifest.subset(pool.tolist())
+        val = pool[inner.indices(sub, "val")]
+        train = pool[inner.indices(sub, "train")]
+        parts = {"train": train, "val": val, "test": np.array(sorted(index[s] for s in test_ids))}
+        _check_disjoint_groups(manifest, parts)
+        out.append(parts)
+    return out
+
+
+def _check_disjoint_groups(manifest, parts: dict[str, np.ndarray]) -> None:  # noqa: ANN001
+    from mammolens.data.splits import Split
+
+    ids = manifest.df["sample_id"].to_numpy()
+    split = Split(parts={k: ids[v].tolist() for k, v in parts.items()}, seed=0, manifest_hash="", kind="holdout")
+    check_no_leakage(manifest, split)
+
+
+def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeats: int = 1, inner_val: float = 0.2,
+           fresh: bool = False, n_boot: int = 2000, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    """Cross-validate ``cfg``; returns the pooled metrics written to ``metrics.json``."""
+    if folds < 2:
+        raise ConfigError(f"--folds must be at least 2, got {folds}")
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be at least 1, got {repeats}")
+    if not 0 < inner_val < 1:
+        raise ConfigError(f"--inner-val must lie in (0, 1), got {inner_val}")
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    manifest, labels, task = task_samples(cfg, progress=progress)
+    record = {"config": to_dict(cfg), "folds": folds, "inner_val": inner_val, "manifest_hash": manifest.content_hash()}
+    _claim(out, record, fresh)
+    atomic.write_json(out / RECORD, {**record, "repeats": repeats})
+    classes = list(task.classes)
+    groups = manifest.df["group"].to_numpy()
+    sample_ids = manifest.df["sample_id"].tolist()
+    per_fold, pooled = [], []
+    for r in range(repeats):
+        seed = cfg.data.split.seed + r
+        for i, parts in enumerate(fold_parts(manifest, labels, folds=folds, seed=seed, inner_val=inner_val, task=task.name)):
+            fold_dir = out / f"repeat{r}" / f"fold{i}"
+            if not (fold_dir / DONE).is_file():
+                _train_fold(cfg, manifest, labels, task, parts, fold_dir, sample_ids, groups, classes, r, i, progress)
+            df, _ = read_predictions(fold_dir / DONE, classes)
+            pooled.append(df)
+            bundle = json.loads((fold_dir / "bundle" / "bundle.json").read_text())
+            per_fold.append(_fold_row(r, i, parts, df, classes, bundle))
+    everything = pd.concat(pooled, ignore_index=True)
+    first = everything[everything["repeat"] == 0]
+    y, proba = first["label_index"].to_numpy(), _proba(first, classes)
+    # Pooled metrics at each fold model's own validation-chosen threshold: the decisions column.
+    metrics = evaluate_predictions(y, proba, first["group"].astype(str).tolist(), classes,
+                                   threshold=0.5, n_boot=n_boot, seed=cfg.data.split.seed)
+    metrics["at_fold_thresholds"] = _decision_metrics(first, classes)
+    metrics["folds"] = per_fold
+    if repeats > 1:
+        metrics["repeats"] = _repeat_summary(everything, classes, n_boot=0)
+    # The ensemble's temperature and threshold: from the pooled out-of-fold predictions.
+    op = cfg.operating_point
+    temperature, threshold = choose_operating_point(op, y, proba)
+    members = [out / "repeat0" / f"fold{i}" / "bundle" for i in range(folds)]
+    save_mean_ensemble(out / "ensemble", members, threshold=threshold, temperature=temperature,
+                       metrics={"pooled_oof": {k: metrics.get(k) for k in ("auc", "auc_ci", "macro_f1")}},
+                       provenance={"cv": str(out), "folds": folds, "manifest_hash": record["manifest_hash"]})
+    metrics["ensemble"] = {"path": str(out / "ensemble"), "threshold": threshold, "temperature": temperature}
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    metrics["notes"] = list(manifest.notes)
+    write_predictions(out / "predictions.csv", first)
+    if repeats > 1:
+        write_predictions(out / "predictions-all.csv", everything)
+    atomic.write_json(out / "metrics.json", metrics)
+    write_report(out / "report.html", metrics, first, title=f"mammolens cv: {cfg.name}",
+                 subtitle=f"{folds}-fold patient-grouped cross-validation, {task.name} ({task.unit} level), "
+                          f"{len(first)} samples; pooled out-of-fold predictions",
+                 command=command, config=to_dict(cfg),
+                 extra_tables={"At each fold model's validation-chosen threshold": _at_table(metrics["at_fold_thresholds"]),
+                               "Per fold": _fold_table(per_fold)})
+    return metrics
+
+
+def _train_fold(cfg, manifest, labels, task, parts, fold_dir, sample_ids, groups, classes, r, i, progress) -> None:  # noqa: ANN001
+    from mammolens.run_dir import clear_run_dir
+
+    clear_run_dir(fold_dir)  # an interrupted fold starts over; finished folds are never touched
+    trained = train_on_parts(cfg, manifest, labels, task, parts, fold_dir, progress=progress,
+                             provenance={"cv_fold": i, "cv_repeat": r})
+    test = parts["test"]
+    df = predictions_frame([sample_ids[j] for j in test], groups[test].tolist(), labels[test], trained.probas["test"],
+                           classes, threshold=trained.bundle.threshold, fold=i, repeat=r)
+    write_predictions(fold_dir / DONE, df)
+
+
+def _claim(out: Path, record: dict[str, Any], fresh: bool) -> None:
+    path = out / RECORD
+    if not path.is_file():
+        if out.exists() and any(out.iterdir()) and not fresh:
+            raise ConfigError("exists and is not a cv run; choose another --out or pass --fresh", path=out)
+        if fresh and out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        return
+    if fresh:
+        import shutil
+
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    diff = first_difference({k: v for k, v in old.items() if k != "repeats"}, record)
+    if diff:
+        key, was, now = diff
+        raise ConfigError(f"this cv run was started with {key} = {json.dumps(was)}, not {json.dumps(now)}; "
+                          "continue it with the same settings, or pass --fresh", path=path)
+
+
+def _proba(df: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    from mammolens.evaluate.predictions import proba_of
+
+    return proba_of(df, classes)
+
+
+def _decision_metrics(df: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
+    """Sensitivity/specificity (binary) or accuracy of the ``decision`` column: each fold model's
+    decision at the threshold its own inner validation part chose."""
+    y = df["label_index"].to_numpy()
+    pred = df["decision"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    out: dict[str, Any] = {"accuracy": float((pred == y).mean())}
+    if len(classes) == 2:
+        pos, neg = y == 1, y == 0
+        out["sensitivity"] = float((pred[pos] == 1).mean()) if pos.any() else None
+        out["specificity"] = float((pred[neg] == 0).mean()) if neg.any() else None
+        out["missed_positives"] = int(((pred == 0) & pos).sum())
+    return out
+
+
+def _fold_row(r: int, i: int, parts: dict[str, np.ndarray], df: pd.DataFrame, classes: list[str],
+              bundle: dict[str, Any]) -> dict[str, Any]:
+    from mammolens.evaluate.metrics import macro_f1, roc_auc
+
+    y, proba = df["label_index"].to_numpy(), _proba(df, classes)
+    return {"repeat": r, "fold": i, "train": int(len(parts["train"])), "val": int(len(parts["val"])),
+            "test": int(len(parts["test"])), "auc": roc_auc(y, proba), "macro_f1": macro_f1(y, proba),
+            "threshold": bundle["threshold"], "temperature": bundle["temperature"],
+            "val_auc": (bundle["metrics"].get("val") or {}).get("auc"), **_decision_metrics(df, classes)}
+
+
+def _repeat_summary(everything: pd.DataFrame, classes: list[str], n_boot: int) -> dict[str, Any]:
+    from mammolens.evaluate.metrics import macro_f1, roc_auc
+
+    rows = []
+    for r, df in everything.groupby("repeat"):
+        y, proba = df["label_index"].to_numpy(), _proba(df, classes)
+        rows.append({"repeat": int(r), "auc": roc_auc(y, proba), "macro_f1": macro_f1(y, proba), **_decision_metrics(df, classes)})
+    summary: dict[str, Any] = {"per_repeat": rows}
+    for key in ("auc", "macro_f1", "sensitivity", "specificity", "accuracy"):
+        values = [row[key] for row in rows if row.get(key) is not None]
+        if values:
+            summary[key] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+    return summary
+
+
+def _at_table(at: dict[str, Any]) -> str:
+    from mammolens.evaluate.metrics import format_value
+    from mammolens.evaluate.report import html_table
+
+    return html_table([[k, format_value(v) if not isinstance(v, int) else v] for k, v in at.items()], ["metric", "value"])
+
+
+def _fold_table(rows: list[dict[str, Any]]) -> str:
+    from mammolens.evaluate.metrics import format_value
+    from mammolens.evaluate.report import html_table
+
+    keys = ["repeat", "fold", "train", "val", "test", "val_auc", "auc", "macro_f1", "threshold", "temperature",
+            "sensitivity", "specificity", "accuracy"]
+    return html_table([[format_value(row.get(k)) if isinstance(row.get(k), float) or row.get(k) is None else row[k]
+                        for k in keys] for row in rows], keys)
+
+
+def render_cv(metrics: dict[str, Any]) -> str:
+    """The short table ``mammolens cv`` prints."""
+    from mammolens.evaluate.metrics import format_value
+
+    lines = [render_table(metrics)]
+    at = metrics["at_fold_thresholds"]
+    lines.append("at each fold's validation-chosen threshold: " + "  ".join(f"{k} {format_value(v)}" for k, v in at.items()))
+    for row in metrics["folds"]:
+        lines.append(f"  repeat {row['repeat']} fold {row['fold']}: n {row['test']}  auc {format_value(row['auc'])}  "
+                     f"threshold {format_value(row['threshold'])}")
+    if "repeats" in metrics:
+        rep = metrics["repeats"]
+        lines.append("over repeats: " + "  ".join(
+            f"{k} {format_value(v['mean'])} ± {format_value(v['sd'])}" for k, v in rep.items() if k != "per_repeat"))
+    lines.append(f"ensemble bundle: {metrics['ensemble']['path']}  ({metrics['seconds']} s)")
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""``mammolens cv``: folds by patient, inner validation without held-out patients, pooled
+out-of-fold metrics, an ensemble bundle, resumption, and thresholds that never see held-out data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mammolens.cli import main
+
+TINY = {
+    "name": "tiny-cv",
+    "data": {"source": "synthetic", "task": "benign-malignant",
+             "synthetic": {"n_per_class": 16, "size": 64, "seed": 2, "calc_fraction": 0.0}},
+    "image_size": 32,
+    "roi_crop": True,
+    "model": {"name": "scratch-cnn", "options": {"depth": 2, "width": 4}},
+    "train": {"epochs": 2, "batch_size": 8, "patience": 0, "progress": False},
+    "workers": 1,
+}
+
+
+@pytest.fixture()
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(dict(TINY, cache_dir=str(tmp_path / "cache"))))
+    return path
+
+
+def test_inner_validation_never_holds_a_held_out_patient():
+    from mammolens.crossval import fold_parts
+    from mammolens.data.manifest import Manifest
+
+    rng = np.random.default_rng(0)
+    records = [{"sample_id": f"s{i}", "source": "arrays", "path": f"/x/{i}.png", "group": f"g{i // 3}",
+                "pathology": "benign" if (i // 3) % 2 else "malignant"} for i in range(60)]
+    manifest = Manifest.from_records(records)
+    labels = np.array([(i // 3) % 2 for i in range(60)])
+    folds = fold_parts(manifest, labels, folds=4, seed=int(rng.integers(100)), inner_val=0.25, task="t")
+    group = manifest.df["group"].to_numpy()
+    tests = set()
+    for parts in folds:
+        held = set(group[parts["test"]])
+        assert not held & set(group[parts["val"]]) and not held & set(group[parts["train"]])
+        assert not set(group[parts["val"]]) & set(group[parts["train"]])
+        assert len(parts["val"]) and len(parts["train"])
+        tests |= set(parts["test"].tolist())
+    assert tests == set(range(60))  # every sample is held out exactly once
+
+
+def test_cv_writes_pooled_oof_metrics_an_ensemble_and_resumes(tiny_config: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cv"
+    assert main(["cv", str(tiny_config), "--folds", "3", "--out", str(out), "--n-boot", "50"]) == 0
+    printed = capsys.readouterr().out
+    assert "ROC AUC" in printed and "ensemble bundle" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    preds = (out / "predictions.csv").read_text().splitlines()
+    assert len(preds) - 1 == 32 and metrics["n_samples"] == 32  # every sample once, out of fold
+    assert [row["fold"] for row in metrics["folds"]] == [0, 1, 2]
+    assert (out / "report.html").stat().st_size > 10_000
+    bundle = json.loads((out / "ensemble" / "bundle.json").read_text())
+    assert bundle["kind"] == "ensemble" and len(bundle["members"]) == 3
+    # The ensemble is a bundle `evaluate` accepts, here on synthetic films it never saw.
+    from mammolens.data.synthetic import generate
+
+    unseen = generate(tmp_path / "unseen", n_per_class=4, size=64, seed=11, calc_fraction=0.0)
+    assert main(["evaluate", str(out / "ensemble"), str(unseen), "--out", str(tmp_path / "ev"),
+                 "--cache-dir", str(tmp_path / "cache"), "--n-boot", "50"]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n_samples"] == 8
+    # A finished fold is never trained again: re-running only re-pools.
+    stamp = (out / "repeat0" / "fold1" / "oof.csv").stat().st_mtime_ns
+    (out / "repeat0" / "fold2" / "oof.csv").unlink()  # as if interrupted during fold 2
+    assert main(["cv", str(tiny_config), "--folds", "3", "--out", str(out), "--n-boot", "50"]) == 0
+    assert (out / "repeat0" / "fold1" / "oof.csv").stat().st_mtime_ns == stamp
+    assert (out / "repeat0" / "fold2" / "oof.csv").is_file()
+    # Continuing with other settings is refused.
+    capsys.readouterr()
+    assert main(["cv", str(tiny_config), "--folds", "4", "--out", str(out)]) == 2
+    assert "folds" in capsys.readouterr().err
+
+
+def test_too_many_folds_for_the_patient_groups_is_one_line(tiny_config: Path, tmp_path: Path, capsys) -> None:
+    assert main(["cv", str(tiny_config), "--folds", "40", "--out", str(tmp_path / "cv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mammolens: error: cannot make 40 folds")
+
+
+def test_threshold_and_temperature_never_see_the_held_out_part(tiny_config: Path, tmp_path: Path) -> None:
+    """Changing the test part's labels and images changes neither the temperature nor the threshold."""
+    from mammolens.datasets import task_samples
+    from mammolens.experiment import train_on_parts
+    from mammolens.experiment_config import load_config
+
+    cfg = load_config(tiny_config)
+    manifest, labels, task = task_samples(cfg, progress=False)
+    from mammolens.crossval import fold_parts
+
+    parts = fold_parts(manifest, labels, folds=3, seed=0, inner_val=0.3, task=task.name)[0]
+    first = train_on_parts(cfg, manifest, labels, task, parts, tmp_path / "a", progress=False)
+    flipped = labels.copy()
+    flipped[parts["test"]] = 1 - flipped[parts["test"]]
+    other = manifest.subset(list(range(len(manifest))))
+    other.df.loc[parts["test"], "path"] = np.roll(other.df.loc[parts["test"], "path"].to_numpy(), 1)
+    second = train_on_parts(cfg, other, flipped, task, parts, tmp_path / "b", progress=False)
+    assert first.bundle.threshold == second.bundle.threshold
+    assert first.bundle.temperature == second.bundle.temperature
+    assert first.bundle.temperature != 1.0 or first.bundle.threshold != 0.5  # they were fitted at all
+    assert first.metrics["test"] != second.metrics["test"]

@@ -92,3 +92,26 @@ def test_corrupt_cache_file_is_recomputed(tmp_path):
     (path,) = tmp_path.glob("val-*.npy")
     path.write_bytes(b"not an npy file")
     assert np.array_equal(part_features(model, dm, "val", device=torch.device("cpu"), cache_dir=tmp_path), first)
+
+
+def test_per_sample_feature_cache_is_shared_across_folds(tmp_path, monkeypatch):
+    """Another assignment of the same samples to parts (a cv fold) reuses every sample's features;
+    a changed sample key (other pixels) is computed again."""
+    torch.manual_seed(0)
+    model = TinyCNN()
+    arrays, ids, labels = _data()
+    cfg = from_dict(TrainConfig, {"batch_size": 4, "accelerator": "cpu", "progress": False}, "train")
+    keys = [f"k{i}" for i in range(len(ids))]
+    calls = []
+    real = features.extract_features
+    monkeypatch.setattr(features, "extract_features", lambda m, dm, part, *a: calls.append(len(dm.rows(part))) or real(m, dm, part, *a))
+    first = ArrayDataModule.from_config(arrays.__getitem__, ids, labels, PARTS, cfg, sample_keys=keys)
+    a = part_features(model, first, "train", device=torch.device("cpu"), cache_dir=tmp_path)
+    fold = {"train": range(8, 24), "val": range(8)}
+    other = ArrayDataModule.from_config(arrays.__getitem__, ids, labels, fold, cfg, sample_keys=keys)
+    b = part_features(model, other, "val", device=torch.device("cpu"), cache_dir=tmp_path)
+    np.testing.assert_array_equal(b, a[:8])
+    np.testing.assert_allclose(a, real(model, first, "train", torch.device("cpu")), atol=1e-6)
+    changed = ArrayDataModule.from_config(arrays.__getitem__, ids, labels, fold, cfg, sample_keys=["new"] + keys[1:])
+    part_features(model, changed, "val", device=torch.device("cpu"), cache_dir=tmp_path)
+    assert calls == [16, 1]  # first fold: all 16; second fold: nothing; changed sample: that one

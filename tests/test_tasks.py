@@ -93,3 +93,22 @@ def test_real_mias_task_counts(shared_data):
     # lesion tasks: one sample per finding with coordinates (97 findings, 4 without: 1 CIRC, 3 CALC)
     assert counts["benign-malignant"] == {"benign": 52, "malignant": 41}
     assert counts["mass-calc"] == {"mass": 73, "calc": 20}
+
+
+def test_cbis_lesions_without_a_mask_file_are_left_out_of_lesion_tasks():
+    import json
+
+    from mammolens.data.manifest import Manifest
+
+    rows = [{"sample_id": f"cbis-{i}", "source": "cbis-ddsm", "path": f"/films/{i // 2}.dcm", "group": f"P_{i // 2}",
+             "pathology": "benign" if i % 2 else "malignant", "lesion_type": "mass",
+             "mask_path": f"/masks/{i}.dcm" if i < 4 else "", "meta": json.dumps({"full_film": True})}
+            for i in range(6)]
+    sub, y = derive_task(Manifest.from_records(rows, name="cbis-ddsm"), "benign-malignant")
+    assert sub.df["sample_id"].tolist() == ["cbis-0", "cbis-1", "cbis-2", "cbis-3"]
+    assert "cbis-4 (malignant, no ROI mask file)" in sub.notes[0]
+    unlocated = Manifest.from_records([dict(r, mask_path="") for r in rows], name="cbis-ddsm")
+    with pytest.raises(DataError, match="no lesion of task benign-malignant has a location"):
+        derive_task(unlocated, "benign-malignant")
+    _, y = derive_task(unlocated, "benign-malignant", keep_unlocated=True)
+    assert len(y) == 6

@@ -118,7 +118,7 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
     sample_ids = manifest.df["sample_id"].tolist()
     dm = ArrayDataModule.from_config(
         cache.load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()}, train_cfg,
-        num_classes=len(task.classes), data_key=cache.content_key(sample_ids),
+        num_classes=len(task.classes), data_key=cache.content_key(sample_ids), sample_keys=cache.sample_keys(sample_ids),
     )
     result = fit(model, dm, train_cfg, out_dir / "training", resume=resume,
                  feature_cache_dir=Path(cfg.cache_dir) / "features")

@@ -111,12 +111,17 @@ def derive_task(
     task = TASKS.get(name)
     units = task_units(manifest, name, keep_unlocated=keep_unlocated)
     labels = _labels(units.manifest, task)
+    if units.left_out and not (labels >= 0).any():
+        raise DataError(
+            f"{manifest.name}: no lesion of task {name} has a location (coordinates or an ROI mask file); "
+            f"{len(units.left_out)} left out, e.g. {units.left_out[0]}"
+        )
     _check(units.manifest, task, labels, allow_missing_classes)
     keep = labels >= 0
     out = units.manifest.subset(keep)
     if units.left_out:
         out.notes.append(
-            f"{len(units.left_out)} finding(s) without coordinates left out of lesion task {name}: "
+            f"{len(units.left_out)} finding(s) without a location left out of lesion task {name}: "
             + "; ".join(units.left_out)
         )
     return out, labels[keep]

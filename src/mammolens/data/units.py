@@ -5,8 +5,8 @@ one sample per finding, each with its own ROI and severity, never one crop cover
 film's circles under one label. ``lesion_rows`` expands such rows; rows without a findings list
 (a CBIS-DDSM abnormality, a class-folder image, a synthetic lesion) already are one sample each.
 
-A finding without coordinates (MIAS mdb059, and the spread calcifications of mdb216/233/245) is
-left out of lesion tasks by default: entered as a whole film among lesion crops, the kind of
+A finding without coordinates (MIAS mdb059, and the spread calcifications of mdb216/233/245), or a
+CBIS-DDSM lesion on a full film whose ROI mask file is absent, is left out of lesion tasks by default: entered as a whole film among lesion crops, the kind of
 input alone would predict its label (three of those four are malignant).
 """
 
@@ -39,7 +39,11 @@ def lesion_rows(manifest: Manifest, *, keep_unlocated: bool = False) -> Units:
         meta = json.loads(row["meta"])
         findings = meta.get("findings")
         if not findings:
-            records.append(row)
+            unlocated = meta.get("full_film") and row["rois"] == "[]" and not row["mask_path"]
+            if unlocated and not keep_unlocated:  # a CBIS-DDSM lesion whose ROI mask file is absent
+                left_out.append(f"{row['sample_id']} ({row['pathology']}, no ROI mask file)")
+            else:
+                records.append(row)
             continue
         for k, finding in enumerate(findings, start=1):
             if finding.get("severity") is None:  # a NORM row: no lesion

@@ -123,6 +123,10 @@ class PreprocessCache:
             )
         return array.astype(np.float32) * np.float32(1.0 / 65535.0)
 
+    def sample_keys(self, sample_ids: Sequence[str]) -> list[str]:
+        """Each sample's entry key: it changes with the source file, ROI input, config and code."""
+        return [self._entry(s)["key"] for s in sample_ids]
+
     def content_key(self, sample_ids: Sequence[str]) -> str:
         """One key for these samples' cached arrays, which changes whenever any source file, ROI
         input or the pipeline config does (each entry's key already covers them)."""

@@ -111,8 +111,10 @@ class ArrayDataModule(L.LightningDataModule):
     """Train/val/test loaders over ``sample_ids`` with integer ``labels`` and ``parts`` (part -> row indices).
 
     ``normalisation`` (default ImageNet gray, see ``normalisation.py``) must be saved in the bundle.
-    ``data_key`` is the caller's hash of the image content (e.g. the preprocessing cache key); the
-    feature fast path caches on disk only when it is given. With ``num_workers > 0`` or a spawning
+    ``data_key`` is the caller's hash of the image content (e.g. the preprocessing cache key), or
+    ``sample_keys`` one such hash per sample (``PreprocessCache.sample_keys``); the feature fast
+    path caches on disk only when one is given, per sample with ``sample_keys``, so the folds of a
+    cross-validation share every sample's features. With ``num_workers > 0`` or a spawning
     strategy, ``load`` must be picklable (a module-level function or an object, not a lambda).
     """
 
@@ -131,6 +133,7 @@ class ArrayDataModule(L.LightningDataModule):
         normalisation: dict[str, float] | None = None,
         drop_last: bool = False,
         data_key: str | None = None,
+        sample_keys: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.reader = SampleReader(load, [str(s) for s in sample_ids])
@@ -152,6 +155,9 @@ class ArrayDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.normalisation = check_normalisation(normalisation)
         self.data_key = data_key
+        if sample_keys is not None and len(sample_keys) != len(self.sample_ids):
+            raise DataError(f"sample_keys: {len(sample_keys)} keys for {len(self.sample_ids)} samples")
+        self.sample_keys = None if sample_keys is None else [str(k) for k in sample_keys]
         self.features: dict[str, np.ndarray] | None = None
         self.reader.image_shape = self.reader(int(self.parts["train"][0])).shape
 

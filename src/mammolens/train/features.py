@@ -9,6 +9,7 @@ ids, the normalisation and the caller's hash of the image content.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -65,6 +66,8 @@ def part_features(
     Nothing is cached unless the datamodule carries a ``data_key``: without one, the image content
     cannot be vouched for, and stale features would be silently wrong.
     """
+    if cache_dir is not None and datamodule.sample_keys is not None:
+        return _per_sample_features(model, datamodule, part, device, Path(cache_dir), progress)
     if cache_dir is None or datamodule.data_key is None:
         return extract_features(model, datamodule, part, device, progress)
     sample_ids = [datamodule.sample_ids[r] for r in datamodule.rows(part)]
@@ -79,3 +82,28 @@ def part_features(
     features = extract_features(model, datamodule, part, device, progress)
     save_npy(path, features)
     return features
+
+
+def _per_sample_features(
+    model: MammoModel, datamodule: ArrayDataModule, part: str, device: torch.device, cache_dir: Path, progress: bool
+) -> np.ndarray:
+    """Features of ``part`` from one file per sample (keyed by the model's non-head weights and the
+    sample's content key): only samples never seen with this backbone are run through it."""
+    folder = cache_dir / feature_cache_key(model, [], datamodule.normalisation, "per-sample")[:24]
+    rows = datamodule.rows(part)
+    paths = [folder / f"{datamodule.sample_keys[r]}.npy" for r in rows]
+    cached: dict[int, np.ndarray] = {}
+    for i, path in enumerate(paths):
+        try:
+            cached[i] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            pass  # absent or unreadable: computed below
+    missing = [i for i in range(len(rows)) if i not in cached]
+    if missing:
+        view = copy.copy(datamodule)
+        view.parts = {**datamodule.parts, "_missing": rows[missing]}
+        features = extract_features(model, view, "_missing", device, progress)
+        for i, row in zip(missing, features):
+            save_npy(paths[i], row)
+            cached[i] = row
+    return np.stack([cached[i] for i in range(len(rows))]).astype(np.float32, copy=False)

@@ -92,6 +92,7 @@ def _lesion(row: dict[str, str], where: str, csv_name: str, n: int) -> dict[str,
         "lesion_type": lesion,
         "meta": {
             "official_split": split,
+            "full_film": True,  # the image is the whole mammogram: the lesion is where its mask says
             "pathology_original": row["pathology"],
             "abnormality_id": abnormality,
             **{c.replace(" ", "_"): _grade(row.get(c, ""), c, where) for c in ("breast density", "assessment", "subtlety")},

@@ -25,7 +25,10 @@ from mammolens.train.datamodule import ArrayDataModule
 
 def feature_cache_key(model: MammoModel, sample_ids: list[str], normalisation: dict[str, float], data_key: str) -> str:
     digest = hashlib.sha256()
-    header = {"model": model.config, "samples": sample_ids, "normalisation": normalisation, "data": data_key}
+    # num_classes shapes only the head, which the features do not depend on: tasks with other
+    # class counts (normal-abnormal, the 7 MIAS classes) share one backbone's features.
+    architecture = {k: v for k, v in model.config.items() if k != "num_classes"}
+    header = {"model": architecture, "samples": sample_ids, "normalisation": normalisation, "data": data_key}
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
     head = {id(t) for m in model.head_modules() for t in [*m.parameters(), *m.buffers()]}
     for name, tensor in model.state_dict(keep_vars=True).items():

@@ -32,6 +32,7 @@ from mammolens.configuration import to_dict
 from mammolens.data.splits import check_no_leakage, make_holdout, make_kfold
 from mammolens.datasets import task_samples
 from mammolens.errors import ConfigError
+from mammolens.evaluate.cli import training_history
 from mammolens.evaluate.ensembles import save_mean_ensemble
 from mammolens.evaluate.predictions import predictions_frame, read_predictions, write_predictions
 from mammolens.evaluate.report import write_report
@@ -127,7 +128,7 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     write_report(out / "report.html", metrics, first, title=f"mammolens cv: {cfg.name}",
                  subtitle=f"{folds}-fold patient-grouped cross-validation, {task.name} ({task.unit} level), "
                           f"{len(first)} samples; pooled out-of-fold predictions",
-                 command=command, config=to_dict(cfg),
+                 command=command, config=to_dict(cfg), history=training_history(members[0]),
                  extra_tables={"At each fold model's validation-chosen threshold": _at_table(metrics["at_fold_thresholds"]),
                                "Per fold": _fold_table(per_fold)})
     return metrics

@@ -164,7 +164,9 @@ def _claim(out: Path, record: dict[str, Any], fresh: bool) -> None:
         out.mkdir(parents=True)
         return
     old = json.loads(path.read_text(encoding="utf-8"))
-    diff = first_difference({k: v for k, v in old.items() if k != "repeats"}, record)
+    settings = ("folds", "inner_val", "manifest_hash")
+    diff = first_difference(old.get("config"), record["config"]) or first_difference(
+        {k: old.get(k) for k in settings}, {k: record[k] for k in settings})
     if diff:
         key, was, now = diff
         raise ConfigError(f"this cv run was started with {key} = {json.dumps(was)}, not {json.dumps(now)}; "
@@ -238,7 +240,7 @@ def render_cv(metrics: dict[str, Any]) -> str:
     """The short table ``mammolens cv`` prints."""
     from mammolens.evaluate.metrics import format_value
 
-    lines = [render_table(metrics)]
+    lines = ["pooled out-of-fold predictions:", render_table(metrics, threshold_label="the pooled rows' threshold")]
     at = metrics["at_fold_thresholds"]
     lines.append("at each fold's validation-chosen threshold: " + "  ".join(f"{k} {format_value(v)}" for k, v in at.items()))
     for row in metrics["folds"]:

@@ -95,14 +95,15 @@ def _ci_text(ci: dict[str, Any]) -> str:
     return f"{value} [{ci['low']:.3f}, {ci['high']:.3f}]"
 
 
-def render_table(metrics: dict[str, Any]) -> str:
+def render_table(metrics: dict[str, Any], threshold_label: str = "the bundle threshold") -> str:
     """The short text table the CLI prints."""
     counts = ", ".join(f"{c} {n}" for c, n in metrics["class_counts"].items())
     lines = [f"{metrics['n_samples']} samples from {metrics['n_groups']} patient groups ({counts})",
              f"  ROC AUC{' (one-vs-rest macro)' if len(metrics['classes']) > 2 else ''}: {_ci_text(metrics['auc'])}"]
     if len(metrics["classes"]) == 2:
         lines.append(f"  PR AUC: {_ci_text(metrics['pr_auc'])}")
-        for key, title in (("at_threshold", "the bundle threshold"), ("at_0_5", "the fixed threshold")):
+        rows = (("at_threshold", threshold_label), ("at_0_5", "the fixed threshold"))
+        for key, title in rows[: 1 if metrics["at_threshold"]["threshold"] == 0.5 else 2]:
             t = metrics[key]
             vals = "  ".join(f"{k} {m.format_value(t[k], 'no samples to divide by')}"
                              for k in ("sensitivity", "specificity", "precision", "npv", "f1", "f2", "accuracy"))

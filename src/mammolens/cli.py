@@ -176,6 +176,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     typer.echo(f"  bundle: {summary['bundle']}")
 
 
+from mammolens.explain.cli import register as _register_explain  # noqa: E402
+_register_explain(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for a user's mistake, printed as one line)."""
     try:

@@ -118,7 +118,11 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(0, "--limit", help="Score at most this many images (0: all)."),
         name: Optional[str] = typer.Option(None, "--name", help="Model label in the table (default: bundle folder)."),
     ) -> None:
-        """Pointing game, energy inside and top-k IoU per method, against centre-prior and breast-mask maps."""
+        """Pointing game, energy inside and top-k IoU per method, against centre-prior and breast-mask maps.
+
+        Writes localisation.csv (means, 95 % CIs), localisation_per_image.csv, localisation.html
+        (table + overlays of the first method, embedded) and gallery.png (those overlays).
+        """
         import yaml
 
         from mammolens.atomic import write_text
@@ -127,6 +131,7 @@ def register(app: typer.Typer) -> None:
         from mammolens.explain.evaluation import DEFAULT_METHODS, evaluate_localisation
         from mammolens.explain.localisation import summarise
         from mammolens.explain.methods import CAM_METHODS
+        from mammolens.explain.overlay import gallery_png
         from mammolens.explain.report import localisation_html
         from mammolens.train.bundle import load_bundle
 
@@ -173,6 +178,8 @@ def register(app: typer.Typer) -> None:
             "95 % bootstrap intervals over patient groups.",
         ] + ([f"skipped: {s}" for s in result.skipped])
         write_text(out / "localisation.html", localisation_html(f"Localisation: {label}", table, metrics, result.tiles, notes))
+        if result.tiles:
+            _write_bytes(out / "gallery.png", gallery_png(result.tiles, columns=4))
         for row in table:
             cells = "  ".join(f"{m} {row[m]:.3f}" for m in metrics)
             typer.echo(f"{row['model']:<24} {row['method']:<13} n={row['images']:<4} {cells}")

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
-from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import nn
 
 from mammolens.errors import ConfigError
@@ -123,15 +122,25 @@ def _keep_per_layer(cls: type) -> type:
 
 
 class OrientedEigenCAM(EigenCAM):
-    """EigenCAM whose first principal component points where the activations are strong."""
+    """EigenCAM whose first principal component points where the activations are strong.
+
+    Same projection as the library's (centred activations onto their first right singular
+    vector), with a thin SVD (the library's full one builds a C x C matrix it never uses).
+    """
 
     def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):  # noqa: ANN001, ANN201
-        projections = get_2d_projection(activations)
-        energy = activations.sum(axis=1)
-        for i, (projection, e) in enumerate(zip(projections, energy)):
-            if np.sum((projection - projection.mean()) * (e - e.mean())) < 0:
-                projections[i] = -projection
-        return projections
+        activations = np.nan_to_num(np.asarray(activations, np.float32))
+        projections = []
+        for a in activations:
+            cells = a.reshape(a.shape[0], -1).T  # (h*w, C)
+            centred = cells - cells.mean(axis=0)
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
+            projection = centred @ vt[0]
+            energy = cells.sum(axis=1)
+            if np.dot(projection - projection.mean(), energy - energy.mean()) < 0:
+                projection = -projection
+            projections.append(projection.reshape(a.shape[1:]))
+        return np.float32(projections)
 
 
 def branch_weights(model: MammoModel, names: list[str], scored: _Scored, target: ClassTarget) -> dict[str, float]:
@@ -183,7 +192,7 @@ CAM_METHODS.add("eigencam", _engine(OrientedEigenCAM))
 
 
 @CAM_METHODS.register("occlusion")
-def occlusion(request: CamRequest, patch: float = 0.125, stride: float = 0.0625, batch: int = 32) -> CamResult:
+def occlusion(request: CamRequest, patch: float = 0.25, stride: float = 0.125, batch: int = 49) -> CamResult:
     """Slide a black patch (``patch`` x the input side, every ``stride``) and map the drop of the
     target's probability; a pixel's value is the mean drop over the patches that covered it."""
     x = request.x

@@ -26,7 +26,7 @@ def candidate_layer_names(model: MammoModel) -> list[str]:
     names = {id(m): n for n, m in model.named_modules() if n}
     wanted: list[nn.Module] = []
     for block in model.backbone_blocks():
-        wanted.extend(block if isinstance(block, (nn.ModuleList, nn.Sequential)) else [block])
+        wanted.extend(block if isinstance(block, nn.ModuleList) else [block])  # a stage group, or one stage
     wanted.extend(default_layers(model).values())
     seen: list[str] = []
     for module in wanted:

@@ -83,6 +83,9 @@ def test_map_peaks_on_the_blob_on_the_original_image(method: str, single_logit: 
     # orientation pinned: the blob is hot, the far corner is cold (no normaliser inverted the map)
     assert heat[BLOB[1], BLOB[0]] > 0.5 > heat[60:, :20].mean()
     assert e.target == "malignant" and e.target_index == 1
+    # the probabilities come from the CAM's own forward: they must be the bundle's
+    expected = bundle.predict_proba(e.input_image[None])[0]
+    assert [e.probabilities[c] for c in bundle.classes] == pytest.approx(expected.tolist(), abs=1e-6)
 
 
 def test_eigencam_does_not_invert_when_the_svd_flips_its_sign(monkeypatch) -> None:

@@ -20,6 +20,7 @@ from mammolens.explain.layers import resolve_layers
 from mammolens.explain.methods import CAM_METHODS, CamRequest
 from mammolens.preprocess import Pipeline, Sample
 from mammolens.train.bundle import Bundle
+from mammolens.train.losses import probabilities
 from mammolens.train.normalisation import normalise
 
 # Methods that read target layers (occlusion and attention look at the whole model).
@@ -42,11 +43,11 @@ class Explanation:
     geometry: InputGeometry | None = None
 
 
-def resolve_target(bundle: Bundle, target: int | str | None, probs: np.ndarray) -> int:
+def resolve_target(bundle: Bundle, target: int | str | None, probs: np.ndarray | None = None) -> int:
     """Class index to explain: given, by index or name, or the positive class (binary) / top class."""
     classes = bundle.classes
     if target is None:
-        return 1 if len(classes) == 2 else int(np.argmax(probs))
+        return 1 if len(classes) == 2 or probs is None else int(np.argmax(probs))
     if isinstance(target, str) and not target.lstrip("-").isdigit():
         if target not in classes:
             raise ConfigError(f"target class {target!r} is not one of this bundle's classes: {', '.join(classes)}")
@@ -115,11 +116,17 @@ def explain_preprocessed(
         raise ConfigError(f"method {method!r} reads no layer; --layer applies to {', '.join(LAYER_METHODS)}")
     model = bundle.model
     layers = resolve_layers(model, layer)
-    probs = bundle.predict_proba(pixels[None])[0]
+    # The CAM's own forward gives the probabilities; only a multi-class default target needs them first.
+    probs = bundle.predict_proba(pixels[None])[0] if target is None and len(bundle.classes) > 2 else None
     index = resolve_target(bundle, target, probs)
     x = bundle.to_input(pixels[None])
     fill = float(normalise(torch.zeros(()), bundle.normalisation))
     result = run(CamRequest(model, x, layers, index, _single_logit(bundle), fill, bundle.temperature))
+    if probs is None:
+        probs = (
+            bundle.predict_proba(pixels[None])[0] if result.logits is None
+            else probabilities(result.logits / bundle.temperature).cpu().numpy()[0]
+        )  # fmt: skip
     fused = result.fused()
     names = {id(m): n for n, m in model.named_modules()}
     per_backbone = {n: _to_original(geometry, m) for n, m in result.maps.items()}

@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         CAM_METHODS.get(method)
         resolve_layers(bundle.model, layer or None)
         rois, wanted = _roi(roi), _target(target)
-        resolve_target(bundle, wanted, [1.0] * len(bundle.classes))
+        resolve_target(bundle, wanted)
         for path in images:  # every image must read and preprocess before anything is written
             try:
                 image = read_image(path)

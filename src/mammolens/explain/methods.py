@@ -51,6 +51,7 @@ class CamRequest:
 class CamResult:
     maps: dict[str, np.ndarray]  # name -> (H, W) float32 in [0, 1]
     weights: dict[str, float]  # name -> share in the fused map (sums to 1)
+    logits: torch.Tensor | None = None  # (1, K) of the unaltered input, when the method ran it anyway
 
     def fused(self) -> np.ndarray:
         fused = sum(self.weights[name] * m for name, m in self.maps.items())
@@ -180,7 +181,7 @@ def _engine(cam_class: type, batch_size: int | None = None) -> Callable[[CamRequ
             finally:
                 cam.activations_and_grads.release()
         maps = {n: _unit(m[0]) for n, m in zip(names, cam.per_layer)}
-        return CamResult(maps, weights)
+        return CamResult(maps, weights, None if scored.output is None else scored.output.detach())
 
     return run
 
@@ -232,10 +233,10 @@ def attention(request: CamRequest) -> CamResult:
             f"{model.config.get('name', type(model).__name__)!r}"
         )
     with torch.inference_mode():
-        model(request.x)
+        logits = model(request.x)
     weights = model.last_attention.mean(dim=1, keepdim=True).float()  # (1, 1, h, w)
     up = F.interpolate(weights, size=request.x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    return CamResult({"attention": _unit(up.cpu().numpy())}, {"attention": 1.0})
+    return CamResult({"attention": _unit(up.cpu().numpy())}, {"attention": 1.0}, logits)
 
 
 def _target_probability(model: nn.Module, x: torch.Tensor, request: CamRequest) -> torch.Tensor:

@@ -20,11 +20,16 @@ _CONTOUR_COLOUR = (255, 255, 255)
 
 
 def top_region(heatmap: np.ndarray, top_percent: float) -> np.ndarray:
-    """Bool mask of the hottest ``top_percent`` % of pixels (ties at the cut are all kept)."""
+    """Bool mask of the hottest ``top_percent`` % of the pixels the map covers (heat > 0; ties at the
+    cut are all kept): a lesion model's map covers only its crop, and k % of the whole film would
+    outline all of it."""
     if not 0 < top_percent <= 100:
         raise ConfigError(f"top-k percent must be in (0, 100], got {top_percent}")
-    cut = np.percentile(heatmap, 100.0 - top_percent)
-    return (heatmap >= cut) & (heatmap > 0)
+    covered = heatmap > 0
+    if not covered.any():
+        return covered
+    cut = np.percentile(heatmap[covered], 100.0 - top_percent)
+    return covered & (heatmap >= cut)
 
 
 def overlay_rgb(

@@ -74,6 +74,10 @@ def register(app: typer.Typer) -> None:
         resolve_layers(bundle.model, layer or None)
         rois, wanted = _roi(roi), _target(target)
         resolve_target(bundle, wanted)
+        stems = [p.stem for p in images]
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:
+            raise ConfigError(f"two images share the name {twice[0]!r}: their outputs in {out} would overwrite each other")
         for path in images:  # every image must read and preprocess before anything is written
             try:
                 image = read_image(path)

@@ -210,8 +210,10 @@ def _number(value: Any) -> str:
 
 
 from mammolens.evaluate.cli import register as _register_evaluate  # noqa: E402
+from mammolens.explain.cli import register as _register_explain  # noqa: E402
 
 _register_evaluate(app)
+_register_explain(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,208 @@
+"""``mammolens explain`` (overlays and panels per image) and ``mammolens explain-eval`` (localisation).
+
+Heavy imports (torch, the CAM engine, pandas) happen inside the commands so ``mammolens --help``
+stays fast. Every user mistake is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mammolens.errors import ConfigError, MammolensError
+
+
+def _methods(items: list[str] | None, default: tuple[str, ...]) -> list[str]:
+    names = [n.strip() for item in (items or []) for n in item.split(",") if n.strip()]
+    return names or list(default)
+
+
+def _roi(text: str | None) -> list[list[float]] | None:
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise ConfigError(f"--roi {text!r} must be x,y,r in original-image pixels")
+    return [values]
+
+
+def _target(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _rethrow(path: Path, exc: MammolensError) -> MammolensError:
+    """The same error, naming the image it is about."""
+    if exc.path is not None:
+        return exc
+    return type(exc)(str(exc), path=path)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("explain")
+    def explain(
+        bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory."),
+        images: list[Path] = typer.Argument(..., help="Original images (any format mammolens reads)."),
+        out: Path = typer.Option(..., "--out", help="Output folder for overlays and panels."),
+        method: str = typer.Option("gradcam", "--method", help="CAM method (see docs/explain.md)."),
+        layer: Optional[list[str]] = typer.Option(None, "--layer", help="Target module name, repeatable."),
+        target: Optional[str] = typer.Option(None, "--target", help="Class index or name (default: positive / top class)."),
+        roi: Optional[str] = typer.Option(None, "--roi", help="x,y,r of the lesion (lesion bundles crop around it)."),
+        laterality: str = typer.Option("", "--laterality", help="L or R when the file does not say."),
+        opacity: float = typer.Option(0.5, help="Overlay opacity at full heat."),
+        contour_top: float = typer.Option(5.0, "--contour-top", help="Outline the hottest k % (0: no outline)."),
+    ) -> None:
+        """Heatmap overlays on the ORIGINAL films, one panel per image (original | overlay | decision)."""
+        from mammolens.atomic import write_json
+        from mammolens.explain.api import explain_preprocessed, preprocess_for, resolve_target
+        from mammolens.explain.layers import resolve_layers
+        from mammolens.explain.methods import CAM_METHODS
+        from mammolens.explain.overlay import overlay_png, panel_png
+        from mammolens.io import read_image
+        from mammolens.train.bundle import load_bundle
+
+        bundle = load_bundle(bundle_path)
+        CAM_METHODS.get(method)
+        resolve_layers(bundle.model, layer or None)
+        rois, wanted = _roi(roi), _target(target)
+        resolve_target(bundle, wanted)
+        stems = [p.stem for p in images]
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:
+            raise ConfigError(f"two images share the name {twice[0]!r}: their outputs in {out} would overwrite each other")
+        for path in images:  # every image must read and preprocess before anything is written
+            try:
+                image = read_image(path)
+                preprocess_for(bundle, image.pixels, rois, laterality or image.meta.laterality or "")
+            except MammolensError as exc:
+                raise _rethrow(path, exc) from None
+        out.mkdir(parents=True, exist_ok=True)
+        summary: dict[str, Any] = {}
+        for path in images:
+            image = read_image(path)
+            side = laterality or image.meta.laterality or ""
+            pre, geometry = preprocess_for(bundle, image.pixels, rois, side)
+            e = explain_preprocessed(bundle, pre.pixels, geometry, method=method, layer=layer or None, target=wanted)
+            stem = path.stem
+            top = contour_top or None
+            _write_bytes(out / f"{stem}_overlay.png", overlay_png(image.pixels, e.heatmap, opacity=opacity, contour_top=top, rois=rois))
+            if len(e.per_backbone) > 1:
+                for name, heat in e.per_backbone.items():
+                    png = overlay_png(image.pixels, heat, opacity=opacity, contour_top=top, rois=rois)
+                    _write_bytes(out / f"{stem}_overlay_{name}.png", png)
+            panel = panel_png(
+                image.pixels, e.heatmap, probabilities=e.probabilities, decision=e.decision, title=path.name,
+                method=method, target=e.target, rois=rois, contour_top=top,
+            )  # fmt: skip
+            _write_bytes(out / f"{stem}_panel.png", panel)
+            summary[path.name] = {
+                "method": e.method, "target": e.target, "layers": e.layers, "decision": e.decision,
+                "probabilities": e.probabilities, "branch_weights": e.branch_weights,
+            }  # fmt: skip
+            typer.echo(f"{path.name}: {e.decision}  P({e.target})={e.probabilities[e.target]:.3f}  -> {out / (stem + '_panel.png')}")
+        write_json(out / "explanations.json", summary)
+
+    @app.command("explain-eval")
+    def explain_eval(
+        bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory."),
+        source: str = typer.Argument(..., help="Dataset with marked findings (MIAS circles, CBIS-DDSM masks)."),
+        out: Path = typer.Option(..., "--out", help="Output folder: localisation CSVs and HTML page."),
+        methods: Optional[list[str]] = typer.Option(None, "--methods", help="Comma-separated CAM methods."),
+        kind: Optional[str] = typer.Option(None, "--kind", help="Adapter name; detected when omitted."),
+        option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Adapter option key=value."),
+        top: float = typer.Option(5.0, "--top", help="k of the top-k % region (of the model's field of view)."),
+        limit: int = typer.Option(0, "--limit", help="Score at most this many images (0: all)."),
+        name: Optional[str] = typer.Option(None, "--name", help="Model label in the table (default: bundle folder)."),
+    ) -> None:
+        """Pointing game, energy inside and top-k IoU per method, against centre-prior and breast-mask maps.
+
+        Writes localisation.csv (means, 95 % CIs), localisation_per_image.csv, localisation.html
+        (table + overlays of the first method, embedded) and gallery.png (those overlays).
+        """
+        import yaml
+
+        from mammolens.atomic import write_text
+        from mammolens.data.adapters.base import load_source
+        from mammolens.data.tasks import derive_task
+        from mammolens.explain.evaluation import DEFAULT_METHODS, evaluate_localisation
+        from mammolens.explain.localisation import summarise
+        from mammolens.explain.methods import CAM_METHODS
+        from mammolens.explain.overlay import gallery_png
+        from mammolens.explain.report import localisation_html
+        from mammolens.train.bundle import load_bundle
+
+        bundle = load_bundle(bundle_path)
+        chosen = _methods(methods, DEFAULT_METHODS)
+        for m in chosen:
+            CAM_METHODS.get(m)
+        if not 0 < top <= 100:
+            raise ConfigError(f"--top must be in (0, 100], got {top}")
+        opts = {}
+        for item in option or []:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--option {item!r} must look like key=value")
+            opts[key] = yaml.safe_load(raw)
+        manifest = load_source(source, kind, **opts).manifest
+        try:
+            manifest, _ = derive_task(manifest, bundle.task, allow_missing_classes=True)
+        except MammolensError:
+            pass  # a source without this task's labels is still scored on its findings
+        records = manifest.df.to_dict("records")
+        with_findings = [r for r in records if r.get("rois", "[]") not in ("", "[]") or r.get("mask_path")]
+        if limit:
+            with_findings = with_findings[:limit]
+        if not with_findings:
+            raise ConfigError(f"{source}: no image with a marked finding (ROI circle or mask) to score")
+        label = name or bundle_path.resolve().name
+        if label == "bundle":
+            label = bundle_path.resolve().parent.name
+        result = evaluate_localisation(
+            bundle, with_findings, model_name=label, methods=chosen, top_percent=top,
+            progress=lambda i, n: typer.echo(f"  {i + 1}/{n}", err=True) if i % 10 == 0 else None,
+        )  # fmt: skip
+        if not result.rows:
+            raise ConfigError(f"{source}: none of the {len(with_findings)} images could be scored: {result.skipped[:1]}")
+        metrics = [k for k in result.rows[0] if k not in ("model", "method", "sample_id", "group", "pathology")]
+        table = summarise(result.rows, metrics)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "localisation_per_image.csv", _csv(result.rows))
+        write_text(out / "localisation.csv", _csv(table))
+        notes = [
+            f"bundle {bundle_path} (task {bundle.task}, model {bundle.model.config.get('name')}), source {source}",
+            f"Scores on the original film inside the model's field of view; top-k = {top:g} %; "
+            "95 % bootstrap intervals over patient groups.",
+        ] + ([f"skipped: {s}" for s in result.skipped])
+        write_text(out / "localisation.html", localisation_html(f"Localisation: {label}", table, metrics, result.tiles, notes))
+        if result.tiles:
+            _write_bytes(out / "gallery.png", gallery_png(result.tiles, columns=4))
+        for row in table:
+            cells = "  ".join(f"{m} {row[m]:.3f}" for m in metrics)
+            typer.echo(f"{row['model']:<24} {row['method']:<13} n={row['images']:<4} {cells}")
+        typer.echo(f"wrote {out / 'localisation.csv'} and {out / 'localisation.html'}")
+        if result.skipped:
+            typer.echo(f"skipped {len(result.skipped)} image(s); see the HTML page", err=True)
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    from mammolens.atomic import atomic_open
+
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)

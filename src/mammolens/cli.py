@@ -176,6 +176,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     typer.echo(f"  bundle: {summary['bundle']}")
 
 
+from mammolens.deploy.cli import register as _register_deploy  # noqa: E402
+_register_deploy(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for a user's mistake, printed as one line)."""
     try:

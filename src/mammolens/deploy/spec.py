@@ -35,6 +35,7 @@ class ModelSpec:
     threshold: float
     temperature: float
     provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the bundle's validation/test metrics
     version: str = ""  # when the bundle was made (its provenance's created_at)
 
     @property
@@ -98,6 +99,7 @@ class ModelSpec:
             threshold=float(bundle.threshold),
             temperature=float(bundle.temperature),
             provenance=dict(bundle.provenance),
+            metrics=dict(bundle.metrics),
             version=str(bundle.provenance.get("created_at", "")),
         )
 

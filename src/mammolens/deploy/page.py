@@ -9,6 +9,7 @@ PAGE = """<!doctype html>
 <style>
   :root { font-family: system-ui, sans-serif; color: #1d2330; background: #f4f5f7; }
   body { margin: 0; }
+  [hidden] { display: none !important; }
   header { background: #1d2330; color: #fff; padding: 12px 24px; display: flex; gap: 16px; align-items: baseline; }
   header h1 { font-size: 20px; margin: 0; }
   header small { opacity: .75; }
@@ -16,9 +17,10 @@ PAGE = """<!doctype html>
   .panel { background: #fff; border-radius: 8px; padding: 16px; box-shadow: 0 1px 3px rgba(0,0,0,.12); }
   #drop { border: 2px dashed #8a93a6; border-radius: 8px; padding: 28px; text-align: center; cursor: pointer; }
   #drop.over { background: #e8eefc; border-color: #3b6fd8; }
-  #viewer { position: relative; margin-top: 16px; background: #000; min-height: 120px; display: none; }
-  #viewer img { display: block; max-width: 100%; max-height: 70vh; margin: 0 auto; }
-  #overlay { position: absolute; left: 0; right: 0; top: 0; margin: 0 auto; opacity: .45; }
+  #viewer { margin-top: 16px; text-align: center; background: #2a2f3a; padding: 8px; border-radius: 6px; }
+  #stack { position: relative; display: inline-block; }
+  #stack img { display: block; max-width: 100%; max-height: 70vh; }
+  #overlay { position: absolute; left: 0; top: 0; width: 100%; height: 100%; opacity: .45; }
   .row { display: flex; justify-content: space-between; padding: 4px 0; border-bottom: 1px solid #eef0f3; }
   #decision { font-size: 26px; font-weight: 700; margin: 8px 0; }
   #decision.pos { color: #b3261e; } #decision.neg { color: #1b7f3b; }
@@ -40,7 +42,7 @@ PAGE = """<!doctype html>
     <label id="token-box" hidden>Access token <input id="token" type="password" autocomplete="off"></label>
     <label id="roi-box" hidden>Lesion ROI x,y,r (original pixels) <input id="roi" type="text" placeholder="512,400,40"></label>
     <p id="status" role="status"></p>
-    <div id="viewer"><img id="preview" alt="uploaded mammogram"><img id="overlay" alt="heatmap" hidden></div>
+    <div id="viewer" hidden><div id="stack"><img id="preview" alt="uploaded mammogram"><img id="overlay" alt="heatmap" hidden></div></div>
     <label id="opacity-box" hidden>Heatmap opacity <input id="opacity" type="range" min="0" max="100" value="45"></label>
   </section>
   <aside>
@@ -98,7 +100,7 @@ async function send(file) {
   show(body);
 }
 function show(res) {
-  $("viewer").style.display = "block";
+  $("viewer").hidden = false;
   $("preview").src = "data:image/png;base64," + res.preview_png;
   const overlay = $("overlay");
   overlay.hidden = !res.overlay_png; $("opacity-box").hidden = !res.overlay_png;

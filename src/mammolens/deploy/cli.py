@@ -27,6 +27,7 @@ def export(
     fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
     int8: bool = typer.Option(False, "--int8", help="Static QDQ int8 (needs --calibration)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Dataset source (folder or 'synthetic') to calibrate int8 on: the training data."),
+    split: Optional[Path] = typer.Option(None, "--calibration-split", help="Split file of SOURCE: calibrate on its train part only."),
     samples: int = typer.Option(64, "--calibration-samples", help="Images drawn from the source for calibration."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: BUNDLE/model.onnx or model.int8.onnx)."),
 ) -> None:
@@ -35,7 +36,8 @@ def export(
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown export format {fmt!r}; known formats: {', '.join(FORMATS)}")
-    report = export_onnx(bundle, out, int8=int8, calibration=calibration, calibration_samples=samples)
+    report = export_onnx(bundle, out, int8=int8, calibration=calibration, calibration_split=split,
+                         calibration_samples=samples)
     typer.echo(json.dumps(report.summary(), indent=2))
 
 

@@ -209,11 +209,13 @@ def _number(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+from mammolens.deploy.cli import register as _register_deploy  # noqa: E402
 from mammolens.evaluate.cli import register as _register_evaluate  # noqa: E402
 from mammolens.explain.cli import register as _register_explain  # noqa: E402
 
 _register_evaluate(app)
 _register_explain(app)
+_register_deploy(app)
 
 
 def main(argv: list[str] | None = None) -> int:

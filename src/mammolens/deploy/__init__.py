@@ -1,0 +1,1 @@
+"""Deployment: the Predictor (torch | onnxruntime), batch prediction, ONNX export, the REST service."""

@@ -1,0 +1,89 @@
+"""``mammolens export | predict | serve``: the ways a bundle leaves the lab.
+
+Nothing heavy is imported here at module level: ``mammolens --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mammolens.errors import ConfigError
+
+BackendOpt = typer.Option("torch", "--backend", help="torch, or onnxruntime (runs BUNDLE/model.onnx from `export`).")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
+    app.command("predict")(predict)
+    app.command("serve")(serve)
+
+
+def export(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    int8: bool = typer.Option(False, "--int8", help="Static QDQ int8 (needs --calibration)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Dataset source (folder or 'synthetic') to calibrate int8 on: the training data."),
+    split: Optional[Path] = typer.Option(None, "--calibration-split", help="Split file of SOURCE: calibrate on its train part only."),
+    samples: int = typer.Option(64, "--calibration-samples", help="Images drawn from the source for calibration."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: BUNDLE/model.onnx or model.int8.onnx)."),
+) -> None:
+    """Export a bundle to ONNX (dynamic batch axis, preprocessing spec and classes as metadata)."""
+    from mammolens.deploy.export import FORMATS, export_onnx
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: unknown export format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    report = export_onnx(bundle, out, int8=int8, calibration=calibration, calibration_split=split,
+                         calibration_samples=samples)
+    typer.echo(json.dumps(report.summary(), indent=2))
+
+
+def predict(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    inputs: list[Path] = typer.Argument(..., help="Image files and folders (DICOM, PNG, PGM, TIFF, JPEG)."),
+    out: Path = typer.Option(..., "--out", help="Results CSV (one row per image)."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for heatmap overlay PNGs."),
+    force: bool = typer.Option(False, "--force", help="Score every image again instead of resuming."),
+    backend: str = BackendOpt,
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, local Ray)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Score images into a CSV; resumes an interrupted run, skips what is done unless --force."""
+    from mammolens.deploy.batch import list_images, predict_files
+    from mammolens.deploy.predictor import Predictor
+
+    files = list_images(inputs)
+    if engine == "ray":
+        from mammolens.deploy.ray_engine import predict_ray
+
+        report = predict_ray(bundle, files, out, backend=backend, batch_size=batch_size, force=force)
+    elif engine == "local":
+        predictor = Predictor.load(bundle, backend=backend, batch_size=batch_size)  # type: ignore[arg-type]
+        report = predict_files(predictor, files, out, heatmaps=heatmaps, force=force, progress=progress)
+    else:
+        raise ConfigError(f"--engine: unknown engine {engine!r}; known engines: local, ray")
+    typer.echo(f"{report.total} images: {report.scored} scored, {report.failed} failed, "
+               f"{report.skipped} already done -> {report.out} ({report.seconds} s)")  # fmt: skip
+
+
+def serve(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="MAMMOLENS_TOKEN", help="Require 'Authorization: Bearer TOKEN'."),
+    max_upload_mb: float = typer.Option(64.0, "--max-upload-mb"),
+    timeout_s: float = typer.Option(60.0, "--timeout", help="Per-request time limit (seconds)."),
+    backend: str = BackendOpt,
+) -> None:
+    """Serve the bundle over HTTP: a REST API and a web page for clinicians."""
+    import uvicorn
+
+    from mammolens.deploy.service import ServiceConfig, create_app
+
+    config = ServiceConfig(token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), timeout_s=timeout_s)
+    app = create_app(bundle, config, backend=backend)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)

@@ -1,0 +1,147 @@
+"""What a model accepts and how its output is read, taken from a bundle (or an exported ONNX file).
+
+The same ``ModelSpec`` drives the Predictor, the ONNX metadata, the service's ``/v1/model`` and
+the batch CSV columns, so none of them re-specifies the preprocessing, classes or threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammolens.errors import ConfigError, DataError
+
+ROI = tuple[float, float, float]
+# Provenance keys that are safe to publish: no file paths, which can name a hospital, a study or a woman.
+_PUBLIC_PROVENANCE = ("git_commit", "git_dirty", "packages", "created_at", "manifest_hash", "split_file_hash",
+                      "preprocess_hash", "manifest_sha256", "split_sha256")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to feed the model and read its output, without the weights."""
+
+    model_id: str  # "<architecture>-<first 12 hex digits of the weights' sha256>"
+    architecture: str
+    classes: list[str]
+    task: str
+    preprocess: dict[str, Any]
+    normalisation: dict[str, float]
+    threshold: float
+    temperature: float
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the bundle's validation/test metrics
+    version: str = ""  # when the bundle was made (its provenance's created_at)
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        return list(self.preprocess.get("steps") or [])
+
+    @property
+    def needs_roi(self) -> bool:
+        """A lesion model (its pipeline crops to the ROI) must be told where the lesion is."""
+        return any(step.get("name") == "crop_roi" for step in self.steps)
+
+    @property
+    def input_size(self) -> int | None:
+        """Side of the square the pipeline's last resize produces (None: no resize step)."""
+        sizes = [int(step.get("size", 224)) for step in self.steps if step.get("name") == "resize"]
+        return sizes[-1] if sizes else None
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    def input_spec(self) -> dict[str, Any]:
+        return {
+            "image": "2-D greyscale, float in [0, 1] (files: any format mammolens.io.read_image reads)",
+            "preprocess": self.preprocess,
+            "model_input": [1, self.input_size, self.input_size] if self.input_size else None,
+            "needs_roi": self.needs_roi,
+            "roi": "(x, y, r) in original-image pixels, origin top-left" if self.needs_roi else None,
+        }
+
+    def public(self) -> dict[str, Any]:
+        """The model card a service publishes: no paths, nothing that could identify anyone."""
+        card = asdict(self)
+        card["provenance"] = {k: v for k, v in self.provenance.items() if k in _PUBLIC_PROVENANCE}
+        card["input"] = self.input_spec()
+        return card
+
+    def to_metadata(self) -> dict[str, str]:
+        """String key -> string value pairs for ONNX ``metadata_props``."""
+        return {f"mammolens.{k}": json.dumps(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_metadata(cls, props: dict[str, str], where: str | Path) -> ModelSpec:
+        try:
+            values = {k.removeprefix("mammolens."): json.loads(v) for k, v in props.items() if k.startswith("mammolens.")}
+            return cls(**{k: values[k] for k in cls.__dataclass_fields__ if k in values})
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"not a mammolens export (its metadata is incomplete: {exc})", path=where) from None
+
+    @classmethod
+    def from_bundle(cls, bundle: Any) -> ModelSpec:
+        manifest = json.loads((Path(bundle.path) / "bundle.json").read_text(encoding="utf-8"))
+        architecture = str(manifest["model"].get("name", "model"))
+        return cls(
+            model_id=f"{architecture}-{manifest['weights_sha256'][:12]}",
+            architecture=architecture,
+            classes=list(bundle.classes),
+            task=bundle.task,
+            preprocess=dict(bundle.preprocess),
+            normalisation=dict(bundle.normalisation),
+            threshold=float(bundle.threshold),
+            temperature=float(bundle.temperature),
+            provenance=dict(bundle.provenance),
+            metrics=dict(bundle.metrics),
+            version=str(bundle.provenance.get("created_at", "")),
+        )
+
+    def decide(self, probs: np.ndarray) -> tuple[str, str]:
+        """(label, decision) for one probability row: the most probable class, and the class at the
+        bundle's threshold on the last (positive) class for a binary task (argmax otherwise)."""
+        label = self.classes[int(np.argmax(probs))]
+        if not self.binary:
+            return label, label
+        return label, self.classes[1] if float(probs[1]) >= self.threshold else self.classes[0]
+
+
+def check_image(pixels: Any, where: str = "image") -> np.ndarray:
+    """A caller's array must be what read_image gives: 2-D, finite, within [0, 1]."""
+    array = np.asarray(pixels)
+    if array.ndim != 2 or array.size == 0 or min(array.shape) < 2:
+        raise DataError(f"{where}: expected a 2-D greyscale image, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise DataError(f"{where}: expected a numeric image, got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise DataError(f"{where}: contains NaN or infinite values")
+    lo, hi = float(array.min()), float(array.max())
+    if lo < 0.0 or hi > 1.0:
+        raise DataError(f"{where}: values must lie within [0, 1] (got {lo:.4g}..{hi:.4g}); scale the image first")
+    return array
+
+
+def check_rois(roi: Any, shape: tuple[int, int], where: str = "roi") -> list[ROI]:
+    """One ``(x, y, r)`` or a list of them, finite, r > 0, centre inside the image."""
+    if roi is None:
+        return []
+    items = roi if len(roi) and isinstance(roi[0], (list, tuple, np.ndarray)) else [roi]
+    out = []
+    for item in items:
+        try:
+            x, y, r = (float(v) for v in item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected (x, y, r) in original-image pixels, got {item!r}") from None
+        if not all(math.isfinite(v) for v in (x, y, r)) or r <= 0:
+            raise ConfigError(f"{where}: (x, y, r) must be finite with r > 0, got {item!r}")
+        if not (0 <= x < shape[1] and 0 <= y < shape[0]):
+            raise ConfigError(f"{where}: centre ({x:g}, {y:g}) lies outside the {shape[1]}x{shape[0]} image")
+        out.append((x, y, r))
+    return out

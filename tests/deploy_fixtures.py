@@ -1,0 +1,71 @@
+"""Tiny bundles for the deploy tests: a registered scratch CNN on 32x32 input, film and lesion variants.
+
+Weights are random but fixed (seeded): the deploy code must reproduce the bundle's own scores, which
+does not need a trained model; the BatchNorm statistics are perturbed so eval mode is exercised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mammolens.models import create_model
+from mammolens.preprocess.pipeline import default_steps
+from mammolens.train.bundle import save_bundle
+
+SIZE = 32
+
+
+def make_bundle(out: Path, *, roi: bool = False, threshold: float = 0.4, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = create_model("scratch-cnn", 2, depth=2, width=4, hidden=0, dropout=0.0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return save_bundle(
+        out, model.eval(), classes=["benign", "malignant"], task="benign-malignant",
+        preprocess={"steps": default_steps(SIZE, roi=roi)}, normalisation={"mean": 0.45, "std": 0.25},
+        threshold=threshold, temperature=1.3, metrics={}, provenance={"manifest_hash": "ab" * 8,
+        "source_path": "/home/someone/St-Elsewhere/patient-0042"}, config={"model": {"name": "scratch-cnn"}},
+    )  # fmt: skip
+
+
+def film(seed: int, size: int = 96) -> np.ndarray:
+    """A breast-like bright blob on black, float32 [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    cx, cy = size * 0.2, size * (0.4 + 0.2 * rng.random())
+    blob = np.exp(-(((xx - cx) / (0.5 * size)) ** 2 + ((yy - cy) / (0.4 * size)) ** 2))
+    img = np.where(blob > 0.3, 0.3 + 0.6 * blob + 0.1 * rng.random((size, size)), 0.0)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    Image.fromarray((pixels * 65535).round().astype(np.uint16)).save(path)
+    return path
+
+
+PATIENT_NAME, PATIENT_ID = "Doe^Jane-Secretname", "MRN-9931-SECRET"
+
+
+def write_dicom(path: Path, pixels: np.ndarray, laterality: str = "L") -> Path:
+    """A 16-bit mammography DICOM with patient identifiers set (they must never come back out)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MG"
+    ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
+    ds.ImageLaterality = laterality
+    ds.set_pixel_data((pixels * 65535).round().astype(np.uint16), "MONOCHROME2", 16)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -1,0 +1,94 @@
+"""ONNX export: metadata, dynamic batch, fp32 parity with torch, static int8, the hybrid-lite fix, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from deploy_fixtures import SIZE, film, make_bundle, write_png
+from mammolens.cli import main
+from mammolens.data.synthetic import generate
+from mammolens.deploy.export import OPSET, export_onnx
+from mammolens.deploy.predictor import Predictor
+from mammolens.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("b") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn")
+    generate(out, n_per_class=6, size=64, seed=0, progress=False)
+    return out
+
+
+def test_fp32_export_carries_the_spec_and_matches_torch(bundle_dir, tmp_path):
+    report = export_onnx(bundle_dir, tmp_path / "m.onnx")
+    assert report.max_abs_diff <= 1e-4 and report.opset == OPSET
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert model.opset_import[0].version == OPSET
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["mammolens.classes"]) == ["benign", "malignant"]
+    assert json.loads(meta["mammolens.threshold"]) == 0.4
+    assert json.loads(meta["mammolens.normalisation"]) == {"mean": 0.45, "std": 0.25}
+    assert json.loads(meta["mammolens.preprocess"])["steps"][-1] == {"name": "resize", "size": SIZE}
+    assert json.loads(meta["mammolens.precision"]) == "fp32"
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param == "batch"  # dynamic batch axis
+
+
+def test_onnxruntime_predictor_matches_torch_on_files(bundle_dir, tmp_path):
+    export_onnx(bundle_dir)  # default: BUNDLE/model.onnx, where the onnxruntime backend looks
+    torch_p, ort_p = Predictor.load(bundle_dir), Predictor.load(bundle_dir, backend="onnxruntime", batch_size=5)
+    files = [write_png(tmp_path / f"{i}.png", film(i)) for i in range(7)]
+    a = np.array([[p.probabilities[c] for c in ("benign", "malignant")] for p in torch_p.predict_batch(files)])
+    b = np.array([[p.probabilities[c] for c in ("benign", "malignant")] for p in ort_p.predict_batch(files)])
+    assert np.abs(a - b).max() <= 1e-4
+    assert [p.decision for p in torch_p.predict_batch(files)] == [p.decision for p in ort_p.predict_batch(files)]
+    assert ort_p.spec == torch_p.spec  # the .onnx file alone knows how to preprocess and decide
+    alone = Predictor.load(bundle_dir / "model.onnx", backend="onnxruntime")
+    assert alone.predict(files[0]).probabilities == pytest.approx(ort_p.predict(files[0]).probabilities)
+
+
+def test_static_int8_is_qdq_and_keeps_decisions(bundle_dir, source, tmp_path):
+    with pytest.raises(ConfigError, match="--int8 needs --calibration"):
+        export_onnx(bundle_dir, tmp_path / "q.onnx", int8=True)
+    report = export_onnx(bundle_dir, tmp_path / "q.onnx", int8=True, calibration=source, calibration_samples=8)
+    assert report.precision == "int8" and report.calibration_images == 8
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # static QDQ, not dynamic (no DynamicQuantizeLinear)
+    assert "DynamicQuantizeLinear" not in ops
+    assert report.decision_agreement == 1.0 and report.max_abs_diff < 0.05
+
+
+@pytest.mark.slow
+def test_hybrid_lite_exports_to_int8(source, tmp_path):
+    """The naive hybrid-lite int8 export failed in quant_pre_process (two symbolic batch dims at the Concat)."""
+    import torch
+
+    from mammolens.models import create_model
+    from mammolens.preprocess.pipeline import default_steps
+    from mammolens.train.bundle import save_bundle
+
+    torch.manual_seed(0)
+    model = create_model("hybrid-lite", 2, hidden=16).eval()
+    bundle = save_bundle(tmp_path / "hl", model, classes=["normal", "abnormal"], task="normal-abnormal",
+                         preprocess={"steps": default_steps(64)}, normalisation=None, metrics={}, provenance={},
+                         config={})  # fmt: skip
+    int8 = export_onnx(bundle, tmp_path / "hl8.onnx", int8=True, calibration=source, calibration_samples=4)
+    assert int8.precision == "int8" and "QuantizeLinear" in {n.op_type for n in onnx.load(str(int8.path)).graph.node}
+
+
+def test_cli_export_and_its_errors(bundle_dir, tmp_path, capsys):
+    assert main(["export", str(bundle_dir), "--format", "onnx", "--out", str(tmp_path / "c.onnx")]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "fp32"
+    assert main(["export", str(bundle_dir), "--format", "tflite"]) == 2
+    assert "unknown export format 'tflite'; known formats: onnx" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope")]) == 2
+    assert "bundle not found" in capsys.readouterr().err

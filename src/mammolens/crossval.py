@@ -38,7 +38,8 @@ from mammolens.evaluate.predictions import predictions_frame, read_predictions, 
 from mammolens.evaluate.report import write_report
 from mammolens.evaluate.summary import evaluate_predictions, render_table
 from mammolens.experiment import choose_operating_point, train_on_parts
-from mammolens.experiment_config import ExperimentConfig, first_difference
+from mammolens.experiment_config import ExperimentConfig, first_difference, preprocess_config
+from mammolens.preprocess import PreprocessCache
 
 RECORD = "cv.json"
 DONE = "oof.csv"  # a fold's out-of-fold predictions, written last: its presence means the fold is finished
@@ -121,6 +122,7 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     metrics["ensemble"] = {"path": str(out / "ensemble"), "threshold": threshold, "temperature": temperature}
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     metrics["notes"] = list(manifest.notes)
+    cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", preprocess_config(cfg))  # built by the folds
     write_predictions(out / "predictions.csv", first)
     if repeats > 1:
         write_predictions(out / "predictions-all.csv", everything)
@@ -129,6 +131,7 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
                  subtitle=f"{folds}-fold patient-grouped cross-validation, {task.name} ({task.unit} level), "
                           f"{len(first)} samples; pooled out-of-fold predictions",
                  command=command, config=to_dict(cfg), history=training_history(members[0]),
+                 thumbnails=lambda sid: (cache.load(sid), cache.load_rois(sid)),
                  extra_tables={"At each fold model's validation-chosen threshold": _at_table(metrics["at_fold_thresholds"]),
                                "Per fold": _fold_table(per_fold)})
     return metrics

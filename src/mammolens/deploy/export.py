@@ -190,9 +190,11 @@ def calibration_images(spec: ModelSpec, source: str | Path, n: int, seed: int = 
                        split: str | Path | None = None) -> np.ndarray:
     """Up to ``n`` images of ``source`` (seeded sample of its rows), preprocessed as the bundle says.
 
-    A lesion model calibrates on its lesion crops: only rows with an ROI are used.
+    A lesion model calibrates on its lesion crops: one row per located finding.
     """
-    from mammolens.experiment import ExperimentConfig, load_experiment_source
+    from mammolens.data.units import lesion_rows
+    from mammolens.datasets import load_experiment_source
+    from mammolens.experiment_config import ExperimentConfig
     from mammolens.preprocess import Pipeline, sample_from_row
     from mammolens.preprocess.sample import default_loader
 
@@ -200,7 +202,8 @@ def calibration_images(spec: ModelSpec, source: str | Path, n: int, seed: int = 
         raise ConfigError(f"calibration samples must be >= 1, got {n}")
     cfg = ExperimentConfig()
     cfg.data.source = str(source)
-    df = load_experiment_source(cfg, progress=False)[0].df
+    manifest = load_experiment_source(cfg, progress=False)[0]
+    df = (lesion_rows(manifest).manifest if spec.needs_roi else manifest).df
     if split is not None:
         from mammolens.data.splits import load_split
 

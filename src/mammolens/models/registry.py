@@ -13,7 +13,7 @@ from typing import Any
 
 from mammolens.errors import ConfigError
 from mammolens.models.base import MammoModel
-from mammolens.models.catalog import MODELS, list_models
+from mammolens.models.catalog import MODELS
 from mammolens.models.options import require_int
 
 Pretrained = str | Path | Mapping[str, str | Path | None] | None

@@ -12,7 +12,6 @@ import math
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 
 from mammolens.evaluate.metrics import roc_auc

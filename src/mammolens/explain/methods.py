@@ -134,7 +134,7 @@ class OrientedEigenCAM(EigenCAM):
     vector), with a thin SVD (the library's full one builds a C x C matrix it never uses).
     """
 
-    def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):  # noqa: ANN001, ANN201
+    def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
         activations = np.nan_to_num(np.asarray(activations, np.float32))
         projections = []
         for a in activations:

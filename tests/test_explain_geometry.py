@@ -56,7 +56,7 @@ def test_a_known_point_goes_through_and_back(name: str) -> None:
 
 
 def test_orient_flip_is_recorded_and_the_field_of_view_is_the_crop() -> None:
-    out, geometry = preprocess_with_geometry(Pipeline({"steps": STEPS["lesion"]}), Sample(film(), rois=((*POINT, 8.0),)))
+    _, geometry = preprocess_with_geometry(Pipeline({"steps": STEPS["lesion"]}), Sample(film(), rois=((*POINT, 8.0),)))
     assert geometry.ax < 0 < geometry.ay  # mirrored left-right, not up-down
     fov = geometry.field_of_view()
     rows, cols = np.nonzero(fov)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_explain_methods import blob_image, make_bundle
 
 from mammolens.errors import ConfigError
 from mammolens.explain import explain_image
 from mammolens.models.classifier import BackboneClassifier
-
-from test_explain_methods import blob_image, make_bundle
 
 BACKBONES = ["mobilenetv2_100", "tf_efficientnet_lite0"]
 

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from mammolens.errors import ConfigError
-from mammolens.explain.overlay import gallery_png, overlay_png, overlay_rgb, panel_png, top_region
+from mammolens.explain.overlay import (
+    gallery_png,
+    overlay_png,
+    overlay_rgb,
+    panel_png,
+    top_region,
+)
 
 
 def _film_and_heat() -> tuple[np.ndarray, np.ndarray]:

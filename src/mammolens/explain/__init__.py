@@ -20,7 +20,7 @@ _EXPORTS = {
     "panel_png": "mammolens.explain.overlay",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["CAM_METHODS", "Explanation", "explain_image", "explain_preprocessed", "overlay_png", "panel_png"]
 
 
 def __getattr__(name: str) -> Any:

@@ -62,7 +62,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Heatmap overlays on the ORIGINAL films, one panel per image (original | overlay | decision)."""
         from mammolens.atomic import write_json
-        from mammolens.explain.api import explain_preprocessed, preprocess_for, resolve_target
+        from mammolens.explain.api import (
+            explain_preprocessed,
+            preprocess_for,
+            resolve_target,
+        )
         from mammolens.explain.layers import resolve_layers
         from mammolens.explain.methods import CAM_METHODS
         from mammolens.explain.overlay import overlay_png, panel_png
@@ -178,8 +182,10 @@ def register(app: typer.Typer) -> None:
         write_text(out / "localisation.csv", _csv(table))
         notes = [
             f"bundle {bundle_path} (task {bundle.task}, model {bundle.model.config.get('name')}), source {source}",
-            f"Scores on the original film inside the model's field of view; top-k = {top:g} %; "
-            "95 % bootstrap intervals over patient groups.",
+            (
+                f"Scores on the original film inside the model's field of view; top-k = {top:g} %; "
+                "95 % bootstrap intervals over patient groups."
+            ),
         ] + ([f"skipped: {s}" for s in result.skipped])
         write_text(out / "localisation.html", localisation_html(f"Localisation: {label}", table, metrics, result.tiles, notes))
         if result.tiles:

@@ -17,6 +17,7 @@ A method returns maps at the model-input size, each in [0, 1] with 0 = no eviden
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ class CamResult:
 
 
 CAM_METHODS: Registry[Callable[[CamRequest], CamResult]] = Registry("CAM method")
+
+# A CAM call hooks the model and flips its parameters' requires_grad for the call: two calls on
+# one model at once (a threaded web service) would mix their activations, so they take turns.
+_HOOKS_LOCK = threading.Lock()
 
 
 class ClassTarget:
@@ -129,7 +134,7 @@ class OrientedEigenCAM(EigenCAM):
     vector), with a thin SVD (the library's full one builds a C x C matrix it never uses).
     """
 
-    def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):  # noqa: ANN001, ANN201
+    def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
         activations = np.nan_to_num(np.asarray(activations, np.float32))
         projections = []
         for a in activations:
@@ -171,7 +176,7 @@ def _engine(cam_class: type, batch_size: int | None = None) -> Callable[[CamRequ
         names, modules = list(request.layers), list(request.layers.values())
         target = ClassTarget(request.target, request.single_logit)
         scored = _Scored(request.model)
-        with _graph_from(request.model, modules):
+        with _HOOKS_LOCK, _graph_from(request.model, modules):
             cam = per_layer_class(scored, modules)
             if batch_size:
                 cam.batch_size = batch_size

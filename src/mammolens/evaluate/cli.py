@@ -37,12 +37,13 @@ def label_source(manifest: Any, task_name: str) -> tuple[Any, Any]:
     """Every sample the task labels. Unlike training, one class alone is allowed (its AUC is undefined)."""
     import numpy as np
 
-    from mammolens.data.tasks import TASKS, derive_task
+    from mammolens.data.tasks import TASKS, derive_task, task_units
 
     try:
         return derive_task(manifest, task_name, allow_missing_classes=True)
     except DataError:
         task = TASKS.get(task_name)
+        manifest = task_units(manifest, task_name).manifest  # still one sample per located finding
         labels = np.array([task.label_of(r) for r in manifest.df.to_dict("records")], dtype=object)
         keep = np.array([v is not None for v in labels])
         if not keep.any():

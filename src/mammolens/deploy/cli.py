@@ -61,6 +61,8 @@ def predict(
     if engine == "ray":
         from mammolens.deploy.ray_engine import predict_ray
 
+        if heatmaps is not None:
+            raise ConfigError("--heatmaps is not supported with --engine ray; use --engine local")
         report = predict_ray(bundle, files, out, backend=backend, batch_size=batch_size, force=force)
     elif engine == "local":
         predictor = Predictor.load(bundle, backend=backend, batch_size=batch_size)  # type: ignore[arg-type]

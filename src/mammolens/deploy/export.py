@@ -174,7 +174,8 @@ def _quantize(fp32: Path, out: Path, images: np.ndarray) -> list[str]:
             return None if batch is None else {"image": np.ascontiguousarray(batch, dtype=np.float32)}
 
     prepared = out.with_suffix(".pre.onnx")
-    with _quiet():
+    # quant_pre_process leaves temporary files in the working directory: work in the export's own
+    with _quiet(), contextlib.chdir(out.parent):
         quant_pre_process(str(fp32), str(prepared), auto_merge=True)  # see the module docstring
     # Keep the probability tail (temperature, softmax) in float: 8 bits on a probability moves decisions.
     tail = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in ("Softmax", "Sigmoid")]

@@ -30,6 +30,7 @@ def export(
     split: Optional[Path] = typer.Option(None, "--calibration-split", help="Split file of SOURCE: calibrate on its train part only."),
     samples: int = typer.Option(64, "--calibration-samples", help="Images drawn from the source for calibration."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: BUNDLE/model.onnx or model.int8.onnx)."),
+    exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18, faster graphs) or torchscript (opset 17, exports faster)."),
 ) -> None:
     """Export a bundle to ONNX (dynamic batch axis, preprocessing spec and classes as metadata)."""
     from mammolens.deploy.export import FORMATS, export_onnx
@@ -37,7 +38,7 @@ def export(
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown export format {fmt!r}; known formats: {', '.join(FORMATS)}")
     report = export_onnx(bundle, out, int8=int8, calibration=calibration, calibration_split=split,
-                         calibration_samples=samples)
+                         calibration_samples=samples, exporter=exporter)
     typer.echo(json.dumps(report.summary(), indent=2))
 
 
@@ -60,6 +61,8 @@ def predict(
     if engine == "ray":
         from mammolens.deploy.ray_engine import predict_ray
 
+        if heatmaps is not None:
+            raise ConfigError("--heatmaps is not supported with --engine ray; use --engine local")
         report = predict_ray(bundle, files, out, backend=backend, batch_size=batch_size, force=force)
     elif engine == "local":
         predictor = Predictor.load(bundle, backend=backend, batch_size=batch_size)  # type: ignore[arg-type]

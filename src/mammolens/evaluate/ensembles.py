@@ -20,10 +20,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -265,21 +263,14 @@ def save_ensemble(
 ) -> Path:
     """Write the ensemble bundle ``out_dir`` (members copied inside), atomically; return its path."""
     from mammolens.evaluate.load import load_any_bundle
+    from mammolens.train.bundle import bundle_writer
 
     out_dir = Path(out_dir)
     if not member_dirs:
         raise ConfigError("an ensemble needs at least one member bundle")
     members = [load_any_bundle(d) for d in member_dirs]  # checks every member is a sound bundle
     check_members(members, [str(d) for d in member_dirs])
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"threshold must be within [0, 1], got {threshold}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"temperature must be a positive number, got {temperature}")
-    if out_dir.exists() and not (out_dir / MANIFEST).is_file():
-        raise ConfigError("exists and is not a bundle; refusing to replace it", path=out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with bundle_writer(out_dir, threshold, temperature) as tmp:
         rel = []
         for i, src in enumerate(member_dirs):
             shutil.copytree(src, tmp / "members" / str(i), copy_function=_link_or_copy,
@@ -299,15 +290,6 @@ def save_ensemble(
             "provenance": {"members_from": [str(Path(d).resolve()) for d in member_dirs], **(provenance or {})},
         }
         write_json(tmp / MANIFEST, manifest)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -9,13 +9,14 @@ This module imports neither Lightning nor the training code: a predictor stays l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -105,15 +106,7 @@ def save_bundle(
     classes = [str(c) for c in classes]
     if len(classes) < 2:
         raise ConfigError(f"a bundle needs at least 2 classes, got {classes}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"threshold must be within [0, 1], got {threshold}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"temperature must be a positive number, got {temperature}")
-    if out_dir.exists() and not (out_dir / MANIFEST).is_file():
-        raise ConfigError("exists and is not a bundle; refusing to replace it", path=out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(out_dir)
-    try:
+    with bundle_writer(out_dir, threshold, temperature) as tmp:
         save_model(model, str(tmp / WEIGHTS), metadata={"format": "pt"})
         umask_mode(tmp / WEIGHTS)
         manifest = {
@@ -131,10 +124,25 @@ def save_bundle(
         }
         write_json(tmp / MANIFEST, manifest)
         write_text(tmp / CONFIG, yaml.safe_dump(_plain(config, "config"), sort_keys=False))
+    return out_dir
+
+
+@contextlib.contextmanager
+def bundle_writer(out_dir: Path, threshold: float, temperature: float) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` that replaces it (an earlier bundle only) when the block
+    succeeds; the operating point is checked first. Plain and ensemble bundles are written so."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"threshold must be within [0, 1], got {threshold}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"temperature must be a positive number, got {temperature}")
+    if out_dir.exists() and not (out_dir / MANIFEST).is_file():
+        raise ConfigError("exists and is not a bundle; refusing to replace it", path=out_dir)
+    tmp = make_temp_dir(out_dir)
+    try:
+        yield tmp
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
 
 
 def load_bundle(path: str | Path, model_factory: Callable[..., MammoModel] | None = None) -> Bundle:

@@ -20,6 +20,7 @@ out/
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import pandas as pd
 
 from mammolens import atomic
 from mammolens.configuration import to_dict
-from mammolens.data.splits import check_no_leakage, make_holdout, make_kfold
+from mammolens.data.splits import Split, check_no_leakage, make_holdout, make_kfold
 from mammolens.datasets import task_samples
 from mammolens.errors import ConfigError
 from mammolens.evaluate.cli import training_history
@@ -40,6 +41,7 @@ from mammolens.evaluate.summary import evaluate_predictions, render_table
 from mammolens.experiment import choose_operating_point, train_on_parts
 from mammolens.experiment_config import ExperimentConfig, first_difference, preprocess_config
 from mammolens.preprocess import PreprocessCache
+from mammolens.run_dir import clear_run_dir
 
 RECORD = "cv.json"
 DONE = "oof.csv"  # a fold's out-of-fold predictions, written last: its presence means the fold is finished
@@ -54,9 +56,8 @@ def fold_parts(manifest, labels: np.ndarray, *, folds: int, seed: int, inner_val
     for i in range(folds):
         train_ids, test_ids = outer.fold(i)
         pool = np.array(sorted(index[s] for s in train_ids))
-        inner = make_holdout(manifest.subset(pool.tolist()), labels[pool], val=inner_val, test=0.0, seed=seed + i,
-                             task=task)
         sub = manifest.subset(pool.tolist())
+        inner = make_holdout(sub, labels[pool], val=inner_val, test=0.0, seed=seed + i, task=task)
         val = pool[inner.indices(sub, "val")]
         train = pool[inner.indices(sub, "train")]
         parts = {"train": train, "val": val, "test": np.array(sorted(index[s] for s in test_ids))}
@@ -66,8 +67,6 @@ def fold_parts(manifest, labels: np.ndarray, *, folds: int, seed: int, inner_val
 
 
 def _check_disjoint_groups(manifest, parts: dict[str, np.ndarray]) -> None:  # noqa: ANN001
-    from mammolens.data.splits import Split
-
     ids = manifest.df["sample_id"].to_numpy()
     split = Split(parts={k: ids[v].tolist() for k, v in parts.items()}, seed=0, manifest_hash="", kind="holdout")
     check_no_leakage(manifest, split)
@@ -105,7 +104,8 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     everything = pd.concat(pooled, ignore_index=True)
     first = everything[everything["repeat"] == 0]
     y, proba = first["label_index"].to_numpy(), _proba(first, classes)
-    # Pooled metrics at each fold model's own validation-chosen threshold: the decisions column.
+    # Threshold-free metrics of the pooled rows (and their figures at 0.5); the operating point that
+    # counts is each fold model's own, validation-chosen one: the decisions column.
     metrics = evaluate_predictions(y, proba, first["group"].astype(str).tolist(), classes,
                                    threshold=0.5, n_boot=n_boot, seed=cfg.data.split.seed)
     metrics["at_fold_thresholds"] = _decision_metrics(first, classes)
@@ -117,7 +117,7 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     temperature, threshold = choose_operating_point(op, y, proba)
     members = [out / "repeat0" / f"fold{i}" / "bundle" for i in range(folds)]
     save_mean_ensemble(out / "ensemble", members, threshold=threshold, temperature=temperature,
-                       metrics={"pooled_oof": {k: metrics.get(k) for k in ("auc", "auc_ci", "macro_f1")}},
+                       metrics={"pooled_oof": {k: metrics.get(k) for k in ("auc", "macro_f1")}},
                        provenance={"cv": str(out), "folds": folds, "manifest_hash": record["manifest_hash"]})
     metrics["ensemble"] = {"path": str(out / "ensemble"), "threshold": threshold, "temperature": temperature}
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
@@ -138,8 +138,6 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
 
 
 def _train_fold(cfg, manifest, labels, task, parts, fold_dir, sample_ids, groups, classes, r, i, progress) -> None:  # noqa: ANN001
-    from mammolens.run_dir import clear_run_dir
-
     clear_run_dir(fold_dir)  # an interrupted fold starts over; finished folds are never touched
     trained = train_on_parts(cfg, manifest, labels, task, parts, fold_dir, progress=progress,
                              provenance={"cv_fold": i, "cv_repeat": r})
@@ -155,14 +153,10 @@ def _claim(out: Path, record: dict[str, Any], fresh: bool) -> None:
         if out.exists() and any(out.iterdir()) and not fresh:
             raise ConfigError("exists and is not a cv run; choose another --out or pass --fresh", path=out)
         if fresh and out.exists():
-            import shutil
-
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         return
     if fresh:
-        import shutil
-
         shutil.rmtree(out)
         out.mkdir(parents=True)
         return

@@ -9,9 +9,7 @@ import html
 import io
 import json
 import platform
-import subprocess
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +18,7 @@ import numpy as np
 from mammolens.atomic import write_text
 from mammolens.evaluate.metrics import format_value
 from mammolens.evaluate.predictions import proba_of
+from mammolens.provenance import git_state, package_versions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -218,18 +217,9 @@ def _detail_table(metrics: dict[str, Any]) -> str:
 
 def environment() -> dict[str, Any]:
     """Git commit of the mammolens checkout and package versions, for the report's footer."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown (not a git checkout)"
-    return {"git_commit": commit, "python": platform.python_version(), "packages": versions}
+    commit, _ = git_state()
+    return {"git_commit": commit or "unknown (not a git checkout)", "python": platform.python_version(),
+            "packages": package_versions(PACKAGES, missing="not installed")}
 
 
 def render_report(

@@ -15,10 +15,8 @@ import hashlib
 import json
 import math
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from safetensors.torch import load_model, save_model
 from mammolens.atomic import make_temp_dir, replace_dir, umask_mode, write_json, write_text
 from mammolens.errors import ConfigError, DataError
 from mammolens.models.base import MammoModel
+from mammolens.provenance import git_state, package_versions
 from mammolens.train.losses import probabilities
 from mammolens.train.normalisation import check_normalisation, normalise
 
@@ -250,31 +249,10 @@ def _plain(value: Any, where: str) -> Any:
 
 
 def _auto_provenance() -> dict[str, Any]:
-    versions = {}
-    for name in _VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = ""
-    commit, dirty = _git_state(Path(__file__).resolve().parent)
+    commit, dirty = git_state()
     return {
         "git_commit": commit,
         "git_dirty": dirty,
-        "packages": versions,
+        "packages": package_versions(_VERSIONED_PACKAGES),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _git_state(where: Path) -> tuple[str, bool]:
-    """The mammolens source checkout's commit and whether it has uncommitted changes ('' outside git)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "", False
-    return commit, bool(status.strip())

@@ -1,0 +1,39 @@
+"""Where a result came from: the mammolens checkout's git state and package versions.
+
+Bundles record it and reports print it; one implementation, so both say the same thing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+
+_CHECKOUT = Path(__file__).resolve().parent
+
+
+def package_versions(names: Iterable[str], missing: str = "") -> dict[str, str]:
+    """Installed version of each package, ``missing`` for one that is not installed."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = missing
+    return versions
+
+
+def git_state() -> tuple[str, bool]:
+    """The mammolens source checkout's commit and whether it has uncommitted changes ('' outside git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=_CHECKOUT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=_CHECKOUT, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "", False
+    return commit, bool(status.strip())

@@ -47,9 +47,9 @@ def server(tmp_path):
 
 
 def test_upload_a_mias_film_and_see_the_result(server, shared_data, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip("Debian's chromium is not installed (make setup installs it)")
+    from playwright import sync_api as playwright  # a dev dependency; make setup installs chromium
+
+    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: `make setup` installs Debian's chromium"
     film = os.path.join(shared_data, "mias", "mdb001.png")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(

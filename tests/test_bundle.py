@@ -59,9 +59,13 @@ def test_round_trip_predicts_bit_identically(trained, tmp_path):
 
     with torch.no_grad():
         x = normalise(torch.from_numpy(images)[:, None], {"mean": 0.5, "std": 0.25})
-        expected = probabilities(result.model.eval()(x) / 1.7)
+        nchw = probabilities(result.model.eval()(x) / 1.7)
+        # The bundle predicts in NHWC (faster on CPU): the same weights in that layout are bit-identical.
+        nhwc = result.model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        expected = probabilities(nhwc / 1.7)
     got = torch.from_numpy(bundle.predict_proba(images))
     assert torch.equal(got, expected)
+    torch.testing.assert_close(got, nchw, rtol=1e-5, atol=1e-6)
     assert got.shape == (16, 2)
     assert not torch.equal(got, probabilities(result.model(x)))  # the temperature is applied
     assert not bundle.model.training

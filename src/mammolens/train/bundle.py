@@ -72,8 +72,11 @@ class Bundle:
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W) preprocessed images -> (N, C) temperature-scaled class probabilities."""
+        # NHWC is the faster layout on CPU; converted outside inference mode, whose tensors could
+        # never be trained or explained (gradients) afterwards.
+        model = self.model.to(memory_format=torch.channels_last)
         with torch.inference_mode():
-            logits = self.model(self.to_input(batch))
+            logits = model(self.to_input(batch).contiguous(memory_format=torch.channels_last))
         probs = probabilities(logits / self.temperature)
         if probs.shape[1] != len(self.classes):
             raise DataError(
@@ -106,7 +109,8 @@ def save_bundle(
     if len(classes) < 2:
         raise ConfigError(f"a bundle needs at least 2 classes, got {classes}")
     with bundle_writer(out_dir, threshold, temperature) as tmp:
-        save_model(model, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        # safetensors stores contiguous tensors only; inference may have left the model in NHWC.
+        save_model(model.to(memory_format=torch.contiguous_format), str(tmp / WEIGHTS), metadata={"format": "pt"})
         umask_mode(tmp / WEIGHTS)
         manifest = {
             "format_version": FORMAT_VERSION,

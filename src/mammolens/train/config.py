@@ -82,6 +82,7 @@ class TrainConfig:
     precision: int | str = "32-true"
     log_every_n_steps: int = 10
     progress: bool = True
+    channels_last: bool = True  # NHWC convolutions in training and feature extraction: faster on CPU (benchmarks/)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "num_nodes", "log_every_n_steps", "lr_step_size", "unfreeze_last_n"):

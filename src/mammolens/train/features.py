@@ -46,13 +46,17 @@ def extract_features(
     """(N, D) float32 ``forward_features`` of ``part`` in row order, the model in eval mode."""
     was_training = model.training
     home = next(model.parameters()).device
-    model.eval().to(device)
+    model.eval().to(device, memory_format=torch.channels_last)  # NHWC: the faster convolutions on CPU
     batches = tqdm(datamodule.eval_dataloader(part), desc=f"features ({part})", unit="batch", disable=not progress)
     try:
-        chunks = [model.forward_features(x.to(device)).float().cpu() for x, _ in batches]
+        chunks = [model.forward_features(_nhwc(x.to(device))).float().cpu() for x, _ in batches]
     finally:
-        model.train(was_training).to(home)
+        model.train(was_training).to(home, memory_format=torch.contiguous_format)
     return torch.cat(chunks).numpy()
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 
 def part_features(

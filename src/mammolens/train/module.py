@@ -49,11 +49,20 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inputs == "features":
             return self.model.forward_head(x)
+        if self.cfg.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.plan.features_frozen(self.current_epoch):
             with torch.no_grad():
                 features = self.model.forward_features(x)
             return self.model.forward_head(features)
         return self.model(x)
+
+    def on_fit_start(self) -> None:
+        if self.cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def on_fit_end(self) -> None:
+        self.model.to(memory_format=torch.contiguous_format)  # what safetensors and exporters expect
 
     def train(self, mode: bool = True) -> ClassifierModule:
         super().train(mode)

@@ -48,23 +48,22 @@ def intensity_descriptors(pixels: np.ndarray, cx: float, cy: float, r: float) ->
 
 def texture_descriptors(pixels: np.ndarray, cx: float, cy: float, r: float, *, levels: int = 32,
                         distances: tuple[int, ...] = (1, 3), max_side: int = 256) -> list[tuple[str, float]]:
-    """scikit-image GLCM properties of the square bounding the circle, at the film's
-    own resolution (area-averaged down to ``max_side`` only for very large lesions), quantised to
-    ``levels`` grey levels over its own range, averaged over 4 angles, one value per distance."""
+    """scikit-image GLCM properties of the square inscribed in the circle (the lesion's inside; its
+    margin is ``margin_gradient``'s), at the film's own resolution (area-averaged down to ``max_side``
+    only for very large lesions), quantised to ``levels`` grey levels over [0, 1] so lesions compare,
+    averaged over 4 angles, one value per distance."""
     from skimage.feature import graycomatrix, graycoprops
 
-    r = max(r, 2.0)
-    top, left = max(0, int(round(cy - r))), max(0, int(round(cx - r)))
-    patch = pixels[top : int(round(cy + r)) + 1, left : int(round(cx + r)) + 1].astype(np.float32)
+    half = max(r / np.sqrt(2.0), 2.0)
+    top, left = max(0, int(round(cy - half))), max(0, int(round(cx - half)))
+    patch = pixels[top : int(round(cy + half)) + 1, left : int(round(cx + half)) + 1].astype(np.float32)
     if min(patch.shape) < 2:
         patch = np.zeros((4, 4), np.float32)
     if max(patch.shape) > max_side:
         f = max_side / max(patch.shape)
         patch = cv2.resize(patch, (max(2, round(patch.shape[1] * f)), max(2, round(patch.shape[0] * f))),
                            interpolation=cv2.INTER_AREA)
-    lo, hi = float(patch.min()), float(patch.max())
-    scaled = (patch - lo) / (hi - lo) if hi > lo else np.zeros_like(patch)
-    q = np.minimum((scaled * levels).astype(np.uint8), levels - 1)
+    q = np.minimum((np.clip(patch, 0.0, 1.0) * levels).astype(np.uint8), levels - 1)
     glcm = graycomatrix(q, distances=list(distances), angles=[0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
                         levels=levels, symmetric=True, normed=True)
     out = []

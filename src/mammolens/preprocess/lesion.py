@@ -48,7 +48,8 @@ def padded_crop(pixels: np.ndarray, cx: float, cy: float, side: float) -> tuple[
     """A ``side`` x ``side`` window centred on (cx, cy), zero-padded where it leaves the image;
     returns it with its top-left corner in image coordinates (which may be negative)."""
     n = max(1, int(round(side)))
-    left, top = int(round(cx + 0.5 - n / 2)), int(round(cy + 0.5 - n / 2))
+    # pixel centres sit at integers: a window [left, left + n) is centred on left + (n - 1) / 2
+    left, top = (int(np.floor(c - (n - 1) / 2 + 0.5)) for c in (cx, cy))
     out = np.zeros((n, n), np.float32)
     h, w = pixels.shape
     y0, y1, x0, x1 = max(top, 0), min(top + n, h), max(left, 0), min(left + n, w)

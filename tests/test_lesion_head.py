@@ -171,3 +171,10 @@ def test_a_lesion_experiment_end_to_end(tmp_path):
                                  descriptors=np.stack([cache.load_descriptors(s) for s in test_ids]))
     y = manifest.set_index("sample_id").loc[test_ids, "pathology"].eq("malignant").to_numpy()
     assert roc_auc(y.astype(int), proba) == pytest.approx(summary["metrics"]["test"]["auc"])
+    from mammolens.data.manifest import Manifest
+    from mammolens.evaluate.predict import predict_manifest
+
+    saved = Manifest.load(tmp_path / "run" / "manifest.csv")
+    rows = [int(np.flatnonzero(saved.df["sample_id"] == s)[0]) for s in test_ids]
+    np.testing.assert_allclose(predict_manifest(bundle, saved.subset(rows), tmp_path / "cache", workers=1,
+                                                progress=False), proba, atol=1e-6)  # `mammolens evaluate`'s path

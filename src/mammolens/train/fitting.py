@@ -206,7 +206,8 @@ def _fit_logistic(model: MammoModel, datamodule: ArrayDataModule, cfg: TrainConf
     model.eval()
     record = out_dir / "linear_head.json"
     write_json(record, {"C": head.c, "inner_cv_scores": {str(c): v for c, v in head.scores.items()},
-                        "inputs": cfg.head_inputs, "features": n_features, "descriptors": list(descriptor_names)})
+                        "inputs": cfg.head_inputs, "features": n_features,
+                        "descriptors": list(descriptor_names) if cfg.head_inputs != "features" else []})
     return FitResult(model=model, best_checkpoint=record, best_epoch=0, history=[], stopped_early=False,
                      normalisation=dict(datamodule.normalisation), out_dir=out_dir, descriptor_head=descriptor_head)
 

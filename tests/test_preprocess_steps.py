@@ -46,7 +46,8 @@ def lesion_pixels_inside_roi(sample: Sample, level: float = 0.95) -> tuple[np.nd
 
 
 def test_registry_lists_the_steps():
-    assert set(STEPS.names()) == {"orient", "crop_breast", "crop_roi", "contrast_stretch", "clahe", "resize"}
+    assert set(STEPS.names()) == {"orient", "crop_breast", "crop_roi", "contrast_stretch", "clahe", "resize",
+                                  "multiscale_crop", "lesion_descriptors"}
 
 
 def test_crop_breast_drops_background_and_label_and_moves_roi():

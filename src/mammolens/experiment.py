@@ -112,35 +112,39 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
     cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", pre_cfg)
     build = cache.build(manifest, workers=cfg.workers, progress=progress)
 
-    torch.manual_seed(train_cfg.seed)  # initial weights are part of what a seed reproduces
-    model = create_model(cfg.model.name, num_outputs(len(task.classes), train_cfg.loss),
-                         pretrained=cfg.model.pretrained, in_chans=1, **cfg.model.options)
     sample_ids = manifest.df["sample_id"].tolist()
     dm = ArrayDataModule.from_config(
         cache.load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()}, train_cfg,
         num_classes=len(task.classes), data_key=cache.content_key(sample_ids), sample_keys=cache.sample_keys(sample_ids),
     )
+    torch.manual_seed(train_cfg.seed)  # initial weights are part of what a seed reproduces
+    model = create_model(cfg.model.name, num_outputs(len(task.classes), train_cfg.loss),
+                         pretrained=cfg.model.pretrained, in_chans=dm.in_chans, **cfg.model.options)
+    descriptors, names = _descriptors(cache, sample_ids)
     result = fit(model, dm, train_cfg, out_dir / "training", resume=resume,
-                 feature_cache_dir=Path(cfg.cache_dir) / "features")
+                 feature_cache_dir=Path(cfg.cache_dir) / "features", descriptors=descriptors,
+                 descriptor_names=names, groups=manifest.df["group"].tolist())
     bundle = Bundle(
         path=out_dir / "bundle", model=result.model, classes=list(task.classes), task=task.name,
         preprocess=to_dict(pre_cfg), normalisation=result.normalisation, threshold=0.5, temperature=1.0,
         metrics={}, config=to_dict(cfg),
         provenance={**(provenance or {}), "preprocess_hash": Pipeline(pre_cfg).config_hash(),
                     "pretrained_from": dict(getattr(model, "pretrained_from", {}) or {})},
+        tta=train_cfg.tta, descriptor_head=result.descriptor_head,
     )
     # Temperature and threshold from the validation part only; then every held-out part is
     # scored once, through the same Bundle code path that inference uses.
     val_ids = [sample_ids[i] for i in parts["val"]]
     bundle.temperature, bundle.threshold = choose_operating_point(
-        cfg.operating_point, labels[parts["val"]], _predict(bundle, val_ids, cache.load)
+        cfg.operating_point, labels[parts["val"]], _predict(bundle, val_ids, cache)
     )
-    probas = {part: _predict(bundle, [sample_ids[i] for i in idx], cache.load)
+    probas = {part: _predict(bundle, [sample_ids[i] for i in idx], cache)
               for part, idx in parts.items() if part != "train" and len(idx)}
     bundle.metrics = {part: _part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
     save_bundle(bundle.path, bundle.model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,
-                metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config)
+                metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config, tta=bundle.tta,
+                descriptor_head=bundle.descriptor_head)
     return TrainedParts(bundle=bundle, fit=result, build=build, metrics=bundle.metrics, probas=probas)
 
 
@@ -167,11 +171,20 @@ def _warnings(build: BuildReport, task: Task) -> list[str]:
     return [note]
 
 
-def _predict(bundle: Bundle, sample_ids: list[str], load, batch: int = 32) -> np.ndarray:  # noqa: ANN001
-    return np.concatenate([
-        bundle.predict_proba(np.stack([load(s) for s in sample_ids[i:i + batch]]))
-        for i in range(0, len(sample_ids), batch)
-    ])
+def _descriptors(cache: PreprocessCache, sample_ids: list[str]) -> tuple[np.ndarray | None, list[str]]:
+    """The (N, K) lesion descriptors the pipeline recorded and their names; (None, []) when it records none."""
+    names = cache.descriptor_names(sample_ids[0])
+    if not names:
+        return None, []
+    return np.stack([cache.load_descriptors(s) for s in sample_ids]), names
+
+
+def _predict(bundle: Bundle, sample_ids: list[str], cache: PreprocessCache, batch: int = 32) -> np.ndarray:
+    def chunk(ids: list[str]) -> np.ndarray:
+        extra = np.stack([cache.load_descriptors(s) for s in ids]) if bundle.descriptor_head else None
+        return bundle.predict_proba(np.stack([cache.load(s) for s in ids]), descriptors=extra)
+
+    return np.concatenate([chunk(sample_ids[i:i + batch]) for i in range(0, len(sample_ids), batch)])
 
 
 def _part_metrics(bundle: Bundle, y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:

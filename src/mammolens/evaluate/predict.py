@@ -53,9 +53,12 @@ def predict_manifest(
         cache.build(manifest, workers=workers, progress=progress)
         chunks: dict[int, list[np.ndarray]] = {id(b): [] for b in members}
         for start in range(0, len(sample_ids), batch_size):
-            batch = np.stack([cache.load(s) for s in sample_ids[start:start + batch_size]])
-            for b in members:
-                chunks[id(b)].append(b.predict_proba(batch))
+            ids = sample_ids[start:start + batch_size]
+            batch = np.stack([cache.load(s) for s in ids])
+            for b in members:  # a lesion-descriptor bundle also takes the descriptors its pipeline recorded
+                extra = {"descriptors": np.stack([cache.load_descriptors(s) for s in ids])} \
+                    if getattr(b, "descriptor_head", None) else {}
+                chunks[id(b)].append(b.predict_proba(batch, **extra))
         for b in members:
             outputs[id(b)] = (np.concatenate(chunks[id(b)]) if chunks[id(b)]
                               else np.zeros((0, len(b.classes)), dtype=np.float32))

@@ -106,7 +106,7 @@ class PreprocessCache:
         return sorted(self._entries)
 
     def load(self, sample_id: str) -> np.ndarray:
-        """The preprocessed image, float32 in [0, 1]; a stale or damaged entry is an error."""
+        """The preprocessed image (H, W) or (C, H, W), float32 in [0, 1]; a stale or damaged entry is an error."""
         entry = self._entry(sample_id)
         for which in ("source", "mask"):
             memo = entry[which]
@@ -136,6 +136,13 @@ class PreprocessCache:
     def load_rois(self, sample_id: str) -> list[ROI]:
         """ROI circles in the preprocessed image's pixels (x = column, y = row)."""
         return [tuple(c) for c in self._entry(sample_id)["rois"]]
+
+    def load_descriptors(self, sample_id: str) -> np.ndarray:
+        """The (K,) float64 descriptor vector a descriptor step recorded (empty when none did)."""
+        return np.array([v for _, v in self._entry(sample_id).get("descriptors", [])], dtype=np.float64)
+
+    def descriptor_names(self, sample_id: str) -> list[str]:
+        return [n for n, _ in self._entry(sample_id).get("descriptors", [])]
 
     def flags(self, sample_id: str) -> list[str]:
         return list(self._entry(sample_id)["flags"])
@@ -353,6 +360,7 @@ class _Worker:
             "rois": [[round(float(v), 3) for v in roi] for roi in out.rois],
             "roi_source": roi_source,
             "flags": list(out.flags),
+            "descriptors": [[name, float(value)] for name, value in out.descriptors],
         }
         return {"status": status, "entry": entry}
 

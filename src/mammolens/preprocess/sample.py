@@ -34,6 +34,8 @@ class Sample:
     laterality: str = ""  # 'L', 'R' or '' when unknown
     mask: np.ndarray | None = None  # bool, same shape as pixels: the lesion outline, if known
     flags: tuple[str, ...] = ()  # what a step could not do as asked, e.g. 'roi_missing'
+    pixel_mm: float | None = None  # pixel side in mm, when the file says (DICOM PixelSpacing)
+    descriptors: tuple[tuple[str, float], ...] = ()  # (name, value) pairs recorded by descriptor steps
 
     def replace(self, **changes: Any) -> Sample:
         return dataclasses.replace(self, **changes)
@@ -50,13 +52,21 @@ def default_loader(path: str, frame: int | None = None) -> Any:
 
 def read_pixels(loader: Loader, path: str, frame: int | None = None) -> tuple[np.ndarray, str]:
     """Pixels (float32 [0, 1]) and laterality ('' when the file does not say) from a loader."""
+    pixels, laterality, _ = _read(loader, path, frame)
+    return pixels, laterality
+
+
+def _read(loader: Loader, path: str, frame: int | None = None) -> tuple[np.ndarray, str, float | None]:
+    """read_pixels plus the pixel side in mm (the mean of the file's row/column spacing), if it has one."""
     image = loader(path, frame)
+    spacing = getattr(getattr(image, "meta", None), "pixel_spacing_mm", None)
+    pixel_mm = float(np.mean(spacing)) if spacing else None
     pixels = getattr(image, "pixels", image)
     laterality = getattr(getattr(image, "meta", None), "laterality", "") or ""
     pixels = np.asarray(pixels)
     if pixels.ndim != 2 or pixels.size == 0:
         raise DataError(f"expected a 2-D greyscale image, got shape {pixels.shape}", path=path)
-    return pixels.astype(np.float32, copy=False), str(laterality)
+    return pixels.astype(np.float32, copy=False), str(laterality), pixel_mm
 
 
 def rois_from_mask(mask: np.ndarray, *, min_fraction: float = 0.01) -> list[ROI]:
@@ -90,7 +100,7 @@ def sample_from_row(row: Mapping[str, Any], loader: Loader) -> tuple[Sample, str
     """
     path = str(row["path"])
     frame = int(row.get("frame", -1))
-    pixels, file_laterality = read_pixels(loader, path, None if frame < 0 else frame)
+    pixels, file_laterality, pixel_mm = _read(loader, path, None if frame < 0 else frame)
     laterality = str(row.get("laterality", "") or file_laterality).upper()
     mask = None
     flags: tuple[str, ...] = ()
@@ -119,5 +129,5 @@ def sample_from_row(row: Mapping[str, Any], loader: Loader) -> tuple[Sample, str
         if any(len(c) != 3 for c in rois):
             raise DataError(f"rois of sample {row.get('sample_id')!r} must be [x, y, r] triples")
         roi_source = "manifest" if rois else "none"
-    sample = Sample(pixels=pixels, rois=tuple(rois), laterality=laterality, mask=mask, flags=flags)
+    sample = Sample(pixels=pixels, rois=tuple(rois), laterality=laterality, mask=mask, flags=flags, pixel_mm=pixel_mm)
     return sample, roi_source

@@ -305,4 +305,5 @@ class Resize:
             ((x + 0.5) * sx - 0.5 + left, (y + 0.5) * sy - 0.5 + top, r * max(sx, sy))
             for x, y, r in sample.rois
         )
-        return sample.replace(pixels=pixels.astype(np.float32, copy=False), rois=rois, mask=mask)
+        pixel_mm = None if sample.pixel_mm is None else sample.pixel_mm / ((sx + sy) / 2)
+        return sample.replace(pixels=pixels.astype(np.float32, copy=False), rois=rois, mask=mask, pixel_mm=pixel_mm)

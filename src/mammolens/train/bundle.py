@@ -57,32 +57,80 @@ class Bundle:
     metrics: dict[str, Any]
     provenance: dict[str, Any]
     config: dict[str, Any]
+    # Test-time augmentation: 1 (none) or 8 (the dihedral flips/rotations, probabilities averaged).
+    tta: int = 1
+    # Lesion descriptors' share of the logits (a linear head over standardised descriptors, see
+    # train/linear_head.py): {"names", "mean", "scale", "coef" (outputs x K)}; None when unused.
+    descriptor_head: dict[str, Any] | None = None
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def to_input(self, batch: np.ndarray) -> torch.Tensor:
-        """(N, H, W) preprocessed float images in [0, 1] -> the normalised (N, 1, H, W) model input."""
+        """(N, H, W) or (N, C, H, W) preprocessed float images in [0, 1] -> the normalised (N, C, H, W)
+        model input (C = 1 for 2-D images)."""
         batch = np.asarray(batch)
-        if batch.ndim != 3:
-            raise DataError(f"expected a batch of preprocessed images shaped (N, H, W), got shape {batch.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))[:, None]
+        if batch.ndim not in (3, 4):
+            raise DataError(
+                f"expected a batch of preprocessed images shaped (N, H, W) or (N, C, H, W), got shape {batch.shape}"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        x = x[:, None] if x.ndim == 3 else x
         return normalise(x.to(self.device), self.normalisation)
 
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W) preprocessed images -> (N, C) temperature-scaled class probabilities."""
+    def predict_proba(self, batch: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
+        """(N, H, W) or (N, C, H, W) preprocessed images -> (N, C) temperature-scaled class probabilities.
+
+        ``descriptors``: the (N, K) vectors the bundle's preprocessing recorded
+        (``Pipeline(bundle.preprocess)(sample).descriptors``), needed when the bundle has a descriptor head.
+        """
+        x = self.to_input(batch)
+        extra = self._descriptor_logits(descriptors, len(x))
         # NHWC is the faster layout on CPU; converted outside inference mode, whose tensors could
         # never be trained or explained (gradients) afterwards.
         model = self.model.to(memory_format=torch.channels_last)
+        probs = None
         with torch.inference_mode():
-            logits = model(self.to_input(batch).contiguous(memory_format=torch.channels_last))
-        probs = probabilities(logits / self.temperature)
+            for view in dihedral_views(x, self.tta):
+                logits = model(view.contiguous(memory_format=torch.channels_last))
+                logits = logits if extra is None else logits + extra
+                p = probabilities(logits / self.temperature)
+                probs = p if probs is None else probs + p
+        probs = probs / max(1, self.tta)
         if probs.shape[1] != len(self.classes):
             raise DataError(
                 f"the model gives {probs.shape[1]} probabilities for {len(self.classes)} classes", path=self.path
             )
         return probs.cpu().numpy()
+
+    def _descriptor_logits(self, descriptors: np.ndarray | None, n: int) -> torch.Tensor | None:
+        head = self.descriptor_head
+        if head is None:
+            return None
+        if descriptors is None:
+            raise DataError(
+                f"this bundle needs lesion descriptors ({len(head['names'])}: {', '.join(head['names'][:3])}, ...); "
+                "pass Pipeline(bundle.preprocess)(sample).descriptors values to predict_proba", path=self.path
+            )
+        d = np.asarray(descriptors, dtype=np.float64)
+        if d.shape != (n, len(head["names"])):
+            raise DataError(f"descriptors: expected shape {(n, len(head['names']))}, got {d.shape}", path=self.path)
+        z = ((d - np.asarray(head["mean"])) / np.asarray(head["scale"])) @ np.asarray(head["coef"]).T
+        return torch.from_numpy(z.astype(np.float32)).to(self.device)
+
+
+def dihedral_views(x: torch.Tensor, tta: int) -> Iterator[torch.Tensor]:
+    """``x`` itself (tta=1), or its 8 flips/rotations (tta=8: 4 quarter turns, each also mirrored)."""
+    if tta == 1:
+        yield x
+        return
+    if tta != 8:
+        raise ConfigError(f"tta must be 1 or 8, got {tta}")
+    for k in range(4):
+        turned = torch.rot90(x, k, dims=(-2, -1))
+        yield turned
+        yield torch.flip(turned, dims=(-1,))
 
 
 def save_bundle(
@@ -98,6 +146,8 @@ def save_bundle(
     metrics: dict[str, Any],
     provenance: dict[str, Any],
     config: dict[str, Any],
+    tta: int = 1,
+    descriptor_head: dict[str, Any] | None = None,
 ) -> Path:
     """Write the bundle directory ``out_dir`` (replacing an earlier bundle there) and return its path.
 
@@ -108,6 +158,8 @@ def save_bundle(
     classes = [str(c) for c in classes]
     if len(classes) < 2:
         raise ConfigError(f"a bundle needs at least 2 classes, got {classes}")
+    if tta not in (1, 8):
+        raise ConfigError(f"tta must be 1 or 8, got {tta}")
     with bundle_writer(out_dir, threshold, temperature) as tmp:
         # safetensors stores contiguous tensors only; inference may have left the model in NHWC.
         save_model(model.to(memory_format=torch.contiguous_format), str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -124,6 +176,8 @@ def save_bundle(
             "metrics": _plain(metrics, "metrics"),
             "provenance": {**_auto_provenance(), **_plain(provenance, "provenance")},
             "weights_sha256": _sha256(tmp / WEIGHTS),
+            "tta": int(tta),
+            "descriptor_head": _plain(descriptor_head, "descriptor_head"),
         }
         write_json(tmp / MANIFEST, manifest)
         write_text(tmp / CONFIG, yaml.safe_dump(_plain(config, "config"), sort_keys=False))
@@ -189,6 +243,8 @@ def load_bundle(path: str | Path, model_factory: Callable[..., MammoModel] | Non
         metrics=manifest["metrics"],
         provenance=manifest["provenance"],
         config=config,
+        tta=int(manifest.get("tta", 1)),
+        descriptor_head=manifest.get("descriptor_head"),
     )
 
 

@@ -7,7 +7,7 @@ types are ConfigErrors naming the dotted key; the checks below name the field an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from mammolens.errors import ConfigError
@@ -71,6 +71,13 @@ class TrainConfig:
     head_epochs: int = 1  # finetune-last-N: epochs that train the head alone
     finetune_lr_scale: float = 0.1  # finetune-last-N: unfrozen blocks learn at lr * this
     feature_fast_path: bool = False  # frozen only: cache backbone features once, then train the head on them
+    # 'mlp': the model's head trained by Lightning; 'logistic': (feature fast path) standardised features ->
+    # L2 logistic regression, C chosen from logistic_c by patient-grouped 3-fold cv on the training part.
+    head: Literal["mlp", "logistic"] = "mlp"
+    # What the logistic head sees: backbone 'features', the pipeline's lesion 'descriptors', or 'both'.
+    head_inputs: Literal["features", "descriptors", "both"] = "features"
+    logistic_c: list[float] = field(default_factory=lambda: [0.0001, 0.001, 0.01, 0.1, 1.0])
+    tta: int = 1  # 8: average probabilities over the 8 flips/rotations (cv scoring and the bundle alike)
     seed: int = 0
     deterministic: bool = False  # torch deterministic algorithms (slower; some GPU ops refuse)
     devices: int | str | list[int] = 1
@@ -120,6 +127,16 @@ class TrainConfig:
             _require(
                 self.augment is None, "train.feature_fast_path: features are cached un-augmented; set augment to null"
             )
+        _require(self.head in ("mlp", "logistic"), f"train.head: {self.head!r} is not 'mlp' or 'logistic'")
+        _require(self.head_inputs in ("features", "descriptors", "both"),
+                 f"train.head_inputs: {self.head_inputs!r} is not 'features', 'descriptors' or 'both'")
+        if self.head == "logistic":
+            _require(self.feature_fast_path, "train.head: logistic fits on cached features; set feature_fast_path: true")
+            _require(bool(self.logistic_c) and all(c > 0 for c in self.logistic_c),
+                     f"train.logistic_c: needs positive values, got {self.logistic_c}")
+        else:
+            _require(self.head_inputs == "features", "train.head_inputs: descriptors need head: logistic")
+        _require(self.tta in (1, 8), f"train.tta: must be 1 or 8, got {self.tta}")
         _require(
             self.accelerator in ACCELERATORS,
             f"train.accelerator: {self.accelerator!r} is not one of {', '.join(ACCELERATORS)}",

@@ -46,11 +46,13 @@ class SampleReader:
         self.image_shape: tuple[int, ...] | None = None
 
     def __call__(self, row: int) -> np.ndarray:
-        """The checked image of sample ``row``: 2-D float32 in [0, 1], of one size for all samples."""
+        """The checked image of sample ``row``: (H, W) or (C, H, W) float32 in [0, 1], one shape for all samples."""
         sample_id = self.sample_ids[row]
         image = np.asarray(self.load(sample_id))
-        if image.ndim != 2:
-            raise DataError(f"sample {sample_id!r}: load() returned shape {image.shape}; expected a 2-D (H, W) image")
+        if image.ndim not in (2, 3):
+            raise DataError(
+                f"sample {sample_id!r}: load() returned shape {image.shape}; expected an (H, W) or (C, H, W) image"
+            )
         if self.image_shape is not None and image.shape != self.image_shape:
             raise DataError(
                 f"sample {sample_id!r}: image is {image.shape}, the others {self.image_shape}; "
@@ -88,7 +90,8 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         position, epoch = _split_key(key)
         row = int(self.rows[position])
-        image = torch.from_numpy(self.reader(row))[None]
+        image = torch.from_numpy(self.reader(row))
+        image = image[None] if image.ndim == 2 else image  # (C, H, W): a 2-D image is one channel
         if self.augment_cfg is not None:
             image = augment(image, self.augment_cfg, sample_generator(self.seed, epoch, row))
         return normalise(image, self.normalisation), torch.tensor(self.labels[row])
@@ -221,6 +224,11 @@ class ArrayDataModule(L.LightningDataModule):
     @property
     def image_shape(self) -> tuple[int, ...]:
         return self.reader.image_shape
+
+    @property
+    def in_chans(self) -> int:
+        """Channels of the model input: C of (C, H, W) arrays, 1 for 2-D images."""
+        return 1 if len(self.image_shape) == 2 else int(self.image_shape[0])
 
     def part_labels(self, part: str) -> np.ndarray:
         return self.labels[self.rows(part)]

@@ -18,8 +18,10 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
@@ -48,6 +50,7 @@ class FitResult:
     stopped_early: bool
     normalisation: dict[str, float]
     out_dir: Path
+    descriptor_head: dict[str, Any] | None = None  # the logistic head's descriptor share (see linear_head.py)
 
 
 class _EpochLines(Callback):
@@ -87,13 +90,19 @@ def fit(
     *,
     callbacks: Sequence[Callback] = (),
     feature_cache_dir: str | Path | None = None,
+    descriptors: np.ndarray | None = None,
+    descriptor_names: Sequence[str] = (),
+    groups: Sequence[Any] | None = None,
 ) -> FitResult:
     """Train ``model`` with ``cfg``; ``resume=True`` continues ``out_dir``'s run from its last checkpoint.
 
     ``feature_cache_dir`` (default ``out_dir/feature_cache``) is where the feature fast path keeps
-    backbone features; share it between runs to reuse them.
+    backbone features; share it between runs to reuse them. ``descriptors`` ((N, K), one row per
+    datamodule sample) and ``groups`` (patient of each sample) serve ``head: logistic``.
     """
     out_dir = Path(out_dir)
+    if cfg.head == "logistic":
+        return _fit_logistic(model, datamodule, cfg, out_dir, feature_cache_dir, descriptors, descriptor_names, groups)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_path = _resume_checkpoint(resume, ckpt_dir)
     _check_datamodule(datamodule, cfg)
@@ -163,6 +172,44 @@ def fit(
         normalisation=dict(datamodule.normalisation),
         out_dir=out_dir,
     )
+
+
+def _fit_logistic(model: MammoModel, datamodule: ArrayDataModule, cfg: TrainConfig, out_dir: Path,
+                  feature_cache_dir: str | Path | None, descriptors: np.ndarray | None,
+                  descriptor_names: Sequence[str], groups: Sequence[Any] | None) -> FitResult:
+    """The ``head: logistic`` fit: no epochs, so no checkpoints; ``linear_head.json`` records the C search."""
+    from mammolens.atomic import write_json
+    from mammolens.train.linear_head import fit_linear_head, install_linear_head, last_linear
+
+    _check_datamodule(datamodule, cfg)
+    rows = datamodule.rows("train")
+    blocks, n_features = [], 0
+    if cfg.head_inputs in ("features", "both"):
+        cache_dir = Path(feature_cache_dir) if feature_cache_dir is not None else out_dir / "feature_cache"
+        features = part_features(model, datamodule, "train", device=_feature_device(cfg), cache_dir=cache_dir,
+                                 progress=cfg.progress)
+        blocks.append(features)
+        n_features = features.shape[1]
+    if cfg.head_inputs in ("descriptors", "both"):
+        if descriptors is None or np.asarray(descriptors).ndim != 2 or np.asarray(descriptors).shape[1] == 0:
+            raise ConfigError(f"train.head_inputs: {cfg.head_inputs!r} needs lesion descriptors: add a "
+                              "lesion_descriptors step to preprocess.steps")
+        blocks.append(np.asarray(descriptors, dtype=np.float64)[rows])
+    x = np.concatenate(blocks, axis=1)
+    y = datamodule.labels[rows]
+    outputs = last_linear(model).out_features
+    head = fit_linear_head(x, y, None if groups is None else np.asarray(groups)[rows], cs=list(cfg.logistic_c),
+                           balanced=cfg.class_weights == "balanced", outputs=outputs, seed=cfg.seed)
+    descriptor_head = install_linear_head(model, head, n_features)
+    if descriptor_head is not None:
+        descriptor_head["names"] = list(descriptor_names)
+    model.eval()
+    record = out_dir / "linear_head.json"
+    write_json(record, {"C": head.c, "inner_cv_scores": {str(c): v for c, v in head.scores.items()},
+                        "inputs": cfg.head_inputs, "features": n_features,
+                        "descriptors": list(descriptor_names) if cfg.head_inputs != "features" else []})
+    return FitResult(model=model, best_checkpoint=record, best_epoch=0, history=[], stopped_early=False,
+                     normalisation=dict(datamodule.normalisation), out_dir=out_dir, descriptor_head=descriptor_head)
 
 
 def _resume_checkpoint(resume: bool | str | Path, ckpt_dir: Path) -> Path | None:

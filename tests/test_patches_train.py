@@ -114,3 +114,10 @@ def test_a_stride_of_zero_is_one_line_before_any_work(tmp_path: Path, capsys) ->
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.options.stride: must be an integer >= 1 pixel" in err[0]
     assert not (tmp_path / "cache" / "preprocessed").exists()  # refused before preprocessing
+
+
+def test_contact_sheet_of_held_out_maps(cv_run: Path, tmp_path: Path) -> None:
+    from mammolens.patches.sheet import make_sheet
+
+    out = make_sheet(cv_run, tmp_path / "sheet.png", abnormal=2, normal=2)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -55,3 +55,16 @@ def touches_circle(top: int, left: int, patch_size: int, circle: Sequence[float]
     nearest_x = min(max(cx, left), left + patch_size - 1)
     nearest_y = min(max(cy, top), top + patch_size - 1)
     return (nearest_x - cx) ** 2 + (nearest_y - cy) ** 2 <= r * r
+
+
+def map_to_pixels(scores: np.ndarray, starts: tuple[Sequence[int], Sequence[int]], patch_size: int,
+                  shape: Sequence[int]) -> np.ndarray:
+    """A (rows, cols) patch score map as an image: each pixel takes the largest score of the windows
+    that cover it (0 where none does)."""
+    out = np.zeros(tuple(int(s) for s in shape), np.float32)
+    ys, xs = starts
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            view = out[y:y + patch_size, x:x + patch_size]
+            np.maximum(view, scores[i, j], out=view)
+    return out

@@ -45,6 +45,16 @@ def test_sliding_window_scores_match_scoring_patches_one_by_one() -> None:
                 torch.testing.assert_close(maps[b, :, k // cols, k % cols], alone, rtol=1e-5, atol=1e-6)
 
 
+def test_resized_patches_match_one_by_one_too() -> None:
+    model, films = _model(2, input_size=24), _films(1)
+    with torch.inference_mode():
+        maps = model.score_map(films)
+        patch = films[:, :, 0:16, 0:16]
+        alone = torch.nn.functional.interpolate(patch, size=(24, 24), mode="bilinear", align_corners=False)
+        expected = torch.softmax(model.patch_head(model.encoder(alone)), dim=1)[0]
+    torch.testing.assert_close(maps[0, :, 0, 0], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_film_scores_aggregate_the_map() -> None:
     model, films = _model(2), _films()
     with torch.inference_mode():
@@ -97,6 +107,7 @@ def test_gradcam_on_the_map_layer_is_the_score_map() -> None:
     ({"backbone": "resnet9"}, r"^model.options.backbone: unknown patch backbone 'resnet9'"),
     ({"training": {"positives": 3}}, r"unknown config key 'model.options.training.positives'"),
     ({"strid": 8}, r"^unknown option 'strid' for model 'patch-classifier'"),
+    ({"input_size": 8}, r"^model.options.input_size: 0 \(as cut\) or an integer >= 16, got 8$"),
 ])
 def test_bad_options_are_one_line(options, message) -> None:  # noqa: ANN001
     with pytest.raises(ConfigError, match=message) as info:

@@ -21,7 +21,10 @@ from mammolens.patches.model import PatchFilmModel
 
 
 def encoder_key(model: PatchFilmModel) -> str:
-    digest = hashlib.sha256(json.dumps({"backbone": model.config.get("backbone"), "patch": model.patch_size}).encode())
+    header: dict = {"backbone": model.config.get("backbone"), "patch": model.patch_size}
+    if model.input_size:  # patches resized before the encoder
+        header["input_size"] = model.input_size
+    digest = hashlib.sha256(json.dumps(header).encode())
     for name, tensor in model.encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -88,7 +88,7 @@ def make_encoder(name: str) -> nn.Module:
 class PatchFilmModel(MammoModel):
     def __init__(self, num_classes: int, *, backbone: str = "mobilenetv2_100", patch_size: int = 96, stride: int = 48,
                  aggregate: str = "auto", top_k: int = 3, min_tissue: float = 0.3, normal_class: int = 0,
-                 patch_batch: int = 64, training: Mapping[str, Any] | None = None) -> None:
+                 patch_batch: int = 64, input_size: int = 0, training: Mapping[str, Any] | None = None) -> None:
         super().__init__({})
         check_window(patch_size, stride)
         if aggregate not in AGGREGATES:
@@ -101,6 +101,9 @@ class PatchFilmModel(MammoModel):
             raise ConfigError(f"model.options.normal_class: {normal_class} is not a class index of {num_classes} classes")
         if isinstance(patch_batch, bool) or not isinstance(patch_batch, int) or patch_batch < 1:
             raise ConfigError(f"model.options.patch_batch: must be an integer >= 1, got {patch_batch!r}")
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or (input_size and input_size < 16):
+            raise ConfigError(f"model.options.input_size: 0 (as cut) or an integer >= 16, got {input_size!r}")
+        self.input_size = input_size
         self.training_cfg = from_dict(PatchTraining, dict(training or {}), "model.options.training")
         self.num_classes, self.patch_size, self.stride = num_classes, patch_size, stride
         self.aggregate, self.top_k, self.min_tissue = aggregate, top_k, float(min_tissue)
@@ -132,7 +135,14 @@ class PatchFilmModel(MammoModel):
         """(n, 1, p, p) patches -> (n, D) encoder features, ``patch_batch`` at a time."""
         if len(patches) == 0:
             return patches.new_zeros((0, self.encoder.num_features))
-        return torch.cat([self.encoder(patches[i:i + self.patch_batch]) for i in range(0, len(patches), self.patch_batch)])
+        return torch.cat([self.encoder(self._sized(patches[i:i + self.patch_batch]))
+                          for i in range(0, len(patches), self.patch_batch)])
+
+    def _sized(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patches at the encoder's ``input_size`` (ImageNet weights see objects at ~224 px), or as cut."""
+        if not self.input_size or self.input_size == patches.shape[-1]:
+            return patches
+        return F.interpolate(patches, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
 
     def map_from_features(self, features: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Features of the valid windows (row-major, film after film) -> (B, C, rows, cols) score map;
@@ -196,13 +206,14 @@ class PatchFilmModel(MammoModel):
 
 def _factory(num_classes: int, in_chans: int = 1, backbone: str = "mobilenetv2_100", patch_size: int = 96,
              stride: int = 48, aggregate: str = "auto", top_k: int = 3, min_tissue: float = 0.3,
-             normal_class: int = 0, patch_batch: int = 64, training: dict[str, Any] | None = None) -> PatchFilmModel:
+             normal_class: int = 0, patch_batch: int = 64, input_size: int = 0,
+             training: dict[str, Any] | None = None) -> PatchFilmModel:
     """Patch classifier slid over the whole film (Shen et al. 2019); film scores from the patch score map."""
     if in_chans != 1:
         raise ConfigError(f"a patch-classifier takes 1-channel films, got in_chans={in_chans}")
     model = PatchFilmModel(num_classes, backbone=backbone, patch_size=patch_size, stride=stride, aggregate=aggregate,
                            top_k=top_k, min_tissue=min_tissue, normal_class=normal_class, patch_batch=patch_batch,
-                           training=training)
+                           input_size=input_size, training=training)
     model.config = {"backbone": backbone}  # create_model replaces it with the full config
     return model
 

@@ -120,3 +120,19 @@ def test_a_patch_larger_than_the_film_is_one_line() -> None:
     with pytest.raises(DataError, match=r"^patch_size 64 is larger than the film \(48 pixels along one side\)") as info:
         model(_films())
     assert "\n" not in str(info.value)
+
+
+def test_onnx_export_matches_torch_on_films_with_background(tmp_path) -> None:  # noqa: ANN001
+    """The export runs every window through the encoder and masks the background ones (shapes may not
+    depend on the data); it must score films with background as torch does."""
+    from mammolens.deploy.export import ModelSpec, compare_with_torch, export_onnx
+    from mammolens.train.bundle import load_bundle, save_bundle
+
+    model = _model(3, aggregate="topk")
+    save_bundle(tmp_path / "b", model, classes=["normal", "benign", "malignant"], task="normal-benign-malignant",
+                preprocess={"steps": [{"name": "resize", "size": 48}]}, normalisation={"mean": 0.0, "std": 1.0},
+                metrics={}, provenance={}, config={})
+    report = export_onnx(tmp_path / "b", tmp_path / "m.onnx", exporter="torchscript", check_images=2)
+    bundle = load_bundle(tmp_path / "b")
+    diff, agreement = compare_with_torch(bundle, ModelSpec.from_bundle(bundle), report.path, _films(4)[:, 0].numpy())
+    assert diff < 1e-5 and agreement == 1.0

@@ -37,6 +37,11 @@ AGGREGATES = ("max", "topk", "stage2", "auto")  # auto: the trainer chooses on t
 _EPS = 1e-6
 
 
+def _exporting() -> bool:
+    """ONNX export (TorchScript tracing or torch.export) needs shapes that do not depend on the data."""
+    return bool(torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_exporting())
+
+
 class TinyPatchEncoder(nn.Module):
     """Two conv blocks and average pooling: a patch encoder for tests, with no pretrained weights."""
 
@@ -162,6 +167,13 @@ class PatchFilmModel(MammoModel):
         patches = self.cut(x)
         valid = self.valid(patches)
         grid = tuple(len(s) for s in self.grid(x.shape[2], x.shape[3]))
+        if _exporting():  # a graph of fixed shapes: every window through the encoder, then masked
+            count = patches.shape[1]
+            features = self.encoder(self._sized(patches.flatten(0, 1)))
+            probs = torch.softmax(self.patch_head(features), dim=1).reshape(-1, count, self.num_classes)
+            normal = F.one_hot(torch.tensor(self.normal_class), self.num_classes).to(probs.dtype)
+            probs = torch.where(valid[..., None], probs, normal)
+            return probs.permute(0, 2, 1).reshape(-1, self.num_classes, *grid)
         return self.map_from_features(self.encode(patches[valid]), valid, grid)
 
     # ------------------------------------------------------------------ film scores

@@ -19,7 +19,8 @@ TINY = {
     "preprocess": {"steps": [{"name": "orient"}, {"name": "crop_breast"}, {"name": "resize", "size": 32}]},
     "model": {"name": "patch-classifier",
               "options": {"backbone": "tiny", "patch_size": 16, "stride": 8, "aggregate": "auto",
-                          "training": {"c_values": [0.1, 1.0], "negatives_per_film": 3, "positives_per_finding": 2}}},
+                          "training": {"c_values": [0.1, 1.0], "negatives_per_film": 3, "positives_per_finding": 2,
+                                       "hard_negatives_per_film": 1}}},
     "workers": 1,
 }
 

@@ -33,9 +33,13 @@ class PatchTraining:
     seed: int = 0
     tries: int = 200  # random draws per film before giving up on more negatives
     c_values: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0])
+    # After a first fit, each training film's highest-scoring windows that touch no finding (normal
+    # films, and abnormal films whose findings are all located) join the negatives, and the classifier
+    # is fitted again: the false alarms that a film's max would pick are what it must learn to reject.
+    hard_negatives_per_film: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("positives_per_finding", "negatives_per_film", "tries"):
+        for name in ("positives_per_finding", "negatives_per_film", "tries", "hard_negatives_per_film"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"model.options.training.{name}: must be an integer >= 0, got {value!r}")

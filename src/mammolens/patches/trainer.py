@@ -34,6 +34,7 @@ from mammolens.experiment_config import ExperimentConfig, preprocess_config, tra
 from mammolens.models import create_model
 from mammolens.patches.features import PatchFeatureStore
 from mammolens.patches.model import PatchFilmModel
+from mammolens.patches.geometry import grid_positions, touches_circle
 from mammolens.patches.sampling import film_findings, normal_index, sample_film
 from mammolens.preprocess import Pipeline, PreprocessCache
 
@@ -138,8 +139,14 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
     aggregates = ["max", "topk", "stage2"] if model.aggregate == "auto" else [model.aggregate]
     y_val = labels[parts["val"]]
     table, best = [], None
+    hard = _hard_negative_pool(model, cache, manifest, labels, task, parts["train"], grids, shape) \
+        if tcfg.hard_negatives_per_film else None
     for c in tcfg.c_values:
         _fit_linear(model.patch_head, x_train, y_train, len(task.classes), c)
+        if hard is not None:
+            extra = _hardest(model, hard, tcfg.hard_negatives_per_film)
+            _fit_linear(model.patch_head, np.concatenate([x_train, extra]),
+                        np.concatenate([y_train, np.full(len(extra), model.normal_class)]), len(task.classes), c)
         if "stage2" in aggregates:
             _fit_linear(model.stage2, summaries(parts["train"]).numpy(), labels[parts["train"]], len(task.classes), 1.0)
         for agg in aggregates:
@@ -179,6 +186,37 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
     fit = FitResult(model=model, best_checkpoint=bundle.path / "model.safetensors", best_epoch=table.index(chosen) + 1,
                     history=history, stopped_early=False, normalisation=dict(IDENTITY), out_dir=out_dir / "training")
     return TrainedParts(bundle=bundle, fit=fit, build=build, metrics=bundle.metrics, probas=probas)
+
+
+def _hard_negative_pool(model: PatchFilmModel, cache: PreprocessCache, manifest: Manifest, labels: np.ndarray,
+                        task: Task, rows: np.ndarray, grids: dict[int, tuple[np.ndarray, np.ndarray]],
+                        shape: tuple[int, int]) -> list[np.ndarray]:
+    """Per training film, the features of its breast windows that touch no finding (only films whose
+    findings are all located: elsewhere "no finding" cannot be checked)."""
+    records = manifest.df.to_dict("records")
+    sample_ids = manifest.df["sample_id"].tolist()
+    positions, _ = grid_positions(shape, model.patch_size, model.stride)
+    pool = []
+    for i in rows:
+        found = film_findings(records[i], cache.load_rois(sample_ids[i]), task.label_of, int(labels[i]), model.normal_class)
+        if not found.complete:
+            continue
+        features, valid = grids[int(i)]
+        clear = np.array([not any(touches_circle(y, x, model.patch_size, c) for c in found.circles)
+                          for y, x in positions[valid]], dtype=bool)
+        if clear.any():
+            pool.append(features[clear])
+    return pool
+
+
+def _hardest(model: PatchFilmModel, pool: list[np.ndarray], per_film: int) -> np.ndarray:
+    """Each film's ``per_film`` windows that the current patch head finds least normal."""
+    picked = []
+    with torch.inference_mode():
+        for features in pool:
+            normal = torch.softmax(model.patch_head(torch.from_numpy(features)), 1)[:, model.normal_class].numpy()
+            picked.append(features[np.argsort(normal)[:per_film]])
+    return np.concatenate(picked)
 
 
 def _score(row: dict[str, Any], n_classes: int) -> tuple[float, float]:

@@ -5,7 +5,8 @@
 Each film is scored by the fold bundle that held it out (``repeat0/fold<k>/bundle``), so every map
 is an out-of-fold map. Shown: the preprocessed film, the abnormal score (1 - P(normal)) of every
 window as a heat overlay (a pixel takes its hottest covering window), and the radiologists' circles
-in green. Abnormal films are drawn among those with located findings; which films, is the seed's.
+in green; each film's line (printed, and in its title) gives the score of the window holding each
+circle's centre and how many windows are hotter. Abnormal films are drawn among those with located findings; which films, is the seed's.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def make_sheet(cv_dir: str | Path, out: str | Path, *, abnormal: int = 4, normal
     rng = np.random.default_rng(seed)
     picks = [*rng.choice(np.flatnonzero(~is_normal & has_roi), abnormal, replace=False),
              *rng.choice(np.flatnonzero(is_normal), normal, replace=False)]
-    fig, axes = plt.subplots(2, (len(picks) + 1) // 2, figsize=(3.2 * ((len(picks) + 1) // 2), 7.6))
+    fig, axes = plt.subplots(2, (len(picks) + 1) // 2, figsize=(3.2 * ((len(picks) + 1) // 2), 8.0))
     for ax, i in zip(axes.flat, picks):
         row = df.iloc[int(i)]
         fold = int(row["fold"])
@@ -60,8 +61,16 @@ def make_sheet(cv_dir: str | Path, out: str | Path, *, abnormal: int = 4, normal
         for x, y, r in cache.load_rois(row["sample_id"]):
             ax.add_patch(plt.Circle((x, y), r, fill=False, color="lime", linewidth=1.5))
         p_abn = 1.0 - float(row[f"p_{classes[normal_class]}"])
+        scores = 1.0 - maps[normal_class]
+        ys, xs = bundle.model.grid(*film.shape)
+        where = [f"{scores[_last(ys, y), _last(xs, x)]:.2f} ({int((scores > scores[_last(ys, y), _last(xs, x)]).sum())} hotter)"
+                 for x, y, _ in cache.load_rois(row["sample_id"])]
+        line = (f"{row['sample_id']}: {row['label']}, fold {fold}, P(abnormal) {p_abn:.2f}, hottest window {scores.max():.2f}"
+                + (f", window at each circle's centre {', '.join(where)}" if where else ""))
+        print(line)
         ax.set_title(f"{row['sample_id'].removeprefix('mias-')} ({row['label']}, fold {fold})\n"
-                     f"P(abnormal) {p_abn:.2f}, hottest patch {heat.max():.2f}", fontsize=8)
+                     f"P(abnormal) {p_abn:.2f}, hottest window {scores.max():.2f}"
+                     + (f"\ncircle's window {where[0]}" if where else ""), fontsize=8)
         ax.axis("off")
     for ax in list(axes.flat)[len(picks):]:
         ax.axis("off")
@@ -72,6 +81,11 @@ def make_sheet(cv_dir: str | Path, out: str | Path, *, abnormal: int = 4, normal
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
     return out
+
+
+def _last(starts: list[int], value: float) -> int:
+    """Index of the last window start at or before ``value`` (the window holding that pixel)."""
+    return max(k for k, start in enumerate(starts) if start <= value)
 
 
 def main(argv: list[str] | None = None) -> int:

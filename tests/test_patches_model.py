@@ -12,7 +12,7 @@ from mammolens.models import create_model
 from mammolens.patches.geometry import grid_positions
 
 
-def _model(num_classes: int = 2, **options) -> torch.nn.Module:  # noqa: ANN003
+def _model(num_classes: int = 2, **options) -> torch.nn.Module:
     torch.manual_seed(0)
     settings = {"backbone": "tiny", "patch_size": 16, "stride": 8, "aggregate": "max", "patch_batch": 5, **options}
     model = create_model("patch-classifier", num_classes, **settings).eval()
@@ -70,7 +70,7 @@ def test_film_scores_aggregate_the_map() -> None:
         assert torch.allclose(p.sum(1), torch.ones(3)) and (p > 0).all()
 
 
-def test_it_round_trips_through_a_bundle(tmp_path) -> None:  # noqa: ANN001
+def test_it_round_trips_through_a_bundle(tmp_path) -> None:
     from mammolens.train.bundle import load_bundle, save_bundle
 
     model, films = _model(2, aggregate="stage2"), _films()
@@ -94,7 +94,7 @@ def test_gradcam_on_the_map_layer_is_the_score_map() -> None:
     with torch.inference_mode():
         scores = model.score_map(films)[0, 1].numpy()
     assert heat.shape == (48, 48)
-    positions, (rows, cols) = grid_positions((48, 48), 16, 8)
+    positions, _ = grid_positions((48, 48), 16, 8)
     y, x = positions[int(np.argmax(scores))]  # the hottest patch's window holds the CAM's hottest pixel
     hy, hx = np.unravel_index(int(np.argmax(heat)), heat.shape)
     assert abs(hy - (y + 8)) <= 16 and abs(hx - (x + 8)) <= 16
@@ -109,7 +109,7 @@ def test_gradcam_on_the_map_layer_is_the_score_map() -> None:
     ({"strid": 8}, r"^unknown option 'strid' for model 'patch-classifier'"),
     ({"input_size": 8}, r"^model.options.input_size: 0 \(as cut\) or an integer >= 16, got 8$"),
 ])
-def test_bad_options_are_one_line(options, message) -> None:  # noqa: ANN001
+def test_bad_options_are_one_line(options, message) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         _model(2, **options)
     assert "\n" not in str(info.value)
@@ -122,7 +122,7 @@ def test_a_patch_larger_than_the_film_is_one_line() -> None:
     assert "\n" not in str(info.value)
 
 
-def test_onnx_export_matches_torch_on_films_with_background(tmp_path) -> None:  # noqa: ANN001
+def test_onnx_export_matches_torch_on_films_with_background(tmp_path) -> None:
     """The export runs every window through the encoder and masks the background ones (shapes may not
     depend on the data); it must score films with background as torch does."""
     from mammolens.deploy.export import ModelSpec, compare_with_torch, export_onnx

@@ -11,7 +11,13 @@ import pytest
 from mammolens.data.tasks import TASKS
 from mammolens.errors import ConfigError
 from mammolens.patches.geometry import grid_positions, tissue_fraction, touches_circle
-from mammolens.patches.sampling import FilmFindings, PatchTraining, film_findings, normal_index, sample_film
+from mammolens.patches.sampling import (
+    FilmFindings,
+    PatchTraining,
+    film_findings,
+    normal_index,
+    sample_film,
+)
 
 
 def _film(size: int = 96) -> np.ndarray:
@@ -20,7 +26,7 @@ def _film(size: int = 96) -> np.ndarray:
     return film
 
 
-def _square_hits_circle_brute(top: int, left: int, p: int, circle) -> bool:  # noqa: ANN001
+def _square_hits_circle_brute(top: int, left: int, p: int, circle) -> bool:
     cx, cy, r = circle
     ys, xs = np.mgrid[top:top + p, left:left + p]
     return bool((((xs - cx) ** 2 + (ys - cy) ** 2) <= r * r).any())

@@ -25,7 +25,7 @@ TINY = {
 }
 
 
-def _config(tmp_path: Path, **changes) -> Path:  # noqa: ANN003
+def _config(tmp_path: Path, **changes) -> Path:
     data = json.loads(json.dumps(TINY))
     for dotted, value in changes.items():
         node = data
@@ -39,7 +39,7 @@ def _config(tmp_path: Path, **changes) -> Path:  # noqa: ANN003
 
 
 @pytest.fixture(scope="module")
-def cv_run(tmp_path_factory) -> Path:  # noqa: ANN001
+def cv_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("patches-cv")
     out = tmp / "cv"
     assert main(["cv", str(_config(tmp)), "--folds", "2", "--out", str(out), "--n-boot", "20"]) == 0
@@ -100,7 +100,7 @@ def test_cv_trains_scores_and_the_bundle_reproduces_the_out_of_fold_scores(cv_ru
     assert (cv_run / "ensemble" / "bundle.json").is_file()
 
 
-def test_a_patch_larger_than_the_preprocessed_film_is_one_line(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_a_patch_larger_than_the_preprocessed_film_is_one_line(tmp_path: Path, capsys) -> None:
     path = _config(tmp_path, **{"model.options.patch_size": 48})
     assert main(["cv", str(path), "--folds", "2", "--out", str(tmp_path / "cv"), "--n-boot", "20"]) == 2
     err = capsys.readouterr().err
@@ -109,7 +109,7 @@ def test_a_patch_larger_than_the_preprocessed_film_is_one_line(tmp_path: Path, c
         "model.options.patch_size: 48 is larger than the preprocessed film (32x32); use a smaller patch or a larger resize")
 
 
-def test_a_stride_of_zero_is_one_line_before_any_work(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_a_stride_of_zero_is_one_line_before_any_work(tmp_path: Path, capsys) -> None:
     path = _config(tmp_path, **{"model.options.stride": 0})
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err

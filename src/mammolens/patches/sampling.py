@@ -68,7 +68,7 @@ def normal_index(classes: Sequence[str]) -> int:
                       f"this task has {', '.join(classes)}")
 
 
-def film_findings(row: Mapping[str, Any], rois: Sequence[Sequence[float]], label_of, film_label: int,  # noqa: ANN001
+def film_findings(row: Mapping[str, Any], rois: Sequence[Sequence[float]], label_of, film_label: int,
                   normal: int) -> FilmFindings:
     """Pair the film's preprocessed ROI circles with their findings' labels.
 

@@ -30,11 +30,15 @@ from mammolens.data.manifest import Manifest
 from mammolens.data.tasks import Task
 from mammolens.errors import ConfigError, DataError
 from mammolens.evaluate.metrics import macro_f1, roc_auc
-from mammolens.experiment_config import ExperimentConfig, preprocess_config, train_config
+from mammolens.experiment_config import (
+    ExperimentConfig,
+    preprocess_config,
+    train_config,
+)
 from mammolens.models import create_model
 from mammolens.patches.features import PatchFeatureStore
-from mammolens.patches.model import PatchFilmModel
 from mammolens.patches.geometry import grid_positions, touches_circle
+from mammolens.patches.model import PatchFilmModel
 from mammolens.patches.sampling import film_findings, normal_index, sample_film
 from mammolens.preprocess import Pipeline, PreprocessCache
 
@@ -65,7 +69,7 @@ class PatchSet:
 
     def counts(self) -> dict[str, int]:
         return {"positive": int((self.labels != self.normal).sum()), "negative": int((self.labels == self.normal).sum()),
-                "films": int(len(np.unique(self.films)))}
+                "films": len(np.unique(self.films))}
 
 
 def training_patches(model: PatchFilmModel, store: PatchFeatureStore, cache: PreprocessCache, manifest: Manifest,
@@ -93,7 +97,7 @@ def training_patches(model: PatchFilmModel, store: PatchFeatureStore, cache: Pre
 
 def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray, task: Task,
                       parts: dict[str, np.ndarray], out_dir: Path, *, resume: bool = False, progress: bool = True,
-                      provenance: dict[str, Any] | None = None):  # noqa: ANN201 - experiment.TrainedParts
+                      provenance: dict[str, Any] | None = None):
     from mammolens.experiment import TrainedParts, _part_metrics, choose_operating_point
     from mammolens.train import Bundle, FitResult, save_bundle
 

@@ -108,6 +108,11 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
                    provenance: dict[str, Any] | None = None) -> TrainedParts:
     """Preprocess, train on ``parts["train"]`` (early stopping on ``parts["val"]``), score every
     held-out part through the bundle, and save the bundle in ``out_dir/bundle``."""
+    if cfg.model.name == "patch-classifier":  # issue 14: patch classifier slid over the film (patches/)
+        from mammolens.patches.trainer import train_patch_parts
+
+        return train_patch_parts(cfg, manifest, labels, task, parts, out_dir, resume=resume, progress=progress,
+                                 provenance=provenance)
     pre_cfg, train_cfg = preprocess_config(cfg), train_config(cfg)
     cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", pre_cfg)
     build = cache.build(manifest, workers=cfg.workers, progress=progress)

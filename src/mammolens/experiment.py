@@ -21,9 +21,11 @@ import torch
 from mammolens import atomic
 from mammolens.configuration import to_dict
 from mammolens.data.manifest import Manifest
+from mammolens.data.pairs import PairedLoader, find_partners, has_orient
 from mammolens.data.splits import save_split
 from mammolens.data.tasks import Task
 from mammolens.datasets import make_or_load_split, split_parts, task_samples
+from mammolens.errors import ConfigError
 from mammolens.evaluate.metrics import roc_auc
 from mammolens.evaluate.thresholds import choose_threshold, operating_point
 from mammolens.run_dir import RUN_RECORD, check_resume, claim_run_dir, clear_run_dir
@@ -37,6 +39,8 @@ from mammolens.experiment_config import (  # noqa: F401 - re-exported: the confi
 from mammolens.models import create_model
 from mammolens.preprocess import BuildReport, Pipeline, PreprocessCache
 from mammolens.train import ArrayDataModule, Bundle, FitResult, fit, num_outputs, save_bundle
+from mammolens.train.features import part_features
+from mammolens.train.fitting import _feature_device
 
 @dataclass
 class TrainedParts:
@@ -112,16 +116,22 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
     cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", pre_cfg)
     build = cache.build(manifest, workers=cfg.workers, progress=progress)
 
-    torch.manual_seed(train_cfg.seed)  # initial weights are part of what a seed reproduces
-    model = create_model(cfg.model.name, num_outputs(len(task.classes), train_cfg.loss),
-                         pretrained=cfg.model.pretrained, in_chans=1, **cfg.model.options)
     sample_ids = manifest.df["sample_id"].tolist()
+    load, sample_keys, data_key = cache.load, cache.sample_keys(sample_ids), cache.content_key(sample_ids)
+    if cfg.data.pairs.enabled:  # each film with its partner as a second channel (data/pairs.py)
+        load = paired_loader(cfg, manifest, task, cache, pre_cfg)
+        sample_keys = load.keys(sample_ids)
+        data_key = _json_hash(sample_keys)
+    first = np.asarray(load(sample_ids[0]))
+    torch.manual_seed(train_cfg.seed)  # initial weights are part of what a seed reproduces
+    model = create_model(cfg.model.name, num_outputs(len(task.classes), train_cfg.loss), pretrained=cfg.model.pretrained,
+                         in_chans=first.shape[0] if first.ndim == 3 else 1, **cfg.model.options)
     dm = ArrayDataModule.from_config(
-        cache.load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()}, train_cfg,
-        num_classes=len(task.classes), data_key=cache.content_key(sample_ids), sample_keys=cache.sample_keys(sample_ids),
+        load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()}, train_cfg,
+        num_classes=len(task.classes), data_key=data_key, sample_keys=sample_keys,
     )
-    result = fit(model, dm, train_cfg, out_dir / "training", resume=resume,
-                 feature_cache_dir=Path(cfg.cache_dir) / "features")
+    feature_cache = Path(cfg.cache_dir) / "features"
+    result = fit(model, dm, train_cfg, out_dir / "training", resume=resume, feature_cache_dir=feature_cache)
     bundle = Bundle(
         path=out_dir / "bundle", model=result.model, classes=list(task.classes), task=task.name,
         preprocess=to_dict(pre_cfg), normalisation=result.normalisation, threshold=0.5, temperature=1.0,
@@ -130,18 +140,37 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
                     "pretrained_from": dict(getattr(model, "pretrained_from", {}) or {})},
     )
     # Temperature and threshold from the validation part only; then every held-out part is
-    # scored once, through the same Bundle code path that inference uses.
-    val_ids = [sample_ids[i] for i in parts["val"]]
-    bundle.temperature, bundle.threshold = choose_operating_point(
-        cfg.operating_point, labels[parts["val"]], _predict(bundle, val_ids, cache.load)
-    )
-    probas = {part: _predict(bundle, [sample_ids[i] for i in idx], cache.load)
-              for part, idx in parts.items() if part != "train" and len(idx)}
+    # scored once, through the same Bundle code path that inference uses (with the feature fast
+    # path: the bundle's head on the frozen features, cached once per film, which is what the
+    # images give; tests/test_bilateral_experiment.py compares the two).
+    if train_cfg.feature_fast_path:
+        features = {part: part_features(result.model, dm, part, device=_feature_device(train_cfg),
+                                        cache_dir=feature_cache, progress=progress)
+                    for part, idx in parts.items() if part != "train" and len(idx)}
+
+        def predict(part: str) -> np.ndarray:
+            return bundle.predict_proba_features(features[part])
+    else:
+        def predict(part: str) -> np.ndarray:
+            return _predict(bundle, [sample_ids[i] for i in parts[part]], load)
+    bundle.temperature, bundle.threshold = choose_operating_point(cfg.operating_point, labels[parts["val"]], predict("val"))
+    probas = {part: predict(part) for part, idx in parts.items() if part != "train" and len(idx)}
     bundle.metrics = {part: _part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
     save_bundle(bundle.path, bundle.model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,
                 metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config)
     return TrainedParts(bundle=bundle, fit=result, build=build, metrics=bundle.metrics, probas=probas)
+
+
+def paired_loader(cfg: ExperimentConfig, manifest: Manifest, task: Task, cache: PreprocessCache,
+                  pre_cfg) -> PairedLoader:  # noqa: ANN001 - PreprocessConfig
+    """Each film with its partner (the same woman's other film), aligned; film tasks only."""
+    if task.unit != "film":
+        raise ConfigError(f"data.pairs: pairs are films of one woman; task {task.name} is at {task.unit} level")
+    pairs = find_partners(manifest, fallback=cfg.data.pairs.fallback)
+    ids = manifest.df["sample_id"].tolist()
+    return PairedLoader(cache.load, pairs.as_dict(), film_keys=dict(zip(ids, cache.sample_keys(ids))),
+                        mirror=not has_orient(pre_cfg.steps))
 
 
 def choose_operating_point(op: OperatingPointConfig, y_val: np.ndarray, proba_val: np.ndarray) -> tuple[float, float]:

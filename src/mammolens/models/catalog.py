@@ -18,6 +18,7 @@ for _name in ("hybrid", "hybrid-lite"):
     MODELS.lazy(_name, "mammolens.models.hybrid")
 MODELS.lazy("scratch-cnn", "mammolens.models.scratch")
 MODELS.lazy("attention", "mammolens.models.attention")
+MODELS.lazy("bilateral", "mammolens.models.bilateral")
 
 
 def list_models() -> list[str]:

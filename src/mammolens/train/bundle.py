@@ -63,17 +63,29 @@ class Bundle:
         return next(self.model.parameters()).device
 
     def to_input(self, batch: np.ndarray) -> torch.Tensor:
-        """(N, H, W) preprocessed float images in [0, 1] -> the normalised (N, 1, H, W) model input."""
+        """(N, H, W) preprocessed float images in [0, 1] -> the normalised (N, 1, H, W) model input;
+        (N, C, H, W) channels (a film and its partner) pass as they are."""
         batch = np.asarray(batch)
-        if batch.ndim != 3:
-            raise DataError(f"expected a batch of preprocessed images shaped (N, H, W), got shape {batch.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))[:, None]
+        if batch.ndim not in (3, 4):
+            raise DataError(f"expected a batch of preprocessed images shaped (N, H, W) or (N, C, H, W), "
+                            f"got shape {batch.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        x = x[:, None] if x.ndim == 3 else x
         return normalise(x.to(self.device), self.normalisation)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W) preprocessed images -> (N, C) temperature-scaled class probabilities."""
+        """(N, H, W) or (N, C, H, W) preprocessed images -> (N, C) temperature-scaled class probabilities."""
         with torch.inference_mode():
             logits = self.model(self.to_input(batch))
+        return self._probabilities(logits)
+
+    def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) ``forward_features`` of a frozen model -> the probabilities its images would give."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
+            return self._probabilities(self.model.forward_head(x))
+
+    def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
         probs = probabilities(logits / self.temperature)
         if probs.shape[1] != len(self.classes):
             raise DataError(

@@ -1,4 +1,5 @@
-"""Batches from plain arrays: ``load(sample_id)`` gives a preprocessed (H, W) float32 image in [0, 1].
+"""Batches from plain arrays: ``load(sample_id)`` gives a preprocessed (H, W) float32 image in [0, 1]
+(or (C, H, W) channels, e.g. a film and its partner).
 
 The caller (manifest, splits, preprocessing cache) decides what the samples are; this module only
 checks them, shuffles, augments (train only) and normalises. Shuffling and augmentation are seeded
@@ -46,11 +47,12 @@ class SampleReader:
         self.image_shape: tuple[int, ...] | None = None
 
     def __call__(self, row: int) -> np.ndarray:
-        """The checked image of sample ``row``: 2-D float32 in [0, 1], of one size for all samples."""
+        """The checked image of sample ``row``: (H, W) or (C, H, W) float32 in [0, 1], one shape for all samples."""
         sample_id = self.sample_ids[row]
         image = np.asarray(self.load(sample_id))
-        if image.ndim != 2:
-            raise DataError(f"sample {sample_id!r}: load() returned shape {image.shape}; expected a 2-D (H, W) image")
+        if image.ndim not in (2, 3):
+            raise DataError(f"sample {sample_id!r}: load() returned shape {image.shape}; "
+                            "expected an (H, W) image or (C, H, W) channels")
         if self.image_shape is not None and image.shape != self.image_shape:
             raise DataError(
                 f"sample {sample_id!r}: image is {image.shape}, the others {self.image_shape}; "
@@ -88,7 +90,8 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         position, epoch = _split_key(key)
         row = int(self.rows[position])
-        image = torch.from_numpy(self.reader(row))[None]
+        image = torch.from_numpy(self.reader(row))
+        image = image[None] if image.ndim == 2 else image  # (C, H, W): every channel augmented alike
         if self.augment_cfg is not None:
             image = augment(image, self.augment_cfg, sample_generator(self.seed, epoch, row))
         return normalise(image, self.normalisation), torch.tensor(self.labels[row])

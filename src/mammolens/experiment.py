@@ -21,7 +21,7 @@ import torch
 from mammolens import atomic
 from mammolens.configuration import to_dict
 from mammolens.data.manifest import Manifest
-from mammolens.data.pairs import PairedLoader, find_partners, has_orient
+from mammolens.data.pairs import PairedLoader, Pairs, find_partners, has_orient
 from mammolens.data.splits import save_split
 from mammolens.data.tasks import Task
 from mammolens.datasets import make_or_load_split, split_parts, task_samples
@@ -113,13 +113,15 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
     """Preprocess, train on ``parts["train"]`` (early stopping on ``parts["val"]``), score every
     held-out part through the bundle, and save the bundle in ``out_dir/bundle``."""
     pre_cfg, train_cfg = preprocess_config(cfg), train_config(cfg)
+    pairs = find_pairs(cfg, manifest, task) if cfg.data.pairs.enabled else None  # before any work
     cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", pre_cfg)
     build = cache.build(manifest, workers=cfg.workers, progress=progress)
 
     sample_ids = manifest.df["sample_id"].tolist()
     load, sample_keys, data_key = cache.load, cache.sample_keys(sample_ids), cache.content_key(sample_ids)
-    if cfg.data.pairs.enabled:  # each film with its partner as a second channel (data/pairs.py)
-        load = paired_loader(cfg, manifest, task, cache, pre_cfg)
+    if pairs is not None:  # each film with its partner as a second channel (data/pairs.py)
+        load = PairedLoader(cache.load, pairs.as_dict(), film_keys=dict(zip(sample_ids, sample_keys)),
+                            mirror=not has_orient(pre_cfg.steps))
         sample_keys = load.keys(sample_ids)
         data_key = _json_hash(sample_keys)
     first = np.asarray(load(sample_ids[0]))
@@ -162,15 +164,11 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
     return TrainedParts(bundle=bundle, fit=result, build=build, metrics=bundle.metrics, probas=probas)
 
 
-def paired_loader(cfg: ExperimentConfig, manifest: Manifest, task: Task, cache: PreprocessCache,
-                  pre_cfg) -> PairedLoader:  # noqa: ANN001 - PreprocessConfig
-    """Each film with its partner (the same woman's other film), aligned; film tasks only."""
+def find_pairs(cfg: ExperimentConfig, manifest: Manifest, task: Task) -> Pairs:
+    """Each film's partner (the same woman's other film); film tasks only."""
     if task.unit != "film":
         raise ConfigError(f"data.pairs: pairs are films of one woman; task {task.name} is at {task.unit} level")
-    pairs = find_partners(manifest, fallback=cfg.data.pairs.fallback)
-    ids = manifest.df["sample_id"].tolist()
-    return PairedLoader(cache.load, pairs.as_dict(), film_keys=dict(zip(ids, cache.sample_keys(ids))),
-                        mirror=not has_orient(pre_cfg.steps))
+    return find_partners(manifest, fallback=cfg.data.pairs.fallback)
 
 
 def choose_operating_point(op: OperatingPointConfig, y_val: np.ndarray, proba_val: np.ndarray) -> tuple[float, float]:

@@ -229,7 +229,7 @@ def test_config_and_datamodule_must_agree(tmp_path):
         ({"labels": np.arange(24) * 0.5}, DataError, "expected integer class indices"),
         ({"labels": np.arange(24) % 3, "num_classes": 2}, DataError, "has label 2, not in 0..1"),
         ({"batch_size": 32, "drop_last": True}, ConfigError, "batch_size 32 exceeds the 16 training samples"),
-        ({"image": np.zeros((3, 32, 32), np.float32)}, DataError, "expected a 2-D (H, W) image"),
+        ({"image": np.zeros((1, 3, 32, 32), np.float32)}, DataError, "expected an (H, W) image or (C, H, W) channels"),
         ({"image": np.full((32, 32), 255.0, np.float32)}, DataError, "within [0, 1]"),
         ({"image": np.zeros((16, 16), np.float32)}, DataError, "preprocess all images to one size"),
     ],

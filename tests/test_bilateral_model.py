@@ -28,7 +28,7 @@ def _model(fusion: str = "diff", **kw):  # noqa: ANN003, ANN202
     return create_model("bilateral", 2, in_chans=2, fusion=fusion, hidden=0, **FILM, **kw).eval()
 
 
-@pytest.mark.parametrize(("fusion", "width"), [("diff", 2), ("concat", 2), ("diff-concat", 3)])
+@pytest.mark.parametrize(("fusion", "width"), [("diff", 2), ("signed", 2), ("concat", 2), ("diff-concat", 3)])
 def test_one_shared_film_model_reads_both_films_and_the_head_fuses_them(fusion, width):
     model = _model(fusion)
     d = model.num_film_features
@@ -44,8 +44,10 @@ def test_one_shared_film_model_reads_both_films_and_the_head_fuses_them(fusion, 
     assert features[:, -1].tolist() == [1.0, 1.0, 0.0]  # the model knows which film has no partner
     assert model.head[-1].in_features == width * d + 1
     fused = model.fuse(features)
-    if fusion != "concat":
+    if fusion in ("diff", "diff-concat"):
         torch.testing.assert_close(fused[:, -d - 1:-1], (alone - other).abs())
+    if fusion == "signed":
+        torch.testing.assert_close(fused[:, d:2 * d], alone - other)
     assert model(x).shape == (3, 2)
 
 

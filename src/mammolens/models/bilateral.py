@@ -7,6 +7,8 @@ unless the two channels are identical, which is how a film without a partner rea
 pairing's fallback gives the film itself as partner). ``forward_head`` fuses them:
 
 - ``diff``: ``[f(film), |f(film) - f(partner)|, paired]`` (asymmetry, plus the film's own evidence)
+- ``signed``: ``[f(film), f(film) - f(partner), paired]``: ``|.|`` is the same for both films of a
+  woman, so it says that one breast differs but not which; the signed difference says which
 - ``concat``: ``[f(film), f(partner), paired]``
 - ``diff-concat``: ``[f(film), f(partner), |f(film) - f(partner)|, paired]``
 
@@ -29,7 +31,7 @@ from mammolens.models.heads import make_head
 from mammolens.models.options import require_choice
 from mammolens.models.registry import MODELS, Pretrained, create_model
 
-FUSIONS = ("diff", "concat", "diff-concat")
+FUSIONS = ("diff", "signed", "concat", "diff-concat")
 
 
 class BilateralModel(MammoModel):
@@ -46,7 +48,7 @@ class BilateralModel(MammoModel):
         self.film_model = film_model
         width = _feature_width(film_model)
         self.num_film_features = width
-        fused = {"diff": 2 * width, "concat": 2 * width, "diff-concat": 3 * width}[fusion] + 1
+        fused = {"diff": 2 * width, "signed": 2 * width, "concat": 2 * width, "diff-concat": 3 * width}[fusion] + 1
         self.head = make_head(fused, num_classes, hidden=hidden, dropout=dropout)
 
     @property
@@ -67,7 +69,8 @@ class BilateralModel(MammoModel):
         """``[f(film), f(partner), paired]`` -> the head's input for this model's fusion."""
         w = self.num_film_features
         a, b, paired = features[:, :w], features[:, w:2 * w], features[:, 2 * w:]
-        parts = {"diff": [a, (a - b).abs()], "concat": [a, b], "diff-concat": [a, b, (a - b).abs()]}[self.fusion]
+        parts = {"diff": [a, (a - b).abs()], "signed": [a, a - b], "concat": [a, b],
+                 "diff-concat": [a, b, (a - b).abs()]}[self.fusion]
         return torch.cat([*parts, paired], 1)
 
     def backbone_blocks(self) -> list[nn.Module]:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from bilateral_fixtures import paired_source
+
 from mammolens.cli import main
 from mammolens.data.pairs import PairedLoader, pair_channels
 from mammolens.errors import ConfigError
@@ -23,7 +23,7 @@ from mammolens.train.features import part_features
 FILM = {"film_model": "scratch-cnn", "film_options": {"depth": 2, "width": 4}}
 
 
-def _model(fusion: str = "diff", **kw):  # noqa: ANN003, ANN202
+def _model(fusion: str = "diff", **kw):
     torch.manual_seed(0)
     return create_model("bilateral", 2, in_chans=2, fusion=fusion, hidden=0, **FILM, **kw).eval()
 
@@ -78,7 +78,7 @@ def test_paired_fast_path_features_equal_the_pairs_own_and_each_film_runs_once(t
         model = _model("diff-concat")
         cache = tmp_path / f"features-{mirror}"
 
-        def fast() -> np.ndarray:
+        def fast(model=model, dm=dm, cache=cache) -> np.ndarray:  # noqa: ANN001 - this iteration's
             return np.concatenate([part_features(model, dm, p, device=torch.device("cpu"), cache_dir=cache)
                                    for p in ("train", "val")])
 
@@ -114,7 +114,7 @@ def test_a_bundle_predicts_from_a_film_and_its_other_film(tmp_path: Path):
     assert bundle.to_input(np.zeros((3, 32, 32))).shape == (3, 1, 32, 32)  # single films as before
 
 
-def _config(tmp_path: Path, source: str, **data) -> Path:  # noqa: ANN003
+def _config(tmp_path: Path, source: str, **data) -> Path:
     cfg = {
         "name": "tiny-bilateral",
         "data": {"source": source, "task": "normal-abnormal", "pairs": {"enabled": True}, **data},
@@ -133,8 +133,8 @@ def test_training_scores_held_out_films_as_the_bundle_does_from_the_pairs(tmp_pa
     from mammolens.data.adapters.base import load_source
     from mammolens.data.pairs import find_partners
     from mammolens.experiment import load_config, run_experiment
-    from mammolens.preprocess import PreprocessCache
     from mammolens.experiment_config import preprocess_config
+    from mammolens.preprocess import PreprocessCache
 
     source = paired_source(tmp_path / "src", women=14, unpaired=2)
     cfg = load_config(_config(tmp_path, str(source)))

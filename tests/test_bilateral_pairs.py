@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from bilateral_fixtures import paired_source
+
 from mammolens.data.manifest import Manifest
 from mammolens.data.pairs import PairedLoader, find_partners, has_orient, pair_channels
 from mammolens.errors import DataError
@@ -92,7 +92,7 @@ def _breast_side(image: np.ndarray) -> str:
     return "left" if (image[:, :half] > 0.05).sum() > (image[:, -half:] > 0.05).sum() else "right"
 
 
-def _pair_sides(manifest: Manifest, steps, root) -> list[tuple[str, str]]:  # noqa: ANN001
+def _pair_sides(manifest: Manifest, steps, root) -> list[tuple[str, str]]:
     cache = PreprocessCache(root, {"steps": steps})
     cache.build(manifest, workers=1, progress=False)
     ids = manifest.df["sample_id"].tolist()

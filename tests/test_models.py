@@ -17,6 +17,7 @@ EXPECTED = {
     "attention", "densenet121", "hybrid", "hybrid-lite", "inception_v3", "mobilenetv2_100",
     "resnet50", "scratch-cnn", "tf_efficientnet_lite0", "vgg16",
 }  # fmt: skip
+PAIRED = {"bilateral"}  # reads (film, other film) pairs, not one grey film: tests/test_bilateral_model.py
 
 
 def input_size(model: MammoModel) -> int:
@@ -31,7 +32,7 @@ def model(request) -> MammoModel:
 
 
 def test_registry_lists_every_model():
-    assert set(list_models()) == EXPECTED
+    assert set(list_models()) == EXPECTED | PAIRED
 
 
 def test_forward_gives_logits_for_grayscale_batch(model):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ import torch
 from mammolens import atomic
 from mammolens.configuration import to_dict
 from mammolens.data.manifest import Manifest
+from mammolens.data.pairs import PairedLoader, Pairs, find_partners, has_orient
 from mammolens.data.splits import save_split
 from mammolens.data.tasks import Task
 from mammolens.datasets import make_or_load_split, split_parts, task_samples
+from mammolens.errors import ConfigError
 from mammolens.evaluate.metrics import roc_auc
 from mammolens.evaluate.thresholds import choose_threshold, operating_point
 from mammolens.run_dir import RUN_RECORD, check_resume, claim_run_dir, clear_run_dir
@@ -37,6 +40,8 @@ from mammolens.experiment_config import (  # noqa: F401 - re-exported: the confi
 from mammolens.models import create_model
 from mammolens.preprocess import BuildReport, Pipeline, PreprocessCache
 from mammolens.train import ArrayDataModule, Bundle, FitResult, fit, num_outputs, save_bundle
+from mammolens.train.features import part_features
+from mammolens.train.fitting import _feature_device
 
 @dataclass
 class TrainedParts:
@@ -114,21 +119,28 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
         return train_patch_parts(cfg, manifest, labels, task, parts, out_dir, resume=resume, progress=progress,
                                  provenance=provenance)
     pre_cfg, train_cfg = preprocess_config(cfg), train_config(cfg)
+    pairs = find_pairs(cfg, manifest, task) if cfg.data.pairs.enabled else None  # before any work
     cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", pre_cfg)
     build = cache.build(manifest, workers=cfg.workers, progress=progress)
 
     sample_ids = manifest.df["sample_id"].tolist()
+    load, sample_keys, data_key = cache.load, cache.sample_keys(sample_ids), cache.content_key(sample_ids)
+    if pairs is not None:  # each film with its partner as a second channel (data/pairs.py)
+        load = PairedLoader(cache.load, pairs.as_dict(), film_keys=dict(zip(sample_ids, sample_keys)),
+                            mirror=not has_orient(pre_cfg.steps))
+        sample_keys = load.keys(sample_ids)
+        data_key = _json_hash(sample_keys)
     dm = ArrayDataModule.from_config(
-        cache.load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()}, train_cfg,
-        num_classes=len(task.classes), data_key=cache.content_key(sample_ids), sample_keys=cache.sample_keys(sample_ids),
+        load, sample_ids, labels, {k: v.tolist() for k, v in parts.items()}, train_cfg,
+        num_classes=len(task.classes), data_key=data_key, sample_keys=sample_keys,
     )
     torch.manual_seed(train_cfg.seed)  # initial weights are part of what a seed reproduces
     model = create_model(cfg.model.name, num_outputs(len(task.classes), train_cfg.loss),
                          pretrained=cfg.model.pretrained, in_chans=dm.in_chans, **cfg.model.options)
     descriptors, names = _descriptors(cache, sample_ids)
-    result = fit(model, dm, train_cfg, out_dir / "training", resume=resume,
-                 feature_cache_dir=Path(cfg.cache_dir) / "features", descriptors=descriptors,
-                 descriptor_names=names, groups=manifest.df["group"].tolist())
+    feature_cache = Path(cfg.cache_dir) / "features"
+    result = fit(model, dm, train_cfg, out_dir / "training", resume=resume, feature_cache_dir=feature_cache,
+                 descriptors=descriptors, descriptor_names=names, groups=manifest.df["group"].tolist())
     bundle = Bundle(
         path=out_dir / "bundle", model=result.model, classes=list(task.classes), task=task.name,
         preprocess=to_dict(pre_cfg), normalisation=result.normalisation, threshold=0.5, temperature=1.0,
@@ -138,19 +150,35 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
         tta=train_cfg.tta, descriptor_head=result.descriptor_head,
     )
     # Temperature and threshold from the validation part only; then every held-out part is
-    # scored once, through the same Bundle code path that inference uses.
-    val_ids = [sample_ids[i] for i in parts["val"]]
-    bundle.temperature, bundle.threshold = choose_operating_point(
-        cfg.operating_point, labels[parts["val"]], _predict(bundle, val_ids, cache)
-    )
-    probas = {part: _predict(bundle, [sample_ids[i] for i in idx], cache)
-              for part, idx in parts.items() if part != "train" and len(idx)}
+    # scored once, through the same Bundle code path that inference uses. With the feature fast
+    # path (and no test-time augmentation or descriptors, which need the images), that is the
+    # bundle's head on the frozen features cached once per film, which is what the images give
+    # (tests/test_bilateral_experiment.py compares the two).
+    if train_cfg.feature_fast_path and bundle.tta == 1 and bundle.descriptor_head is None:
+        features = {part: part_features(result.model, dm, part, device=_feature_device(train_cfg),
+                                        cache_dir=feature_cache, progress=progress)
+                    for part, idx in parts.items() if part != "train" and len(idx)}
+
+        def predict(part: str) -> np.ndarray:
+            return bundle.predict_proba_features(features[part])
+    else:
+        def predict(part: str) -> np.ndarray:
+            return _predict(bundle, [sample_ids[i] for i in parts[part]], load, cache)
+    bundle.temperature, bundle.threshold = choose_operating_point(cfg.operating_point, labels[parts["val"]], predict("val"))
+    probas = {part: predict(part) for part, idx in parts.items() if part != "train" and len(idx)}
     bundle.metrics = {part: _part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
     save_bundle(bundle.path, bundle.model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,
                 metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config, tta=bundle.tta,
                 descriptor_head=bundle.descriptor_head)
     return TrainedParts(bundle=bundle, fit=result, build=build, metrics=bundle.metrics, probas=probas)
+
+
+def find_pairs(cfg: ExperimentConfig, manifest: Manifest, task: Task) -> Pairs:
+    """Each film's partner (the same woman's other film); film tasks only."""
+    if task.unit != "film":
+        raise ConfigError(f"data.pairs: pairs are films of one woman; task {task.name} is at {task.unit} level")
+    return find_partners(manifest, fallback=cfg.data.pairs.fallback)
 
 
 def choose_operating_point(op: OperatingPointConfig, y_val: np.ndarray, proba_val: np.ndarray) -> tuple[float, float]:
@@ -184,10 +212,11 @@ def _descriptors(cache: PreprocessCache, sample_ids: list[str]) -> tuple[np.ndar
     return np.stack([cache.load_descriptors(s) for s in sample_ids]), names
 
 
-def _predict(bundle: Bundle, sample_ids: list[str], cache: PreprocessCache, batch: int = 32) -> np.ndarray:
+def _predict(bundle: Bundle, sample_ids: list[str], load: Callable[[str], np.ndarray], cache: PreprocessCache,
+             batch: int = 32) -> np.ndarray:
     def chunk(ids: list[str]) -> np.ndarray:
         extra = np.stack([cache.load_descriptors(s) for s in ids]) if bundle.descriptor_head else None
-        return bundle.predict_proba(np.stack([cache.load(s) for s in ids]), descriptors=extra)
+        return bundle.predict_proba(np.stack([load(s) for s in ids]), descriptors=extra)
 
     return np.concatenate([chunk(sample_ids[i:i + batch]) for i in range(0, len(sample_ids), batch)])
 

@@ -45,6 +45,14 @@ class SplitConfig:
 
 
 @dataclass
+class PairsConfig:
+    """Each film with the same woman's other film as a second input channel (``data/pairs.py``)."""
+
+    enabled: bool = False
+    fallback: bool = True  # a film without a partner is paired with itself; off: an error naming the film
+
+
+@dataclass
 class DataConfig:
     source: str = "synthetic"  # a path, or "synthetic" for the built-in generator
     kind: str | None = None  # adapter name; detected from the path when omitted
@@ -56,6 +64,7 @@ class DataConfig:
     dedup: bool = False  # merge near-duplicate images into one split group
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
 
 
 @dataclass

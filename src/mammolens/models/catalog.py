@@ -19,6 +19,7 @@ for _name in ("hybrid", "hybrid-lite"):
 MODELS.lazy("scratch-cnn", "mammolens.models.scratch")
 MODELS.lazy("attention", "mammolens.models.attention")
 MODELS.lazy("patch-classifier", "mammolens.patches.model")  # issue 14: patch classifier -> whole film
+MODELS.lazy("bilateral", "mammolens.models.bilateral")
 
 
 def list_models() -> list[str]:

@@ -97,7 +97,18 @@ class Bundle:
                 logits = logits if extra is None else logits + extra
                 p = probabilities(logits / self.temperature)
                 probs = p if probs is None else probs + p
-        probs = probs / max(1, self.tta)
+        return self._checked(probs / max(1, self.tta))
+
+    def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) ``forward_features`` of a frozen model -> the probabilities its images would give
+        (bundles without test-time augmentation or descriptors, which need the images)."""
+        if self.tta != 1 or self.descriptor_head is not None:
+            raise ConfigError("predict_proba_features: this bundle's test-time augmentation or descriptors need the images")
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
+            return self._checked(probabilities(self.model.forward_head(x) / self.temperature))
+
+    def _checked(self, probs: torch.Tensor) -> np.ndarray:
         if probs.shape[1] != len(self.classes):
             raise DataError(
                 f"the model gives {probs.shape[1]} probabilities for {len(self.classes)} classes", path=self.path

@@ -1,4 +1,5 @@
-"""Batches from plain arrays: ``load(sample_id)`` gives a preprocessed (H, W) float32 image in [0, 1].
+"""Batches from plain arrays: ``load(sample_id)`` gives a preprocessed (H, W) float32 image in [0, 1]
+(or (C, H, W) channels, e.g. a film and its partner).
 
 The caller (manifest, splits, preprocessing cache) decides what the samples are; this module only
 checks them, shuffles, augments (train only) and normalises. Shuffling and augmentation are seeded

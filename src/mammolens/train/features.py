@@ -73,6 +73,11 @@ def part_features(
     Nothing is cached unless the datamodule carries a ``data_key``: without one, the image content
     cannot be vouched for, and stale features would be silently wrong.
     """
+    if getattr(model, "film_model", None) is not None:  # bilateral: one pass per film, pairs after
+        from mammolens.train.paired import paired_part_features
+
+        return paired_part_features(model, datamodule, part, lambda m, dm, p: part_features(
+            m, dm, p, device=device, cache_dir=cache_dir, progress=progress))
     if cache_dir is not None and datamodule.sample_keys is not None:
         return _per_sample_features(model, datamodule, part, device, Path(cache_dir), progress)
     if cache_dir is None or datamodule.data_key is None:

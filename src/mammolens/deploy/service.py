@@ -99,7 +99,9 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
         file: UploadFile = File(..., description="DICOM, PNG, JPEG, PGM or TIFF"),
         heatmap: bool = Form(False, description="Also return the heatmap overlay PNG (base64)"),
         preview: bool = Form(False, description="Also return a display PNG of the image (base64)"),
-        roi: str = Form("", description="x,y,r of the lesion in original pixels (lesion models)"),
+        x: float | None = Form(None, description="Lesion centre x in original-image pixels (lesion models)"),
+        y: float | None = Form(None, description="Lesion centre y in original-image pixels (lesion models)"),
+        r: float | None = Form(None, description="Lesion radius in original-image pixels (lesion models)"),
         laterality: str = Form("", description="L or R when the file does not say"),
     ) -> dict[str, Any]:
         started = time.perf_counter()
@@ -107,7 +109,7 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
         kind = sniff(data[:132])
         if kind is None:
             raise HTTPException(415, "not a DICOM, PNG, JPEG, PGM or TIFF image (checked by content, not name)")
-        rois = _parse_roi(roi)
+        rois = _roi(x, y, r)
         try:
             result = await asyncio.wait_for(
                 run_in_threadpool(_predict, predictor, data, kind, config, rois, laterality, heatmap, preview),
@@ -137,14 +139,13 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
     return buffer.getvalue()
 
 
-def _parse_roi(text: str) -> tuple[float, float, float] | None:
-    if not text.strip():
+def _roi(x: float | None, y: float | None, r: float | None) -> tuple[float, float, float] | None:
+    given = [v is not None for v in (x, y, r)]
+    if not any(given):
         return None
-    try:
-        x, y, r = (float(v) for v in text.split(","))
-    except ValueError:
-        raise HTTPException(422, f"roi must be 'x,y,r' in original-image pixels, got {text!r}") from None
-    return x, y, r
+    if not all(given):
+        raise HTTPException(422, "give all three of the lesion's form fields x, y and r (original-image pixels), or none")
+    return x, y, r  # type: ignore[return-value]
 
 
 def _predict(predictor: Predictor, data: bytes, kind: str, config: ServiceConfig, roi: Any, laterality: str,

@@ -64,6 +64,9 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
     config = config or ServiceConfig()
     predictor = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle, backend=backend)  # type: ignore[arg-type]
     spec = predictor.spec
+    # Whether heatmaps exist imports the explanation stack (grad-cam, scikit-learn): seconds, tens of
+    # them on a busy machine. Pay it here, before serving, not in the first request.
+    explains = predictor.explains
     app = FastAPI(title="mammolens", version="1", docs_url=None, redoc_url=None,  # the docs pages load a CDN
                   description="Mammogram classification. Not a medical device.")  # fmt: skip
     bearer = HTTPBearer(auto_error=False)
@@ -91,7 +94,7 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
 
     @app.get("/v1/model", dependencies=[Depends(authorised)])
     def model() -> dict[str, Any]:
-        return {**spec.public(), "backend": predictor.backend, "explanations": predictor.explains,
+        return {**spec.public(), "backend": predictor.backend, "explanations": explains,
                 "auth": config.token is not None, "max_upload_bytes": config.max_upload_bytes}  # fmt: skip
 
     @app.post("/v1/predict", dependencies=[Depends(authorised)])

@@ -27,14 +27,14 @@ VARIANTS: list[tuple[str, QuantRecipe, int | str]] = [
     ("previous default: minmax, u8, reduce_range", QuantRecipe(), 64),
     ("minmax, u8, full range", QuantRecipe(reduce_range=False), 64),
     ("minmax, s8 symmetric activations", QuantRecipe(activations="s8"), 64),
-    ("percentile 99.999", QuantRecipe(calibrate="percentile"), 64),
-    ("entropy", QuantRecipe(calibrate="entropy"), 64),
-    ("float stem", QuantRecipe(float_layers=("stem",)), 64),
-    ("float depthwise", QuantRecipe(float_layers=("depthwise",)), 64),
     ("float head", QuantRecipe(float_layers=("head",)), 64),
     ("float stem+depthwise+head", QuantRecipe(float_layers=("stem", "depthwise", "head")), 64),
-    ("minmax, every train film", QuantRecipe(), "train"),
+    ("float depthwise", QuantRecipe(float_layers=("depthwise",)), 64),
+    ("float stem", QuantRecipe(float_layers=("stem",)), 64),
     ("float stem+depthwise+head, every train film", QuantRecipe(float_layers=("stem", "depthwise", "head")), "train"),
+    ("percentile 99.999", QuantRecipe(calibrate="percentile"), 64),
+    ("entropy", QuantRecipe(calibrate="entropy"), 64),
+    ("minmax, every train film", QuantRecipe(), "train"),
 ]
 
 

@@ -160,7 +160,8 @@ class QuantRecipe:
 
     ``float_layers`` names groups kept in float: "stem" (the input adapter and each backbone's first
     conv, which see raw pixels), "depthwise" (grouped convs: one 3x3 filter per channel, where
-    per-channel ranges differ most), "head" (Gemm/MatMul of the classifier). The probability tail
+    per-channel ranges differ most), "head" (every node after the backbones' last convs: pooling,
+    the Concat that fuses two backbones' features under one scale, the dense layers). The probability tail
     (Softmax/Sigmoid) is always float: 8 bits on a probability moves decisions.
     """
 
@@ -187,15 +188,22 @@ def float_nodes(model: Any, layers: Sequence[str]) -> list[str]:
     unknown = set(layers) - set(FLOAT_LAYERS)
     if unknown:
         raise ConfigError(f"unknown float layer group {sorted(unknown)[0]!r}; known: {', '.join(FLOAT_LAYERS)}")
+    nodes = list(model.graph.node)  # ONNX graphs are topologically sorted
     depth: dict[str, int] = {}  # tensor -> most Convs on a path from the graph input to it
+    for node in nodes:
+        depth.update(dict.fromkeys(node.output, max((depth.get(i, 0) for i in node.input), default=0)
+                                   + (node.op_type == "Conv")))  # fmt: skip
+    feeds_conv: set[str] = set()  # tensors from which some Conv is reached
+    for node in reversed(nodes):
+        if node.op_type == "Conv" or any(o in feeds_conv for o in node.output):
+            feeds_conv.update(node.input)
     names = []
-    for node in model.graph.node:  # ONNX graphs are topologically sorted
-        convs = max((depth.get(i, 0) for i in node.input), default=0) + (node.op_type == "Conv")
-        depth.update(dict.fromkeys(node.output, convs))
+    for node in nodes:
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if (("head" in layers and node.op_type in ("Gemm", "MatMul"))
-                or ("depthwise" in layers and node.op_type == "Conv" and group > 1)
-                or ("stem" in layers and node.op_type == "Conv" and convs <= 2)):  # fmt: skip
+        conv = node.op_type == "Conv"
+        if (("head" in layers and not conv and not any(o in feeds_conv for o in node.output))
+                or ("depthwise" in layers and conv and group > 1)
+                or ("stem" in layers and conv and max(depth.get(o, 0) for o in node.output) <= 2)):  # fmt: skip
             names.append(node.name)
     return names
 

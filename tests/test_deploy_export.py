@@ -99,6 +99,10 @@ def test_cli_export_and_its_errors(bundle_dir, tmp_path, capsys):
     assert "unknown exporter 'jit'; known exporters: dynamo, torchscript" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope")]) == 2
     assert "bundle not found" in capsys.readouterr().err
+    assert main(["export", str(bundle_dir), "--int8", "--calibration", "synthetic", "--float-layers", "stem,neck"]) == 2
+    assert "unknown float layer group 'neck'; known: stem, depthwise, head" in capsys.readouterr().err
+    assert main(["export", str(bundle_dir), "--int8", "--calibration", "synthetic", "--calibrate", "mse"]) == 2
+    assert "unknown calibration 'mse'; known: minmax, percentile, entropy" in capsys.readouterr().err
 
 
 def test_quant_recipe_keeps_the_named_layers_in_float(bundle_dir, tmp_path):
@@ -126,3 +130,13 @@ def test_quant_recipe_keeps_the_named_layers_in_float(bundle_dir, tmp_path):
     assert set(s8.values()) == {onnx.TensorProto.INT8}  # int8 activations
     with pytest.raises(ConfigError, match="unknown float layer group 'neck'; known: stem, depthwise, head"):
         float_nodes(onnx.load(str(fp32)), ["neck"])
+
+
+def test_export_cli_takes_the_int8_recipe(bundle_dir, source, tmp_path, capsys):
+    args = ["export", str(bundle_dir), "--int8", "--calibration", str(source), "--calibration-samples", "4",
+            "--exporter", "torchscript", "--out", str(tmp_path / "q.onnx")]  # fmt: skip
+    assert main([*args, "--float-layers", "head", "--calibrate", "percentile"]) == 0
+    note = json.loads(capsys.readouterr().out)["notes"][0]
+    assert "percentile 99.999 calibration" in note and "float layers: head" in note
+    assert main([*args, "--float-layers", "none"]) == 0
+    assert "float layers: none" in json.loads(capsys.readouterr().out)["notes"][0]

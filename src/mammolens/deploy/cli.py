@@ -31,14 +31,24 @@ def export(
     samples: int = typer.Option(64, "--calibration-samples", help="Images drawn from the source for calibration."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: BUNDLE/model.onnx or model.int8.onnx)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18, faster graphs) or torchscript (opset 17, exports faster)."),
+    calibrate: Optional[str] = typer.Option(None, "--calibrate", help="int8 calibration: minmax, percentile or entropy (default: the measured best, see docs/deploy.md)."),
+    float_layers: Optional[str] = typer.Option(None, "--float-layers", help="int8: comma-separated layer groups kept in float (stem, depthwise, head; 'none'); default: the measured best."),
 ) -> None:
     """Export a bundle to ONNX (dynamic batch axis, preprocessing spec and classes as metadata)."""
-    from mammolens.deploy.export import FORMATS, export_onnx
+    import dataclasses
+
+    from mammolens.deploy.export import DEFAULT_RECIPE, FORMATS, export_onnx
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown export format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    recipe = DEFAULT_RECIPE
+    if calibrate is not None:
+        recipe = dataclasses.replace(recipe, calibrate=calibrate)
+    if float_layers is not None:
+        groups = () if float_layers.strip() == "none" else tuple(g.strip() for g in float_layers.split(",") if g.strip())
+        recipe = dataclasses.replace(recipe, float_layers=groups)
     report = export_onnx(bundle, out, int8=int8, calibration=calibration, calibration_split=split,
-                         calibration_samples=samples, exporter=exporter)
+                         calibration_samples=samples, exporter=exporter, recipe=recipe)
     typer.echo(json.dumps(report.summary(), indent=2))
 
 

@@ -97,6 +97,8 @@ def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8:
     spec = ModelSpec.from_bundle(bundle)
     if spec.input_size is None:
         raise ConfigError("the bundle's preprocessing has no resize step: an ONNX export needs a fixed input size")
+    if int8 and recipe is not None:
+        recipe.check()
     if int8 and calibration is None:
         raise ConfigError("--int8 needs --calibration SOURCE (training images to calibrate activation ranges on)")
     out = Path(out) if out else Path(bundle_path) / ("model.int8.onnx" if int8 else "model.onnx")
@@ -171,6 +173,16 @@ class QuantRecipe:
     float_layers: tuple[str, ...] = ()
     percentile: float = 99.999
 
+    def check(self) -> None:
+        """One ConfigError line for an unknown calibration, activation type or layer group."""
+        if self.calibrate not in CALIBRATIONS:
+            raise ConfigError(f"unknown calibration {self.calibrate!r}; known: {', '.join(CALIBRATIONS)}")
+        if self.activations not in ("u8", "s8"):
+            raise ConfigError(f"unknown activation type {self.activations!r}; known: u8, s8")
+        unknown = set(self.float_layers) - set(FLOAT_LAYERS)
+        if unknown:
+            raise ConfigError(f"unknown float layer group {sorted(unknown)[0]!r}; known: {', '.join(FLOAT_LAYERS)}")
+
     def describe(self) -> str:
         keep = "+".join(self.float_layers) or "none"
         rr = ", reduce_range" if self.reduce_range else ""
@@ -224,10 +236,7 @@ def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, recipe: QuantRecipe
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if recipe.calibrate not in CALIBRATIONS:
-        raise ConfigError(f"unknown calibration {recipe.calibrate!r}; known: {', '.join(CALIBRATIONS)}")
-    if recipe.activations not in ("u8", "s8"):
-        raise ConfigError(f"unknown activation type {recipe.activations!r}; known: u8, s8")
+    recipe.check()
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -248,7 +257,8 @@ def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, recipe: QuantRecipe
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[recipe.calibrate]  # fmt: skip
     extra = {"ActivationSymmetric": s8, "WeightSymmetric": True, "CalibPercentile": recipe.percentile}
-    with _quiet(), contextlib.chdir(out.parent):  # histogram calibrators also write scratch files
+    # histogram calibrators write scratch files and print their progress: keep `export`'s stdout its JSON
+    with _quiet(), contextlib.chdir(out.parent), contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
             str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             weight_type=QuantType.QInt8, activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mammolens.deploy.export import DEFAULT_RECIPE, QuantRecipe
+from mammolens.deploy.export import CALIBRATION_SAMPLES, DEFAULT_RECIPE, QuantRecipe
 
 # (name, recipe, calibration films: an int, or "train" for every film of the split's train part)
 VARIANTS: list[tuple[str, QuantRecipe, int | str]] = [
@@ -31,7 +31,7 @@ VARIANTS: list[tuple[str, QuantRecipe, int | str]] = [
     ("float stem+depthwise+head", QuantRecipe(float_layers=("stem", "depthwise", "head")), 64),
     ("float depthwise", QuantRecipe(float_layers=("depthwise",)), 64),
     ("float stem", QuantRecipe(float_layers=("stem",)), 64),
-    ("float stem+depthwise+head, every train film", QuantRecipe(float_layers=("stem", "depthwise", "head")), "train"),
+    ("float stem+depthwise+head, every train film (the default)", QuantRecipe(float_layers=("stem", "depthwise", "head")), "train"),
     ("percentile 99.999", QuantRecipe(calibrate="percentile"), 64),
     ("entropy", QuantRecipe(calibrate="entropy"), 64),
     ("minmax, every train film", QuantRecipe(), "train"),
@@ -102,7 +102,8 @@ def main() -> None:
                    "max_abs_dprob": round(float(diff.max()), 4), "mean_abs_dprob": round(float(diff.mean()), 4),
                    "films_within_max_dprob_of_threshold": int((margin <= diff.max()).sum()),
                    "int8_ms": round(latency_ms(out, films[0]), 1), "quantise_s": round(quant_s, 1),
-                   "bytes": out.stat().st_size, "default": recipe == DEFAULT_RECIPE and n_calib == 64}  # fmt: skip
+                   "bytes": out.stat().st_size,
+                   "default": recipe == DEFAULT_RECIPE and len(calib[n_calib]) == min(CALIBRATION_SAMPLES, len(calib["train"]))}  # fmt: skip
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.out:

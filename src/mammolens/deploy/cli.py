@@ -28,7 +28,7 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="Static QDQ int8 (needs --calibration)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Dataset source (folder or 'synthetic') to calibrate int8 on: the training data."),
     split: Optional[Path] = typer.Option(None, "--calibration-split", help="Split file of SOURCE: calibrate on its train part only."),
-    samples: int = typer.Option(64, "--calibration-samples", help="Images drawn from the source for calibration."),
+    samples: int = typer.Option(256, "--calibration-samples", help="Images drawn from the source (its train part with --calibration-split) for calibration."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: BUNDLE/model.onnx or model.int8.onnx)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18, faster graphs) or torchscript (opset 17, exports faster)."),
     calibrate: Optional[str] = typer.Option(None, "--calibrate", help="int8 calibration: minmax, percentile or entropy (default: the measured best, see docs/deploy.md)."),

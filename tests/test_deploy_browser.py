@@ -1,13 +1,16 @@
-"""End to end in a real browser: Debian's chromium (driven by Playwright) uploads a MIAS film to the page."""
+"""End to end in a real browser: Debian's chromium (driven by Playwright) uploads a MIAS film to the page,
+sees the decision and the heatmap, and moves the opacity slider."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from deploy_fixtures import make_bundle
@@ -46,6 +49,12 @@ def server(tmp_path):
     thread.join(10)
 
 
+def _pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
+
+
 def test_upload_a_mias_film_and_see_the_result(server, shared_data, tmp_path):
     from playwright import sync_api as playwright  # a dev dependency; make setup installs chromium
 
@@ -71,8 +80,16 @@ def test_upload_a_mias_film_and_see_the_result(server, shared_data, tmp_path):
             loaded = page.eval_on_selector("#preview", "img => img.complete && img.naturalWidth")
             hidden = [sel for sel in ("#token-box", "#roi-box") if not page.is_visible(sel)]
             overlay_shown = page.is_visible("#overlay") and page.is_visible("#opacity")
+            heatmap_width = page.eval_on_selector("#overlay", "img => img.complete && img.naturalWidth")
             shot = tmp_path / "service-page.png"
             page.screenshot(path=str(shot), full_page=True)
+            # the slider drives the heatmap layer: what is drawn changes with it
+            opacity = lambda: float(page.eval_on_selector("#overlay", "img => getComputedStyle(img).opacity"))  # noqa: E731
+            drawn = {}
+            for value in ("0", "90", "45"):
+                page.locator("#opacity").fill(value)
+                stack = tmp_path / f"heatmap-opacity-{value}.png"
+                drawn[value] = (opacity(), _pixels(page.locator("#stack").screenshot(path=str(stack))))
         finally:
             browser.close()
     assert decision in ("benign", "malignant")
@@ -80,9 +97,17 @@ def test_upload_a_mias_film_and_see_the_result(server, shared_data, tmp_path):
     assert "PNG 1024\u00d71024" in status
     assert loaded == 1024  # the film is shown
     assert hidden == ["#token-box", "#roi-box"]  # no auth, a film model: neither box is offered
-    assert overlay_shown == page_explains(server)  # the heatmap and its slider only when explanations exist
+    assert page_explains(server) and overlay_shown  # the bundle has explanations: heatmap and slider are shown
+    assert heatmap_width == 1024  # the overlay PNG came back and was decoded at the film's display size
+    assert [drawn[v][0] for v in ("0", "90", "45")] == [0.0, 0.9, 0.45]
+    film_only, strong, default = drawn["0"][1], drawn["90"][1], drawn["45"][1]
+    # opacity 0 shows the film alone (grey: R = G = B); 90 paints the colour map over it; 45 lies between
+    assert np.abs(film_only[..., 0] - film_only[..., 2]).mean() < 1
+    colour = lambda a: np.abs(a[..., 0] - a[..., 2]).mean()  # noqa: E731 - jet colours differ in R and B
+    assert colour(strong) > colour(default) > colour(film_only) + 5
     assert shot.stat().st_size > 10_000
     assert all(u.startswith(server) or u.startswith("data:") for u in requests)  # nothing from outside
     out = os.environ.get("MAMMOLENS_SCREENSHOTS")
-    if out:
-        shutil.copy(shot, os.path.join(out, shot.name))
+    if out:  # to look at: the page, and the film under the heatmap at opacity 0, 45 and 90
+        for png in (shot, *tmp_path.glob("heatmap-opacity-*.png")):
+            shutil.copy(png, os.path.join(out, png.name))

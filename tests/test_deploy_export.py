@@ -99,3 +99,44 @@ def test_cli_export_and_its_errors(bundle_dir, tmp_path, capsys):
     assert "unknown exporter 'jit'; known exporters: dynamo, torchscript" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope")]) == 2
     assert "bundle not found" in capsys.readouterr().err
+    assert main(["export", str(bundle_dir), "--int8", "--calibration", "synthetic", "--float-layers", "stem,neck"]) == 2
+    assert "unknown float layer group 'neck'; known: stem, depthwise, head" in capsys.readouterr().err
+    assert main(["export", str(bundle_dir), "--int8", "--calibration", "synthetic", "--calibrate", "mse"]) == 2
+    assert "unknown calibration 'mse'; known: minmax, percentile, entropy" in capsys.readouterr().err
+
+
+def test_quant_recipe_keeps_the_named_layers_in_float(bundle_dir, tmp_path):
+    from mammolens.deploy.export import QuantRecipe, float_nodes, quantize_onnx
+
+    fp32 = export_onnx(bundle_dir, tmp_path / "m.onnx", **FAST).path
+    images = np.random.default_rng(0).random((8, SIZE, SIZE), dtype=np.float32)
+
+    def float_ops(recipe):
+        out = tmp_path / f"q-{len(list(tmp_path.iterdir()))}.onnx"
+        quantize_onnx(fp32, out, images, recipe)
+        graph = onnx.load(str(out)).graph
+        dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        activation_zps = {n.input[2] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+        zero_points = {i.name: i.data_type for i in graph.initializer if i.name in activation_zps}
+        ops = [n.op_type for n in graph.node if n.op_type in ("Conv", "Gemm") and not set(n.input) & dequantised]
+        return ops, zero_points
+
+    ops, zero_points = float_ops(QuantRecipe())
+    assert ops == [] and set(zero_points.values()) == {onnx.TensorProto.UINT8}  # all convs and the dense layer int8
+    assert float_ops(QuantRecipe(float_layers=("head",)))[0] == ["Gemm"]
+    assert float_ops(QuantRecipe(float_layers=("stem",)))[0] == ["Conv", "Conv"]  # the first two convs
+    assert float_ops(QuantRecipe(float_layers=("stem", "head")))[0] == ["Conv", "Conv", "Gemm"]
+    s8 = float_ops(QuantRecipe(activations="s8", calibrate="percentile"))[1]
+    assert set(s8.values()) == {onnx.TensorProto.INT8}  # int8 activations
+    with pytest.raises(ConfigError, match="unknown float layer group 'neck'; known: stem, depthwise, head"):
+        float_nodes(onnx.load(str(fp32)), ["neck"])
+
+
+def test_export_cli_takes_the_int8_recipe(bundle_dir, source, tmp_path, capsys):
+    args = ["export", str(bundle_dir), "--int8", "--calibration", str(source), "--calibration-samples", "4",
+            "--exporter", "torchscript", "--out", str(tmp_path / "q.onnx")]  # fmt: skip
+    assert main([*args, "--float-layers", "head", "--calibrate", "percentile"]) == 0
+    note = json.loads(capsys.readouterr().out)["notes"][0]
+    assert "percentile 99.999 calibration" in note and "float layers: head" in note
+    assert main([*args, "--float-layers", "none"]) == 0
+    assert "float layers: none" in json.loads(capsys.readouterr().out)["notes"][0]

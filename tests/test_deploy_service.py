@@ -143,8 +143,16 @@ def test_lesion_model_asks_for_its_roi(tmp_path, png_bytes):
     files = {"file": ("a.png", png_bytes, "image/png")}
     r = client.post("/v1/predict", files=files)
     assert r.status_code == 422 and "roi=(x, y, r)" in r.text
-    assert client.post("/v1/predict", files=files, data={"roi": "20,40,8"}).status_code == 200
-    assert client.post("/v1/predict", files=files, data={"roi": "twenty"}).status_code == 422
+    ok = client.post("/v1/predict", files=files, data={"x": "20", "y": "40", "r": "8"})
+    assert ok.status_code == 200
+    (tmp_path / "a.png").write_bytes(png_bytes)
+    expected = Predictor.load(tmp_path / "lesion").predict(tmp_path / "a.png", roi=(20, 40, 8))
+    assert ok.json()["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+    assert client.post("/v1/predict", files=files, data={"x": "twenty", "y": "40", "r": "8"}).status_code == 422
+    partial = client.post("/v1/predict", files=files, data={"x": "20", "y": "40"})
+    assert partial.status_code == 422 and "x, y and r" in partial.text
+    outside = client.post("/v1/predict", files=files, data={"x": "900", "y": "40", "r": "8"})
+    assert outside.status_code == 422 and "outside" in outside.text
 
 
 def test_one_model_serves_concurrent_requests(client, predictor, tmp_path):

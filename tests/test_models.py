@@ -18,6 +18,7 @@ EXPECTED = {
     "resnet50", "scratch-cnn", "tf_efficientnet_lite0", "vgg16",
 }  # fmt: skip
 PAIRED = {"bilateral"}  # reads (film, other film) pairs, not one grey film: tests/test_bilateral_model.py
+SLIDING = {"patch-classifier"}  # a patch classifier slid over a whole film: tests/test_patches_model.py
 
 
 def input_size(model: MammoModel) -> int:
@@ -32,7 +33,7 @@ def model(request) -> MammoModel:
 
 
 def test_registry_lists_every_model():
-    assert set(list_models()) == EXPECTED | PAIRED
+    assert set(list_models()) == EXPECTED | PAIRED | SLIDING
 
 
 def test_forward_gives_logits_for_grayscale_batch(model):

@@ -28,24 +28,35 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="Static QDQ int8 (needs --calibration)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Dataset source (folder or 'synthetic') to calibrate int8 on: the training data."),
     split: Optional[Path] = typer.Option(None, "--calibration-split", help="Split file of SOURCE: calibrate on its train part only."),
-    samples: int = typer.Option(64, "--calibration-samples", help="Images drawn from the source for calibration."),
+    samples: int = typer.Option(256, "--calibration-samples", help="Images drawn from the source (its train part with --calibration-split) for calibration."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: BUNDLE/model.onnx or model.int8.onnx)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18, faster graphs) or torchscript (opset 17, exports faster)."),
+    calibrate: Optional[str] = typer.Option(None, "--calibrate", help="int8 calibration: minmax, percentile or entropy (default: the measured best, see docs/deploy.md)."),
+    float_layers: Optional[str] = typer.Option(None, "--float-layers", help="int8: comma-separated layer groups kept in float (stem, depthwise, head; 'none'); default: the measured best."),
 ) -> None:
     """Export a bundle to ONNX (dynamic batch axis, preprocessing spec and classes as metadata)."""
-    from mammolens.deploy.export import FORMATS, export_onnx
+    import dataclasses
+
+    from mammolens.deploy.export import DEFAULT_RECIPE, FORMATS, export_onnx
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown export format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    recipe = DEFAULT_RECIPE
+    if calibrate is not None:
+        recipe = dataclasses.replace(recipe, calibrate=calibrate)
+    if float_layers is not None:
+        groups = () if float_layers.strip() == "none" else tuple(g.strip() for g in float_layers.split(",") if g.strip())
+        recipe = dataclasses.replace(recipe, float_layers=groups)
     report = export_onnx(bundle, out, int8=int8, calibration=calibration, calibration_split=split,
-                         calibration_samples=samples, exporter=exporter)
+                         calibration_samples=samples, exporter=exporter, recipe=recipe)
     typer.echo(json.dumps(report.summary(), indent=2))
 
 
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    inputs: list[Path] = typer.Argument(..., help="Image files and folders (DICOM, PNG, PGM, TIFF, JPEG)."),
-    out: Path = typer.Option(..., "--out", help="Results CSV (one row per image)."),
+    inputs: Optional[list[Path]] = typer.Argument(None, help="Image files and folders (DICOM, PNG, PGM, TIFF, JPEG)."),
+    out: Path = typer.Option(..., "--out", help="Results CSV (one row per image, or per lesion with --rois)."),
+    rois: Optional[Path] = typer.Option(None, "--rois", help="Lesion bundles: CSV of file, x, y, r (original-image pixels), one row per lesion; lists the images instead of INPUT."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for heatmap overlay PNGs."),
     force: bool = typer.Option(False, "--force", help="Score every image again instead of resuming."),
     backend: str = BackendOpt,
@@ -54,22 +65,26 @@ def predict(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Score images into a CSV; resumes an interrupted run, skips what is done unless --force."""
-    from mammolens.deploy.batch import list_images, predict_files
+    from mammolens.deploy.batch import list_images, predict_files, read_rois
     from mammolens.deploy.predictor import Predictor
 
-    files = list_images(inputs)
+    if rois is not None and inputs:
+        raise ConfigError("--rois lists the images (its file column): give no INPUT with it")
+    if rois is None and not inputs:
+        raise ConfigError("give image files or folders (INPUT), or --rois ROIS.csv for a lesion bundle")
+    files, lesions = read_rois(rois) if rois is not None else (list_images(inputs or []), None)
     if engine == "ray":
         from mammolens.deploy.ray_engine import predict_ray
 
         if heatmaps is not None:
             raise ConfigError("--heatmaps is not supported with --engine ray; use --engine local")
-        report = predict_ray(bundle, files, out, backend=backend, batch_size=batch_size, force=force)
+        report = predict_ray(bundle, files, out, rois=lesions, backend=backend, batch_size=batch_size, force=force)
     elif engine == "local":
         predictor = Predictor.load(bundle, backend=backend, batch_size=batch_size)  # type: ignore[arg-type]
-        report = predict_files(predictor, files, out, heatmaps=heatmaps, force=force, progress=progress)
+        report = predict_files(predictor, files, out, rois=lesions, heatmaps=heatmaps, force=force, progress=progress)
     else:
         raise ConfigError(f"--engine: unknown engine {engine!r}; known engines: local, ray")
-    typer.echo(f"{report.total} images: {report.scored} scored, {report.failed} failed, "
+    typer.echo(f"{report.total} {'images' if lesions is None else 'lesions'}: {report.scored} scored, {report.failed} failed, "
                f"{report.skipped} already done -> {report.out} ({report.seconds} s)")  # fmt: skip
 
 

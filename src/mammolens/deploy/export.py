@@ -20,7 +20,7 @@ import contextlib
 import io
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ EXPORTERS = tuple(OPSETS)
 OPSET = OPSETS["dynamo"]
 FP32_TOLERANCE = 1e-4  # max |delta probability| accepted between torch and the fp32 export
 FORMATS = ("onnx",)
+CALIBRATION_SAMPLES = 256  # int8 calibration films by default (all of a small train part, like MIAS's 154)
 
 
 @dataclass
@@ -79,8 +80,8 @@ def probability_graph(bundle: Any) -> Any:
 
 def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8: bool = False,
                 calibration: str | Path | None = None, calibration_split: str | Path | None = None,
-                calibration_samples: int = 64, check_images: int = 32, seed: int = 0,
-                exporter: str = "dynamo") -> ExportReport:  # fmt: skip
+                calibration_samples: int = CALIBRATION_SAMPLES, check_images: int = 32, seed: int = 0,
+                exporter: str = "dynamo", recipe: QuantRecipe | None = None) -> ExportReport:  # fmt: skip
     """Write the bundle as ONNX (``out`` defaults to ``model.onnx`` / ``model.int8.onnx`` in the bundle).
 
     ``int8`` needs ``calibration``: a dataset source (folder or 'synthetic') whose images, preprocessed
@@ -97,6 +98,8 @@ def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8:
     spec = ModelSpec.from_bundle(bundle)
     if spec.input_size is None:
         raise ConfigError("the bundle's preprocessing has no resize step: an ONNX export needs a fixed input size")
+    if int8 and recipe is not None:
+        recipe.check()
     if int8 and calibration is None:
         raise ConfigError("--int8 needs --calibration SOURCE (training images to calibrate activation ranges on)")
     out = Path(out) if out else Path(bundle_path) / ("model.int8.onnx" if int8 else "model.onnx")
@@ -107,7 +110,7 @@ def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8:
         _torch_export(bundle, spec.input_size, fp32, exporter)
         notes = []
         if int8:
-            notes = _quantize(fp32, Path(tmp) / "int8.onnx", images)
+            notes = quantize_onnx(fp32, Path(tmp) / "int8.onnx", images, recipe or DEFAULT_RECIPE)
             fp32 = Path(tmp) / "int8.onnx"
         _stamp(fp32, spec, "int8" if int8 else "fp32", OPSETS[exporter])
         diff, agreement = compare_with_torch(bundle, spec, fp32, check)
@@ -154,16 +157,89 @@ def _stamp(path: Path, spec: ModelSpec, precision: str, opset: int) -> None:
     onnx.save(model, str(path))
 
 
-def _quantize(fp32: Path, out: Path, images: np.ndarray) -> list[str]:
-    """Static QDQ int8: per-channel int8 weights, uint8 activations calibrated (min-max) on ``images``.
+@dataclass(frozen=True)
+class QuantRecipe:
+    """How static int8 is made: calibration method, activation type and which layers stay in float.
+
+    ``float_layers`` names groups kept in float: "stem" (the input adapter and each backbone's first
+    conv, which see raw pixels), "depthwise" (grouped convs: one 3x3 filter per channel, where
+    per-channel ranges differ most), "head" (every node after the backbones' last convs: pooling,
+    the Concat that fuses two backbones' features under one scale, the dense layers). The probability tail
+    (Softmax/Sigmoid) is always float: 8 bits on a probability moves decisions.
+    """
+
+    calibrate: str = "minmax"  # minmax | percentile | entropy
+    activations: str = "u8"  # u8 (asymmetric QUInt8) | s8 (QInt8, symmetric)
+    reduce_range: bool = True
+    float_layers: tuple[str, ...] = ()
+    percentile: float = 99.999
+
+    def check(self) -> None:
+        """One ConfigError line for an unknown calibration, activation type or layer group."""
+        if self.calibrate not in CALIBRATIONS:
+            raise ConfigError(f"unknown calibration {self.calibrate!r}; known: {', '.join(CALIBRATIONS)}")
+        if self.activations not in ("u8", "s8"):
+            raise ConfigError(f"unknown activation type {self.activations!r}; known: u8, s8")
+        unknown = set(self.float_layers) - set(FLOAT_LAYERS)
+        if unknown:
+            raise ConfigError(f"unknown float layer group {sorted(unknown)[0]!r}; known: {', '.join(FLOAT_LAYERS)}")
+
+    def describe(self) -> str:
+        keep = "+".join(self.float_layers) or "none"
+        rr = ", reduce_range" if self.reduce_range else ""
+        cal = f"percentile {self.percentile:g}" if self.calibrate == "percentile" else self.calibrate
+        return f"{cal} calibration, {self.activations} activations{rr}, float layers: {keep}"
+
+
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+FLOAT_LAYERS = ("stem", "depthwise", "head")
+# The best of the recipes measured on MIAS films (benchmarks/deploy_int8_agreement.py, RESULTS.md):
+# stem, depthwise convs and head in float, min-max ranges from up to CALIBRATION_SAMPLES training films.
+DEFAULT_RECIPE = QuantRecipe(float_layers=FLOAT_LAYERS)
+
+
+def float_nodes(model: Any, layers: Sequence[str]) -> list[str]:
+    """Names of the nodes of ``model`` (an onnx ModelProto) in the groups ``layers`` (see QuantRecipe)."""
+    unknown = set(layers) - set(FLOAT_LAYERS)
+    if unknown:
+        raise ConfigError(f"unknown float layer group {sorted(unknown)[0]!r}; known: {', '.join(FLOAT_LAYERS)}")
+    nodes = list(model.graph.node)  # ONNX graphs are topologically sorted
+    depth: dict[str, int] = {}  # tensor -> most Convs on a path from the graph input to it
+    for node in nodes:
+        depth.update(dict.fromkeys(node.output, max((depth.get(i, 0) for i in node.input), default=0)
+                                   + (node.op_type == "Conv")))  # fmt: skip
+    feeds_conv: set[str] = set()  # tensors from which some Conv is reached
+    for node in reversed(nodes):
+        if node.op_type == "Conv" or any(o in feeds_conv for o in node.output):
+            feeds_conv.update(node.input)
+    names = []
+    for node in nodes:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        conv = node.op_type == "Conv"
+        if (("head" in layers and not conv and not any(o in feeds_conv for o in node.output))
+                or ("depthwise" in layers and conv and group > 1)
+                or ("stem" in layers and conv and max(depth.get(o, 0) for o in node.output) <= 2)):  # fmt: skip
+            names.append(node.name)
+    return names
+
+
+def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, recipe: QuantRecipe = DEFAULT_RECIPE) -> list[str]:
+    """Static QDQ int8 of the fp32 file ``fp32``, per-channel s8 weights, activations calibrated on ``images``.
 
     ``reduce_range`` (7-bit weights): x86 CPUs without VNNI (AVX2 only, like this machine's) saturate
-    u8 x s8 products in 16 bits; on MIAS films with the hybrid-lite bundle it raised fp32-decision
-    agreement from 144 to 187 of 258 (benchmarks/deploy_int8_agreement.py).
+    u8 x s8 products in 16 bits. Which recipe keeps MIAS decisions best: benchmarks/deploy_int8_agreement.py.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    recipe.check()
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -177,14 +253,22 @@ def _quantize(fp32: Path, out: Path, images: np.ndarray) -> list[str]:
     # quant_pre_process leaves temporary files in the working directory: work in the export's own
     with _quiet(), contextlib.chdir(out.parent):
         quant_pre_process(str(fp32), str(prepared), auto_merge=True)  # see the module docstring
-    # Keep the probability tail (temperature, softmax) in float: 8 bits on a probability moves decisions.
-    tail = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in ("Softmax", "Sigmoid")]
-    with _quiet():
+    model = onnx.load(str(prepared))
+    tail = [n.name for n in model.graph.node if n.op_type in ("Softmax", "Sigmoid")]
+    keep = float_nodes(model, recipe.float_layers)
+    s8 = recipe.activations == "s8"
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[recipe.calibrate]  # fmt: skip
+    extra = {"ActivationSymmetric": s8, "WeightSymmetric": True, "CalibPercentile": recipe.percentile}
+    # histogram calibrators write scratch files and print their progress: keep `export`'s stdout its JSON
+    with _quiet(), contextlib.chdir(out.parent), contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
             str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, nodes_to_exclude=tail, reduce_range=True,
+            weight_type=QuantType.QInt8, activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8,
+            nodes_to_exclude=tail + keep, reduce_range=recipe.reduce_range, calibrate_method=method, extra_options=extra,
         )  # fmt: skip
-    return [f"static QDQ int8, per-channel weights, calibrated on {len(images)} images; float tail: {len(tail)} nodes"]
+    return [f"static QDQ int8 ({recipe.describe()}), per-channel weights, calibrated on {len(images)} images; "
+            f"float: {len(tail)} tail + {len(keep)} kept nodes"]  # fmt: skip
 
 
 @contextlib.contextmanager

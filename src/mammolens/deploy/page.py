@@ -40,7 +40,10 @@ PAGE = """<!doctype html>
       <input id="file" type="file" hidden accept=".dcm,.dicom,.png,.jpg,.jpeg,.pgm,.tif,.tiff,application/dicom,image/*">
     </div>
     <label id="token-box" hidden>Access token <input id="token" type="password" autocomplete="off"></label>
-    <label id="roi-box" hidden>Lesion ROI x,y,r (original pixels) <input id="roi" type="text" placeholder="512,400,40"></label>
+    <fieldset id="roi-box" hidden><legend>Lesion (original-image pixels)</legend>
+      <label>x <input id="roi-x" type="number" min="0" step="any" placeholder="512"></label>
+      <label>y <input id="roi-y" type="number" min="0" step="any" placeholder="400"></label>
+      <label>r <input id="roi-r" type="number" min="0" step="any" placeholder="40"></label></fieldset>
     <p id="status" role="status"></p>
     <div id="viewer" hidden><div id="stack"><img id="preview" alt="uploaded mammogram"><img id="overlay" alt="heatmap" hidden></div></div>
     <label id="opacity-box" hidden>Heatmap opacity <input id="opacity" type="range" min="0" max="100" value="45"></label>
@@ -93,7 +96,10 @@ async function send(file) {
   form.append("file", file);
   form.append("preview", "true");
   form.append("heatmap", card && card.explanations ? "true" : "false");
-  form.append("roi", $("roi").value.trim());
+  for (const k of ["x", "y", "r"]) {
+    const v = $("roi-" + k).value.trim();
+    if (v) form.append(k, v);
+  }
   const r = await fetch("/v1/predict", { method: "POST", body: form, headers: headers() });
   const body = await r.json().catch(() => ({ detail: r.statusText }));
   if (!r.ok) { status("error " + r.status + ": " + (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)), true); return; }

@@ -13,48 +13,72 @@ sit on storage every node reads (NFS or object storage), and the shard folder, w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from mammolens.atomic import atomic_open
-from mammolens.deploy.batch import BatchReport, columns, read_rows
+from mammolens.deploy.batch import (
+    ROI_COLUMNS,
+    BatchReport,
+    check_lesions,
+    columns,
+    in_order,
+    read_rows,
+    row_key,
+    unit_key,
+)
 from mammolens.errors import ConfigError
 
 
-def predict_ray(bundle: str | Path, files: Sequence[Path], out: str | Path, *, backend: str = "torch",
-                batch_size: int = 16, force: bool = False, num_cpus: int = 2, actors: int | None = None,
-                threads_per_actor: int = 1) -> BatchReport:  # fmt: skip
-    """Score ``files`` into the CSV ``out`` with Ray Data; skips files already scored there unless ``force``."""
-    import csv
-
+@contextlib.contextmanager
+def ray_session(num_cpus: int = 2) -> Iterator[Any]:
+    """Ray, ready: an already initialised Ray is used as it is; otherwise the cluster at RAY_ADDRESS,
+    or a local one of ``num_cpus`` CPUs, is joined here and left on the way out."""
     try:
         import ray
     except ImportError:
         raise ConfigError("--engine ray needs Ray: pip install 'ray[data]'") from None
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             address=os.environ.get("RAY_ADDRESS") or "local")  # fmt: skip
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def predict_ray(bundle: str | Path, files: Sequence[Path], out: str | Path, *, rois: Sequence[Any] | None = None,
+                backend: str = "torch", batch_size: int = 16, force: bool = False, num_cpus: int = 2,
+                actors: int | None = None, threads_per_actor: int = 1) -> BatchReport:  # fmt: skip
+    """Score ``files`` (with one ``rois`` entry each for a lesion bundle) into the CSV ``out`` with Ray
+    Data; skips what is already scored there unless ``force``."""
+    import csv
+
     from mammolens.deploy.predictor import Predictor
 
     out = Path(out)
     spec = Predictor.load(bundle, backend=backend).spec  # fail here, not in every actor
-    if spec.needs_roi:
-        raise ConfigError(f"model {spec.model_id} scores lesion crops and needs each lesion's ROI; "
-                          "batch prediction over whole films does not apply to it")  # fmt: skip
-    header = columns(spec.classes)
+    check_lesions(spec, rois)
+    lesions = rois is not None
+    if lesions and len(rois) != len(files):
+        raise ConfigError(f"{len(files)} files but {len(rois)} rois")
+    header = columns(spec.classes, lesions=lesions)
+    units = list(zip(files, rois if lesions else [None] * len(files)))
     done = {} if force else read_rows(out, header)
-    keep = {f: r for f, r in done.items() if not r["error"]}
-    todo = [str(f) for f in files if str(f) not in keep]
+    keep = {k: r for k, r in done.items() if not r["error"]}
+    todo = [u for u in units if unit_key(*u) not in keep]
     shards = out.with_name(out.name + ".shards")
     shutil.rmtree(shards, ignore_errors=True)
     start = time.perf_counter()
     if todo:
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     address=os.environ.get("RAY_ADDRESS") or "local")  # fmt: skip
-        try:
+        with ray_session(num_cpus) as ray:
             bundle_path = str(bundle)
 
             class Scorer:
@@ -67,26 +91,24 @@ def predict_ray(bundle: str | Path, files: Sequence[Path], out: str | Path, *, b
                 def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
                     from mammolens.deploy.batch import _score
 
-                    rows = _score(self.predictor, [Path(f) for f in batch["file"]], header, None)
+                    files = [Path(f) for f in batch["file"]]
+                    rois = zip(batch["x"], batch["y"], batch["r"]) if lesions else [None] * len(files)
+                    rows = _score(self.predictor, list(zip(files, rois)), header, None)
                     return {k: [r[k] for r in rows] for k in header}
 
-            ds = ray.data.from_items([{"file": f} for f in todo])
+            items = [{"file": str(f), **(dict(zip(ROI_COLUMNS, map(float, roi))) if lesions else {})} for f, roi in todo]
+            ds = ray.data.from_items(items)
             scored = ds.map_batches(Scorer, batch_size=batch_size, batch_format="numpy",
                                     concurrency=actors or num_cpus, num_cpus=1)  # fmt: skip
             scored.write_parquet(str(shards))
-        finally:
-            if started_here:
-                ray.shutdown()
         import pandas as pd
 
         new = pd.read_parquet(shards).fillna("").astype(str).to_dict("records")
-        keep.update({r["file"]: r for r in new})
-    order = {str(f): i for i, f in enumerate(files)}
-    ordered = sorted(keep.values(), key=lambda r: (order.get(r["file"], len(order)), r["file"]))
+        keep.update({row_key(r): r for r in new})
     with atomic_open(out, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
-        writer.writerows({k: r[k] for k in header} for r in ordered)
-    failed = sum(1 for f in todo if keep.get(f, {}).get("error"))
-    return BatchReport(out=out, total=len(files), skipped=len(files) - len(todo), scored=len(todo) - failed,
+        writer.writerows({k: r[k] for k in header} for r in in_order(keep, units))
+    failed = sum(1 for u in todo if keep.get(unit_key(*u), {}).get("error"))
+    return BatchReport(out=out, total=len(units), skipped=len(units) - len(todo), scored=len(todo) - failed,
                        failed=failed, seconds=round(time.perf_counter() - start, 3))  # fmt: skip

@@ -64,6 +64,9 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
     config = config or ServiceConfig()
     predictor = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle, backend=backend)  # type: ignore[arg-type]
     spec = predictor.spec
+    # Whether heatmaps exist imports the explanation stack (grad-cam, scikit-learn): seconds, tens of
+    # them on a busy machine. Pay it here, before serving, not in the first request.
+    explains = predictor.explains
     app = FastAPI(title="mammolens", version="1", docs_url=None, redoc_url=None,  # the docs pages load a CDN
                   description="Mammogram classification. Not a medical device.")  # fmt: skip
     bearer = HTTPBearer(auto_error=False)
@@ -91,7 +94,7 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
 
     @app.get("/v1/model", dependencies=[Depends(authorised)])
     def model() -> dict[str, Any]:
-        return {**spec.public(), "backend": predictor.backend, "explanations": predictor.explains,
+        return {**spec.public(), "backend": predictor.backend, "explanations": explains,
                 "auth": config.token is not None, "max_upload_bytes": config.max_upload_bytes}  # fmt: skip
 
     @app.post("/v1/predict", dependencies=[Depends(authorised)])
@@ -99,7 +102,9 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
         file: UploadFile = File(..., description="DICOM, PNG, JPEG, PGM or TIFF"),
         heatmap: bool = Form(False, description="Also return the heatmap overlay PNG (base64)"),
         preview: bool = Form(False, description="Also return a display PNG of the image (base64)"),
-        roi: str = Form("", description="x,y,r of the lesion in original pixels (lesion models)"),
+        x: float | None = Form(None, description="Lesion centre x in original-image pixels (lesion models)"),
+        y: float | None = Form(None, description="Lesion centre y in original-image pixels (lesion models)"),
+        r: float | None = Form(None, description="Lesion radius in original-image pixels (lesion models)"),
         laterality: str = Form("", description="L or R when the file does not say"),
     ) -> dict[str, Any]:
         started = time.perf_counter()
@@ -107,7 +112,7 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
         kind = sniff(data[:132])
         if kind is None:
             raise HTTPException(415, "not a DICOM, PNG, JPEG, PGM or TIFF image (checked by content, not name)")
-        rois = _parse_roi(roi)
+        rois = _roi(x, y, r)
         try:
             result = await asyncio.wait_for(
                 run_in_threadpool(_predict, predictor, data, kind, config, rois, laterality, heatmap, preview),
@@ -137,14 +142,13 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
     return buffer.getvalue()
 
 
-def _parse_roi(text: str) -> tuple[float, float, float] | None:
-    if not text.strip():
+def _roi(x: float | None, y: float | None, r: float | None) -> tuple[float, float, float] | None:
+    given = [v is not None for v in (x, y, r)]
+    if not any(given):
         return None
-    try:
-        x, y, r = (float(v) for v in text.split(","))
-    except ValueError:
-        raise HTTPException(422, f"roi must be 'x,y,r' in original-image pixels, got {text!r}") from None
-    return x, y, r
+    if not all(given):
+        raise HTTPException(422, "give all three of the lesion's form fields x, y and r (original-image pixels), or none")
+    return x, y, r  # type: ignore[return-value]
 
 
 def _predict(predictor: Predictor, data: bytes, kind: str, config: ServiceConfig, roi: Any, laterality: str,

@@ -1,0 +1,79 @@
+"""`--engine ray` gives the same rows as the single-process engine (a local Ray of 2 CPUs).
+
+Ray is installed by `make setup` (the `ray` extra); without it this test skips outside CI and
+fails in CI (tests/realdata.py), so a broken install cannot pass as green.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from deploy_fixtures import film, make_bundle, write_png
+from mammolens.cli import main
+from mammolens.deploy.batch import list_images, predict_files, read_rois
+from mammolens.deploy.predictor import Predictor
+from realdata import import_or_absent
+
+# Starting Ray and two actors that import torch takes tens of seconds on 2 busy cores.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray (2 CPUs) for the module, started the way `--engine ray` starts it: the commands
+    below find it initialised and use it, so Ray starts once, not once per command."""
+    import_or_absent("ray")
+    from mammolens.deploy.ray_engine import ray_session
+
+    with ray_session(num_cpus=2) as ray:
+        yield ray
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_ray_rows_equal_single_process_rows(tmp_path, capsys):
+    bundle = make_bundle(tmp_path / "bundle")
+    root = tmp_path / "films"
+    root.mkdir()
+    for i in range(7):
+        write_png(root / f"f{i}.png", film(i))
+    (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)  # truncated: an error row
+    files = list_images([root])
+    local = predict_files(Predictor.load(bundle, batch_size=3), files, tmp_path / "local.csv", progress=False)
+    assert (local.scored, local.failed) == (7, 1)
+
+    ray_csv = tmp_path / "ray.csv"
+    args = ["predict", str(bundle), str(root), "--out", str(ray_csv), "--engine", "ray", "--batch-size", "3"]
+    assert main(args) == 0  # 2 actors, each loading the model once
+    assert "8 images: 7 scored, 1 failed, 0 already done" in capsys.readouterr().out
+    ray_rows, local_rows = _rows(ray_csv), _rows(tmp_path / "local.csv")
+    assert ray_rows == local_rows  # same files in the same order, same probabilities, decisions and errors
+    errors = {r["file"].rsplit("/", 1)[1]: r["error"] for r in ray_rows}
+    assert "bad.png" in errors.pop("bad.png") and set(errors.values()) == {""}
+    assert list((tmp_path / "ray.csv.shards").glob("*.parquet"))  # the results went through Parquet shards
+
+    good = [str(f) for f in files if f.name != "bad.png"]  # (a failed file would be tried again)
+    assert main([*args[:2], *good, *args[3:]]) == 0  # all done: skipped, no actor started
+    assert "7 images: 0 scored, 0 failed, 7 already done" in capsys.readouterr().out
+    assert _rows(ray_csv) == [r for r in local_rows if not r["error"]]
+
+
+def test_ray_scores_lesions_from_a_rois_csv_like_the_local_engine(tmp_path, capsys):
+    bundle = make_bundle(tmp_path / "lesion", roi=True)
+    a, b = write_png(tmp_path / "a.png", film(0)), write_png(tmp_path / "b.png", film(1))
+    rois = tmp_path / "rois.csv"
+    rois.write_text(f"file,x,y,r\n{a},20,40,8\n{a},60,70,8\n{b},30,30,6\n{b},500,10,8\n")
+    files, lesions = read_rois(rois)
+    local = predict_files(Predictor.load(bundle, batch_size=3), files, tmp_path / "local.csv", rois=lesions,
+                          progress=False)  # fmt: skip
+    assert (local.scored, local.failed) == (3, 1)
+    args = ["predict", str(bundle), "--rois", str(rois), "--out", str(tmp_path / "ray.csv"), "--engine", "ray",
+            "--batch-size", "3"]  # fmt: skip
+    assert main(args) == 0
+    assert "4 lesions: 3 scored, 1 failed, 0 already done" in capsys.readouterr().out
+    assert _rows(tmp_path / "ray.csv") == _rows(tmp_path / "local.csv")  # one row per lesion, x, y, r included

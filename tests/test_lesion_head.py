@@ -98,6 +98,9 @@ def test_tta_averages_the_eight_flips_and_rotations():
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
     views = list(dihedral_views(x, 8))
     assert len({tuple(v[0, 0].flatten().tolist()) for v in views}) == 8
+    turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    dihedral = {tuple(t[0, 0].flatten().tolist()) for t in turns + [t.flip(-1) for t in turns]}
+    assert {tuple(v[0, 0].flatten().tolist()) for v in views} == dihedral  # the 4 quarter turns, each mirrored
     torch.manual_seed(0)
     model = TinyCNN().eval()
     bundle = Bundle(path=Path("."), model=model, classes=["a", "b"], task="t", preprocess={},

@@ -63,6 +63,7 @@ def probability_graph(bundle: Any) -> Any:
     """The bundle's model wrapped to take [0, 1] images and return its temperature-scaled probabilities."""
     import torch
 
+    from mammolens.train.bundle import dihedral_views
     from mammolens.train.losses import probabilities
 
     class ProbabilityGraph(torch.nn.Module):
@@ -73,7 +74,9 @@ def probability_graph(bundle: Any) -> Any:
             self.temperature = bundle.temperature
 
         def forward(self, image: torch.Tensor) -> torch.Tensor:
-            return probabilities(self.model((image - self.mean) / self.std) / self.temperature)
+            x = (image - self.mean) / self.std
+            views = list(dihedral_views(x, bundle.tta))  # the bundle's test-time augmentation, in the graph
+            return sum(probabilities(self.model(v) / self.temperature) for v in views) / len(views)
 
     return ProbabilityGraph().eval()
 

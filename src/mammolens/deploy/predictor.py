@@ -48,18 +48,11 @@ class _TorchRunner:
     def __init__(self, bundle: Any) -> None:
         import torch
 
-        self.torch = torch
         self.bundle = bundle
-        self.model = bundle.model.eval().to(memory_format=torch.channels_last)
+        self.model = bundle.model.eval().to(memory_format=torch.channels_last)  # once, before any thread
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        from mammolens.train.losses import probabilities
-
-        torch = self.torch
-        with torch.inference_mode():
-            x = self.bundle.to_input(batch).contiguous(memory_format=torch.channels_last)
-            probs = probabilities(self.model(x) / self.bundle.temperature)
-        return probs.cpu().numpy()
+        return self.bundle.predict_proba(batch)  # NHWC, inference mode, temperature and test-time augmentation
 
 
 class _OrtRunner:

@@ -88,6 +88,17 @@ class ModelSpec:
     @classmethod
     def from_bundle(cls, bundle: Any) -> ModelSpec:
         manifest = json.loads((Path(bundle.path) / "bundle.json").read_text(encoding="utf-8"))
+        # The deployed paths (Predictor, export, service) feed one preprocessed image per input;
+        # a bundle that needs more would silently get less, so it is refused here.
+        if getattr(bundle, "descriptor_head", None) is not None:
+            raise ConfigError("the bundle adds lesion descriptors to its logits, which the Predictor, export and "
+                              "service do not compute yet; use Bundle.predict_proba(batch, descriptors=...)",
+                              path=bundle.path)  # fmt: skip
+        channels = int(manifest["model"].get("in_chans", 1))
+        if channels != 1:
+            raise ConfigError(f"the bundle reads {channels}-channel inputs (multi-scale crops or film pairs), which "
+                              "the Predictor, export and service do not assemble yet; use Bundle.predict_proba",
+                              path=bundle.path)  # fmt: skip
         architecture = str(manifest["model"].get("name", "model"))
         return cls(
             model_id=f"{architecture}-{manifest['weights_sha256'][:12]}",

@@ -87,9 +87,7 @@ class Bundle:
         """
         x = self.to_input(batch)
         extra = self._descriptor_logits(descriptors, len(x))
-        # NHWC is the faster layout on CPU; converted outside inference mode, whose tensors could
-        # never be trained or explained (gradients) afterwards.
-        model = self.model.to(memory_format=torch.channels_last)
+        model = _nhwc(self.model)
         probs = None
         with torch.inference_mode():
             for view in dihedral_views(x, self.tta):
@@ -131,17 +129,30 @@ class Bundle:
         return torch.from_numpy(z.astype(np.float32)).to(self.device)
 
 
+def _nhwc(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in NHWC, the faster layout on CPU. Converted once (not per call, so threads sharing
+    the model never see its weights replaced) and outside inference mode, whose tensors could never
+    be trained or explained (gradients) afterwards."""
+    if any(p.ndim == 4 and not p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters()):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def dihedral_views(x: torch.Tensor, tta: int) -> Iterator[torch.Tensor]:
-    """``x`` itself (tta=1), or its 8 flips/rotations (tta=8: 4 quarter turns, each also mirrored)."""
+    """``x`` itself (tta=1), or its 8 flips/rotations (tta=8: each of the 4 flips, also transposed).
+
+    Built from flips and transposes, not ``rot90``, so the views export to ONNX (no ``rot90`` op):
+    the 4 quarter turns, each also mirrored, are the same 8 images.
+    """
     if tta == 1:
         yield x
         return
     if tta != 8:
         raise ConfigError(f"tta must be 1 or 8, got {tta}")
-    for k in range(4):
-        turned = torch.rot90(x, k, dims=(-2, -1))
-        yield turned
-        yield torch.flip(turned, dims=(-1,))
+    for dims in ((), (-1,), (-2,), (-2, -1)):
+        flipped = torch.flip(x, dims=dims) if dims else x
+        yield flipped
+        yield flipped.transpose(-2, -1)
 
 
 def save_bundle(

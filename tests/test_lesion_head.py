@@ -92,6 +92,12 @@ def test_descriptor_head_travels_in_the_bundle(tmp_path):
         bundle.predict_proba(images)
     with pytest.raises(DataError, match="expected shape"):
         bundle.predict_proba(images, descriptors=desc[:, :1])
+    # A cv ensemble of such bundles hands the descriptors on to its members.
+    from mammolens.evaluate.ensembles import EnsembleBundle
+
+    ensemble = EnsembleBundle(path=tmp_path, members=[bundle, bundle], classes=bundle.classes, task=bundle.task,
+                              threshold=0.5, temperature=1.0, combiner={"method": "mean"}, metrics={}, provenance={})
+    np.testing.assert_allclose(ensemble.predict_proba(images, descriptors=desc)[:, 1], got, atol=1e-6)
 
 
 def test_tta_averages_the_eight_flips_and_rotations():

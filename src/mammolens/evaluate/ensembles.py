@@ -68,11 +68,14 @@ class EnsembleBundle:
         proba = combiner_output(self.combiner, member_probas)
         return proba if self.temperature == 1.0 else apply_temperature(proba, self.temperature)
 
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+    def predict_proba(self, batch: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
+        """``descriptors`` go to the members with a lesion-descriptor head (they share one pipeline)."""
         if self.preprocess is None:
             raise ConfigError("the members of this ensemble preprocess differently; score it with "
                               "mammolens.evaluate.predict_manifest", path=self.path)
-        return self.combine([m.predict_proba(batch) for m in self.members])
+        return self.combine([m.predict_proba(batch, descriptors=descriptors)
+                             if getattr(m, "descriptor_head", None) is not None else m.predict_proba(batch)
+                             for m in self.members])
 
 
 # ---------------------------------------------------------------------- combiners

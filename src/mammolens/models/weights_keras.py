@@ -45,7 +45,10 @@ def read_keras(path: str | Path) -> dict[str, torch.Tensor]:
             weights = archive.read("model.weights.h5")
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as exc:
         raise ConfigError(f"not a Keras 3 .keras file ({type(exc).__name__}: {str(exc)[:120]})", path=path) from None
-    import h5py
+    try:
+        import h5py
+    except ImportError:
+        raise ConfigError("reading a .keras file needs h5py (pip install h5py, or mammolens[real-data])", path=path) from None
 
     state: dict[str, torch.Tensor] = {}
     with h5py.File(io.BytesIO(weights), "r") as h5:

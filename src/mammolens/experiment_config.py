@@ -70,7 +70,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "hybrid"
-    pretrained: str | None = None  # None, "imagenet", or a weights file
+    # None, "imagenet", a weights file, or per backbone of a fusion model {name: imagenet | file | null}
+    # (null: that backbone starts random, said explicitly)
+    pretrained: str | dict[str, str | None] | None = None
     options: dict[str, Any] = field(default_factory=dict)  # create_model kwargs: hidden, dropout, backbones...
 
 
@@ -158,6 +160,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     model = data.get("model")
     if isinstance(model, dict) and model.get("pretrained") not in (None, "imagenet") and isinstance(model["pretrained"], str):
         model["pretrained"] = rel(model["pretrained"])
+    if isinstance(model, dict) and isinstance(model.get("pretrained"), dict):
+        model["pretrained"] = {k: v if v in (None, "imagenet") else rel(v) for k, v in model["pretrained"].items()}
 
 
 def preprocess_config(cfg: ExperimentConfig):  # noqa: ANN201 - PreprocessConfig

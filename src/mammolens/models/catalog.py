@@ -6,7 +6,18 @@ from __future__ import annotations
 from mammolens.registry import Registry
 
 # timm architectures with a mammolens recipe (stages, CAM layer, offline weights): backbones.py.
-BACKBONES = ("densenet121", "resnet50", "vgg16", "mobilenetv2_100", "tf_efficientnet_lite0", "inception_v3")
+BACKBONES = (
+    "densenet121", "resnet50", "vgg16", "mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1",
+    "tf_efficientnet_lite2", "inception_v3", "vit_small_patch14_dinov2",
+)  # fmt: skip
+
+# timm arguments a backbone is built with beyond num_classes / in_chans. DINOv2's native grid is
+# 37x37 patches (518 px); mammolens' default input is 224 px = 16x16 patches, so the position
+# embedding is stored at 16x16 (resampled once when weights load) and resampled by timm per input
+# for any other size (dynamic_img_size).
+TIMM_OPTIONS: dict[str, dict[str, object]] = {
+    "vit_small_patch14_dinov2": {"img_size": 224, "dynamic_img_size": True},
+}
 
 # A factory takes (num_classes, in_chans, **architecture options) and returns an untrained model
 # with a ``load_pretrained(source, trust_pickle)`` method.

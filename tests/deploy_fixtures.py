@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dicom_fixtures
 import numpy as np
 import torch
+from dicom_fixtures import PATIENT_ID, PATIENT_NAME  # noqa: F401 - the deploy tests search for them
 from PIL import Image
 
 from mammolens.models import create_model
@@ -51,23 +53,6 @@ def write_png(path: Path, pixels: np.ndarray) -> Path:
     return path
 
 
-PATIENT_NAME, PATIENT_ID = "Doe^Jane-Secretname", "MRN-9931-SECRET"
-
-
 def write_dicom(path: Path, pixels: np.ndarray, laterality: str = "L") -> Path:
-    """A 16-bit mammography DICOM with patient identifiers set (they must never come back out)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MG"
-    ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
-    ds.ImageLaterality = laterality
-    ds.set_pixel_data((pixels * 65535).round().astype(np.uint16), "MONOCHROME2", 16)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    """A 16-bit mammography DICOM of float [0, 1] pixels, patient identifiers set (dicom_fixtures)."""
+    return dicom_fixtures.write_dicom(path, (pixels * 65535).round().astype(np.uint16), ImageLaterality=laterality)

@@ -13,16 +13,15 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
+from dicom_fixtures import PATIENT_ID, PATIENT_NAME, dicom_dataset, write_dicom
 from PIL import Image as PILImage
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_windowing, get_decoder
 from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     RLELossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 from mammolens.errors import ConfigError, ImageReadError
@@ -36,42 +35,13 @@ from mammolens.io import (
 )
 
 RNG = np.random.default_rng(0)
-PATIENT_NAME = "Doe^Jane"
-PATIENT_ID = "MRN-0042-SECRET"
 
 
 # ---------------------------------------------------------------- fixture writers
 
 
-def _dataset(**tags) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MG"
-    ds.PatientName = PATIENT_NAME
-    ds.PatientID = PATIENT_ID
-    ds.PatientBirthDate = "19600101"
-    ds.AccessionNumber = "ACC-777"
-    ds.InstitutionName = "Saint Nowhere Hospital"
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    return ds
-
-
-def write_dicom(path: Path, arr: np.ndarray, *, bits: int | None = None, photometric="MONOCHROME2", rle=False, **tags) -> Path:
-    ds = _dataset(**tags)
-    ds.set_pixel_data(arr, photometric, bits or arr.dtype.itemsize * 8)
-    if rle:
-        ds.compress(RLELossless, arr)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def write_encapsulated(path: Path, arr: np.ndarray, syntax, frame_bytes: bytes, bits: int) -> Path:
-    ds = _dataset()
+    ds = dicom_dataset()
     ds.file_meta.TransferSyntaxUID = syntax
     ds.Rows, ds.Columns = arr.shape
     ds.SamplesPerPixel = 1
@@ -466,7 +436,7 @@ def test_single_image_accepts_frame_zero_only(tmp_path):
 
 
 def test_dicom_header_bomb_is_rejected_before_decoding(tmp_path):
-    ds = _dataset()
+    ds = dicom_dataset()
     ds.set_pixel_data(np.zeros((4, 4), np.uint16), "MONOCHROME2", 16)
     ds.Rows = ds.Columns = 30000  # the pixel data is tiny; only the header is large
     ds.save_as(tmp_path / "bomb.dcm", enforce_file_format=True)

@@ -235,22 +235,20 @@ def _state(model: PatchFilmModel) -> dict[str, torch.Tensor]:
 
 
 def _fit_linear(layer: torch.nn.Linear, x: np.ndarray, y: np.ndarray, n_classes: int, c: float) -> None:
-    """A standardised, class-balanced logistic regression, written into ``layer`` as softmax logits."""
+    """A standardised, class-balanced logistic regression, written into ``layer`` as softmax logits;
+    a class no training patch had keeps a bias of ``_ABSENT`` (its probability stays ~0)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
-    scaler = StandardScaler().fit(x)
+    from mammolens.train.linear_head import fold_standardisation, softmax_logits, standardisation
+
+    mean, scale = standardisation(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notes at small C: the validation choice judges the result
-        lr = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(scaler.transform(x), y)
-    coef, intercept = lr.coef_, lr.intercept_
-    if len(lr.classes_) == 2:  # sklearn's one logit for the second class -> two softmax logits
-        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+        lr = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit((x - mean) / scale, y)
+    coef, intercept = fold_standardisation(*softmax_logits(lr.coef_, lr.intercept_), mean, scale)
     weight = np.zeros((n_classes, x.shape[1]))
     bias = np.full(n_classes, _ABSENT)
-    weight[lr.classes_] = coef / scale
-    bias[lr.classes_] = intercept - (coef / scale) @ scaler.mean_
+    weight[lr.classes_], bias[lr.classes_] = coef, intercept
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(weight))
         layer.bias.copy_(torch.from_numpy(bias))

@@ -53,23 +53,41 @@ def _inner_score(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, bal
     return -float(log_loss(y, np.clip(proba, 1e-7, 1.0), labels=list(range(n_classes))))
 
 
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and scale of ``x``; a constant column gets scale 1 (it contributes nothing)."""
+    x = np.asarray(x, dtype=np.float64)
+    mean, scale = x.mean(0), x.std(0)
+    return mean, np.where(scale > 1e-12, scale, 1.0)
+
+
+def softmax_logits(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's binary model (one logit for the second class) as two softmax logits: softmax([0, z])
+    == sigmoid(z); a multinomial model is returned as it is."""
+    if coef.shape[0] == 1:
+        return np.vstack([np.zeros_like(coef), coef]), np.array([0.0, float(intercept[0])])
+    return coef, intercept
+
+
+def fold_standardisation(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray,
+                         scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weights and bias on raw features equal to ``coef @ ((x - mean) / scale) + intercept``."""
+    weight = coef / scale
+    return weight, intercept - weight @ mean
+
+
 def fit_linear_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, cs: list[float], balanced: bool,
                     outputs: int, folds: int = 3, seed: int = 0) -> LinearHeadFit:
     """Standardise ``x`` (on these rows), pick C from ``cs`` by grouped inner cv, refit on all rows."""
     if len(np.unique(y)) < 2:
         raise ConfigError("train.head: logistic needs both classes in the training part")
     x = np.asarray(x, dtype=np.float64)
-    mean, scale = x.mean(0), x.std(0)
-    scale = np.where(scale > 1e-12, scale, 1.0)  # a constant column contributes nothing
+    mean, scale = standardisation(x)
     z = (x - mean) / scale
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     scores = {float(c): _inner_score(z, y, groups, float(c), balanced, folds, seed) for c in cs}
     best = max(scores, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
     est = _estimator(best, balanced, seed).fit(z, y)
-    coef, intercept = est.coef_, est.intercept_
-    if coef.shape[0] == 1 and outputs == 2:  # binary: softmax([0, z]) == sigmoid(z)
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.array([0.0, intercept[0]])
+    coef, intercept = softmax_logits(est.coef_, est.intercept_)
     if coef.shape[0] != outputs:
         raise ConfigError(f"train.head: logistic gives {coef.shape[0]} logits; the model has {outputs}")
     return LinearHeadFit(best, scores, mean, scale, coef, intercept)
@@ -92,9 +110,7 @@ def install_linear_head(model: MammoModel, fit: LinearHeadFit, n_features: int) 
     w = np.zeros((fit.coef.shape[0], linear.in_features))
     b = fit.intercept.astype(np.float64).copy()
     if n_features:
-        wf = fit.coef[:, :n_features] / fit.scale[:n_features]
-        w[:] = wf
-        b -= wf @ fit.mean[:n_features]
+        w, b = fold_standardisation(fit.coef[:, :n_features], b, fit.mean[:n_features], fit.scale[:n_features])
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(w).to(linear.weight))
         linear.bias.copy_(torch.from_numpy(b).to(linear.bias))

@@ -137,6 +137,24 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     return metrics
 
 
+def held_out_bundles(cv_dir: str | Path) -> dict[Path, set[str]]:
+    """A finished cv run's fold bundles (repeat 0), each with the sample ids it held out: what scores
+    a sample out of fold (explanations, contact sheets) without a model that trained on it."""
+    cv_dir = Path(cv_dir)
+    if not (cv_dir / RECORD).is_file():
+        raise ConfigError(f"{cv_dir}: not a mammolens cv run (no {RECORD})")
+    df, _ = read_predictions(cv_dir / "predictions.csv")
+    if "fold" not in df.columns:
+        raise ConfigError(f"{cv_dir / 'predictions.csv'}: no fold column (not written by mammolens cv)")
+    folds = {}
+    for fold, part in df.groupby("fold"):
+        bundle = cv_dir / "repeat0" / f"fold{int(fold)}" / "bundle"
+        if not (bundle / "bundle.json").is_file():
+            raise ConfigError(f"{bundle}: the fold's bundle is missing")
+        folds[bundle] = set(part["sample_id"].astype(str))
+    return folds
+
+
 def _first_channel(image: np.ndarray) -> np.ndarray:
     """The thumbnail of a (C, H, W) input is its channel 0, the one its ROIs are in."""
     return image[0] if image.ndim == 3 else image

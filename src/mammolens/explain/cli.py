@@ -116,7 +116,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command("explain-eval")
     def explain_eval(
-        bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory."),
+        bundle_path: Path = typer.Argument(
+            ..., metavar="BUNDLE",
+            help="Bundle directory, or a `mammolens cv` run: each image is then scored by the fold model that held it out.",
+        ),
         source: str = typer.Argument(..., help="Dataset with marked findings (MIAS circles, CBIS-DDSM masks)."),
         out: Path = typer.Option(..., "--out", help="Output folder: localisation CSVs and HTML page."),
         methods: Optional[list[str]] = typer.Option(None, "--methods", help="Comma-separated CAM methods."),
@@ -136,14 +139,16 @@ def register(app: typer.Typer) -> None:
         from mammolens.atomic import write_text
         from mammolens.data.adapters.base import load_source
         from mammolens.data.tasks import derive_task
-        from mammolens.explain.evaluation import DEFAULT_METHODS, evaluate_localisation
+        from mammolens.crossval import RECORD, held_out_bundles
+        from mammolens.explain.evaluation import DEFAULT_METHODS, evaluate_localisation, evaluate_out_of_fold
         from mammolens.explain.localisation import summarise
         from mammolens.explain.methods import CAM_METHODS
         from mammolens.explain.overlay import gallery_png
         from mammolens.explain.report import localisation_html
         from mammolens.train.bundle import load_bundle
 
-        bundle = load_bundle(bundle_path)
+        folds = held_out_bundles(bundle_path) if (bundle_path / RECORD).is_file() else None
+        bundle = load_bundle(next(iter(folds)) if folds else bundle_path)
         chosen = _methods(methods, DEFAULT_METHODS)
         for m in chosen:
             CAM_METHODS.get(m)
@@ -169,10 +174,17 @@ def register(app: typer.Typer) -> None:
         label = name or bundle_path.resolve().name
         if label == "bundle":
             label = bundle_path.resolve().parent.name
-        result = evaluate_localisation(
-            bundle, with_findings, model_name=label, methods=chosen, top_percent=top,
-            progress=lambda i, n: typer.echo(f"  {i + 1}/{n}", err=True) if i % 10 == 0 else None,
-        )  # fmt: skip
+
+        def step(i: int, n: int) -> None:
+            if i % 10 == 0:
+                typer.echo(f"  {i + 1}/{n}", err=True)
+
+        if folds:
+            result = evaluate_out_of_fold(folds, with_findings, model_name=label, methods=chosen, top_percent=top,
+                                          progress=step)
+        else:
+            result = evaluate_localisation(bundle, with_findings, model_name=label, methods=chosen, top_percent=top,
+                                           progress=step)
         if not result.rows:
             raise ConfigError(f"{source}: none of the {len(with_findings)} images could be scored: {result.skipped[:1]}")
         metrics = [k for k in result.rows[0] if k not in ("model", "method", "sample_id", "group", "pathology")]
@@ -181,7 +193,8 @@ def register(app: typer.Typer) -> None:
         write_text(out / "localisation_per_image.csv", _csv(result.rows))
         write_text(out / "localisation.csv", _csv(table))
         notes = [
-            f"bundle {bundle_path} (task {bundle.task}, model {bundle.model.config.get('name')}), source {source}",
+            f"{'cv run (each image scored by the fold model that held it out)' if folds else 'bundle'} {bundle_path} "
+            f"(task {bundle.task}, model {bundle.model.config.get('name')}), source {source}",
             (
                 f"Scores on the original film inside the model's field of view; top-k = {top:g} %; "
                 "95 % bootstrap intervals over patient groups."

@@ -6,8 +6,9 @@ map is scored on the original film inside the model's field of view (see ``local
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -74,4 +75,38 @@ def evaluate_localisation(
                 "group": row.get("group", row["sample_id"]), "pathology": row.get("pathology", ""),
                 **scores(heatmap, finding, fov, top_percent),
             })  # fmt: skip
+    return result
+
+
+def evaluate_out_of_fold(
+    folds: Mapping[Path, set[str]],
+    records: Sequence[dict],
+    *,
+    model_name: str,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    top_percent: float = 5.0,
+    overlay_limit: int = 12,
+    progress: Callable[[int, int], None] | None = None,
+) -> Evaluated:
+    """``evaluate_localisation`` with each record scored by the cv fold bundle that held it out
+    (``crossval.held_out_bundles``): maps of models that never trained on the film. A record no
+    fold held out is skipped, said so, never scored in-sample."""
+    from mammolens.train.bundle import load_bundle
+
+    result = Evaluated()
+    held = set().union(*folds.values())
+    result.skipped = [f"{r['sample_id']}: in no held-out fold of this cv run" for r in records if r["sample_id"] not in held]
+    done = 0
+    for path, ids in folds.items():
+        part = [r for r in records if r["sample_id"] in ids]
+        if not part:
+            continue
+        step = (lambda i, n, start=done: progress(start + i, len(records))) if progress else None
+        fold = evaluate_localisation(load_bundle(path), part, model_name=model_name, methods=methods,
+                                     top_percent=top_percent, overlay_limit=overlay_limit - len(result.tiles),
+                                     progress=step)
+        result.rows += fold.rows
+        result.tiles += fold.tiles
+        result.skipped += fold.skipped
+        done += len(part)
     return result

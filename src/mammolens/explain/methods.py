@@ -244,6 +244,27 @@ def attention(request: CamRequest) -> CamResult:
     return CamResult({"attention": _unit(up.cpu().numpy())}, {"attention": 1.0}, logits)
 
 
+@CAM_METHODS.register("scoremap")
+def scoremap(request: CamRequest) -> CamResult:
+    """The patch classifier's own map: each window's probability of the target class, a pixel taking
+    its hottest covering window (the film score is read from this map, so it is not a post-hoc guess)."""
+    from mammolens.patches.geometry import map_to_pixels
+
+    model = request.model
+    if not hasattr(model, "score_map"):
+        raise ConfigError(
+            f"method 'scoremap' needs a patch-classifier; this bundle's model is "
+            f"{model.config.get('name', type(model).__name__)!r}"
+        )
+    _, _, height, width = request.x.shape
+    with torch.inference_mode():
+        maps = model.map_layer(model.score_map(request.x))
+        logits = model.forward_head(model.summarise(maps))
+    heat = map_to_pixels(maps[0, request.target].float().cpu().numpy(), model.grid(height, width),
+                         model.patch_size, (height, width))
+    return CamResult({"scoremap": _unit(heat)}, {"scoremap": 1.0}, logits)
+
+
 def _target_probability(model: nn.Module, x: torch.Tensor, request: CamRequest) -> torch.Tensor:
     return probabilities(model(x) / request.temperature)[:, request.target]
 

@@ -171,3 +171,31 @@ def test_operating_point_scales_first_then_chooses_the_threshold(binary):
     assert threshold == choose_threshold(y, apply_temperature(sharp, temperature))
     # The bundle applies T then the threshold: its decisions are those F2 chose on validation.
     assert threshold != choose_threshold(y, sharp)
+
+
+def test_within_patient_auc_compares_only_inside_groups():
+    # A: diseased film higher (win); B: lower (loss); C: tie (1/2); D: both healthy (no comparison);
+    # E: one diseased film against two healthy ones, beating one of them.
+    y = np.array([1, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0])
+    score = np.array([0.9, 0.1, 0.2, 0.8, 0.5, 0.5, 0.3, 0.4, 0.6, 0.7, 0.2])
+    groups = ["A", "A", "B", "B", "C", "C", "D", "D", "E", "E", "E"]
+    wins, pairs = m.within_group_comparisons(y, score, groups)
+    assert sorted(zip(wins, pairs)) == [(0.0, 1.0), (0.5, 1.0), (1.0, 1.0), (1.0, 2.0)]
+    assert m.within_group_auc(y, score, groups) == pytest.approx(2.5 / 5)
+    assert m.within_group_auc([1, 0], [0.9, 0.1], ["A", "B"]) is None  # no group holds both classes
+
+
+def test_woman_level_confounding_shows_in_the_within_patient_auc():
+    # Women with a diseased film score high on BOTH films: the pooled AUC looks good, the within-patient AUC is 0.
+    rng = np.random.default_rng(0)
+    n = 40
+    sick = np.repeat([1, 0], n // 2)  # the first 20 women have one diseased film
+    y = np.stack([sick, np.zeros(n, int)], 1).ravel()  # film 0 diseased (if sick), film 1 healthy
+    base = np.where(sick == 1, 0.7, 0.3) + rng.normal(0, 0.05, n)
+    score = np.stack([base, base + 0.01], 1).ravel()  # the healthy film scores a little higher
+    groups = np.repeat([f"w{i}" for i in range(n)], 2)
+    metrics = evaluate_predictions(y, np.stack([1 - score, score], 1), groups, ["normal", "abnormal"], n_boot=200)
+    assert metrics["auc"]["value"] > 0.7
+    within = metrics["within_group_auc"]
+    assert within["value"] == 0.0 and within["n_groups"] == 20 and within["high"] == 0.0
+    assert "within-patient AUC (20 patient groups holding both classes): 0.000" in render_table(metrics)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.evaluate.metrics import as_proba, decide
+from mammolens.evaluate.metrics import as_proba, decide, within_group_comparisons
 
 MIN_GROUPS = 5  # 5 groups already allow only 126 distinct resamples; 2 allow 3
 MIN_DEFINED = 0.5  # fraction of resamples in which the statistic must be defined
@@ -143,6 +143,22 @@ def bootstrap_cis(
         out[name] = {"value": stat(y, proba), "low": low, "high": high, "level": level, "n_boot": n_boot,
                      "defined_resamples": int(len(vals)), "n_groups": n_groups, "reason": reason}
     return out
+
+
+def within_group_auc_ci(y: Any, p1: Any, groups: Any, *, n_boot: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, Any]:
+    """``metrics.within_group_auc`` with a percentile CI over resampled groups that hold both classes
+    (the only groups it is computed on), in ``bootstrap_cis``' format."""
+    wins, pairs = within_group_comparisons(y, p1, groups)
+    n = len(pairs)
+    draws = list(group_draws(np.arange(n), n_boot, seed)) if n else []
+    vals = np.asarray([wins[idx].sum() / pairs[idx].sum() for idx in draws], dtype=np.float64)
+    reason = _undefined_reason(n, len(vals), n_boot)
+    tail = (1.0 - level) / 2.0
+    low, high = (None, None) if reason else (float(np.quantile(vals, tail)), float(np.quantile(vals, 1 - tail)))
+    return {"value": float(wins.sum() / pairs.sum()) if n else None, "low": low, "high": high, "level": level,
+            "n_boot": n_boot, "defined_resamples": int(len(vals)), "n_groups": n,
+            "reason": None if n else "no group holds both classes"}
 
 
 def roc_band(

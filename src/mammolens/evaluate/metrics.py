@@ -139,6 +139,30 @@ def macro_f1(y: Any, proba: Any) -> float | None:
                           zero_division=0))
 
 
+def within_group_comparisons(y: Any, score: Any, groups: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per group holding both classes (a woman with one diseased and one healthy film): how often a
+    positive sample outscores a negative one of the same group (ties count 1/2), and how many such
+    comparisons there are. Woman-level traits (breast density, age, the scanner) cancel inside a
+    group, so this asks whether the model finds the disease, not the kind of woman who has it."""
+    y, score, groups = np.asarray(y), np.asarray(score, dtype=np.float64), np.asarray(groups).astype(str)
+    _, inverse = np.unique(groups, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    wins, pairs = [], []
+    for rows in np.split(order, np.cumsum(np.bincount(inverse))[:-1]) if len(y) else []:
+        pos, neg = score[rows][y[rows] == 1], score[rows][y[rows] == 0]
+        if len(pos) and len(neg):
+            diff = pos[:, None] - neg[None, :]
+            wins.append(float((diff > 0).sum() + 0.5 * (diff == 0).sum()))
+            pairs.append(float(diff.size))
+    return np.asarray(wins), np.asarray(pairs)
+
+
+def within_group_auc(y: Any, score: Any, groups: Sequence[str]) -> float | None:
+    """The AUC over positive-negative comparisons inside each group only (None: no group holds both)."""
+    wins, pairs = within_group_comparisons(y, score, groups)
+    return float(wins.sum() / pairs.sum()) if len(pairs) else None
+
+
 def format_value(value: Any, reason: str = "not defined on these samples", digits: int = 3) -> str:
     """A metric for a person: the number, or ``undefined (why)``; never 'nan'."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):

@@ -192,6 +192,9 @@ def _headline(metrics: dict[str, Any]) -> str:
         rows += [["PR AUC (average precision)", _ci(metrics["pr_auc"])],
                  [f"sensitivity at {t['threshold']:.3f}", _ci(t["sensitivity_ci"])],
                  [f"specificity at {t['threshold']:.3f}", _ci(t["specificity_ci"])]]
+        within = metrics.get("within_group_auc")  # absent from metrics written before it existed
+        if within and within["n_groups"]:
+            rows.append([f"within-patient AUC ({within['n_groups']} groups holding both classes)", _ci(within)])
     else:
         rows += [["macro F1", _ci(metrics["macro_f1"])], ["accuracy", format_value(metrics["accuracy"])]]
     cal = metrics["calibration"]

@@ -65,6 +65,7 @@ def evaluate_predictions(
                           "sensitivity_ci": cis["sensitivity"], "specificity_ci": cis["specificity"]},
             at_0_5=m.binary_at_threshold(y, proba, 0.5),
             roc_band=b.roc_band(y, proba[:, 1], groups, n_boot=n_boot, seed=seed),
+            within_group_auc=b.within_group_auc_ci(y, proba[:, 1], groups, n_boot=n_boot, seed=seed),
         )
     else:
         stats = {"auc": b.fast_auc, "macro_f1": b.fast_macro_f1}
@@ -102,6 +103,10 @@ def render_table(metrics: dict[str, Any], threshold_label: str = "the bundle thr
              f"  ROC AUC{' (one-vs-rest macro)' if len(metrics['classes']) > 2 else ''}: {_ci_text(metrics['auc'])}"]
     if len(metrics["classes"]) == 2:
         lines.append(f"  PR AUC: {_ci_text(metrics['pr_auc'])}")
+        within = metrics.get("within_group_auc")
+        if within and within["n_groups"]:
+            lines.append(f"  within-patient AUC ({within['n_groups']} patient groups holding both classes): "
+                         f"{_ci_text(within)}")
         rows = (("at_threshold", threshold_label), ("at_0_5", "the fixed threshold"))
         for key, title in rows[: 1 if metrics["at_threshold"]["threshold"] == 0.5 else 2]:
             t = metrics[key]

@@ -19,7 +19,7 @@ from mammolens.explain.geometry import InputGeometry, preprocess_with_geometry
 from mammolens.explain.layers import resolve_layers
 from mammolens.explain.methods import CAM_METHODS, CamRequest
 from mammolens.preprocess import Pipeline, Sample
-from mammolens.train.bundle import Bundle
+from mammolens.train.bundle import Bundle, descriptor_vector
 from mammolens.train.losses import probabilities
 from mammolens.train.normalisation import normalise
 
@@ -61,7 +61,10 @@ def resolve_target(bundle: Bundle, target: int | str | None, probs: np.ndarray |
     return index
 
 
-def preprocess_for(bundle: Bundle, image: np.ndarray, rois: Sequence[Sequence[float]] | None, laterality: str) -> tuple[Sample, InputGeometry]:
+def preprocess_for(bundle: Bundle, image: np.ndarray, rois: Sequence[Sequence[float]] | None, laterality: str,
+                   pixel_mm: float | None = None) -> tuple[Sample, InputGeometry]:  # fmt: skip
+    """The model's input from one original image (``pixel_mm``: the file's pixel side, when it says),
+    with its map back onto the image; a multi-scale crop's map is its first channel's."""
     image = np.asarray(image)
     if image.ndim != 2 or image.size == 0:
         raise DataError(f"expected a 2-D greyscale image, got shape {image.shape}")
@@ -69,16 +72,17 @@ def preprocess_for(bundle: Bundle, image: np.ndarray, rois: Sequence[Sequence[fl
         pixels=np.clip(image.astype(np.float32, copy=False), 0.0, 1.0),
         rois=tuple(tuple(float(v) for v in r) for r in (rois or ())),  # type: ignore[misc]
         laterality=(laterality or "").upper(),
+        pixel_mm=pixel_mm,
     )
     try:
         out, geometry = preprocess_with_geometry(Pipeline(bundle.preprocess), sample)
     except ValueError as exc:  # a step refusing this image (e.g. too small to resize)
         raise DataError(f"the bundle's preprocessing cannot handle this image: {exc}") from None
-    expected = _input_side(bundle)
-    if out.pixels.ndim != 2 or (expected and out.pixels.shape != (expected, expected)):
+    expected = _input_shape(bundle)
+    if out.pixels.ndim != len(expected) or (expected[-1] and out.pixels.shape != expected):
         raise DataError(
             f"the bundle's preprocessing turned this {image.shape[1]}x{image.shape[0]} image into "
-            f"{out.pixels.shape[::-1]}, not the model's {expected}x{expected} input"
+            f"{out.pixels.shape}, not the model's {expected} input"
         )
     return out, geometry
 
@@ -92,13 +96,23 @@ def explain_image(
     method: str = "gradcam",
     layer: str | Sequence[str] | None = None,
     target: int | str | None = None,
+    pixel_mm: float | None = None,
 ) -> Explanation:
     """Explain one ORIGINAL image (2-D float in [0, 1]); ``rois`` ([x, y, r] original pixels) feed a
     lesion bundle's ROI crop; ``layer`` overrides the target layer(s) by module name; ``target`` is
-    a class index or name (default: the positive class of a binary task, else the top class)."""
+    a class index or name (default: the positive class of a binary task, else the top class);
+    ``pixel_mm``: the file's pixel side (DICOM PixelSpacing), for steps that measure in mm."""
     CAM_METHODS.get(method)  # an unknown method fails before any work
-    sample, geometry = preprocess_for(bundle, image, rois, laterality)
-    return explain_preprocessed(bundle, sample.pixels, geometry, method=method, layer=layer, target=target)
+    sample, geometry = preprocess_for(bundle, image, rois, laterality, pixel_mm)
+    return explain_preprocessed(bundle, sample.pixels, geometry, method=method, layer=layer, target=target,
+                                descriptors=sample_descriptors(bundle, sample))  # fmt: skip
+
+
+def sample_descriptors(bundle: Bundle, sample: Sample) -> np.ndarray | None:
+    """The (1, K) descriptor-head input of a preprocessed sample (None: the bundle has no descriptor head)."""
+    if not bundle.descriptor_head:
+        return None
+    return descriptor_vector(bundle.descriptor_head["names"], sample.descriptors)[None]
 
 
 def explain_preprocessed(
@@ -109,22 +123,26 @@ def explain_preprocessed(
     method: str = "gradcam",
     layer: str | Sequence[str] | None = None,
     target: int | str | None = None,
+    descriptors: np.ndarray | None = None,
 ) -> Explanation:
-    """``explain_image`` after preprocessing: ``pixels`` is the model-input image, ``geometry`` its map."""
+    """``explain_image`` after preprocessing: ``pixels`` is the model-input image ((H, W) or (C, H, W)),
+    ``geometry`` its map, ``descriptors`` the (1, K) input of a descriptor head (``sample_descriptors``).
+    A descriptor head adds a constant to the logits, so the maps are the image model's; the
+    probabilities include it."""
     run = CAM_METHODS.get(method)
     if layer is not None and method not in LAYER_METHODS:
         raise ConfigError(f"method {method!r} reads no layer; --layer applies to {', '.join(LAYER_METHODS)}")
     model = bundle.model
     layers = resolve_layers(model, layer)
     # The CAM's own forward gives the probabilities; only a multi-class default target needs them first.
-    probs = bundle.predict_proba(pixels[None])[0] if target is None and len(bundle.classes) > 2 else None
+    probs = bundle.predict_proba(pixels[None], descriptors)[0] if target is None and len(bundle.classes) > 2 else None
     index = resolve_target(bundle, target, probs)
     x = bundle.to_input(pixels[None])
     fill = float(normalise(torch.zeros(()), bundle.normalisation))
     result = run(CamRequest(model, x, layers, index, _single_logit(bundle), fill, bundle.temperature))
     if probs is None:
         probs = (
-            bundle.predict_proba(pixels[None])[0] if result.logits is None
+            bundle.predict_proba(pixels[None], descriptors)[0] if result.logits is None or descriptors is not None
             else probabilities(result.logits / bundle.temperature).cpu().numpy()[0]
         )  # fmt: skip
     fused = result.fused()
@@ -157,9 +175,14 @@ def _single_logit(bundle: Bundle) -> bool:
     return int(bundle.model.config.get("num_classes", len(bundle.classes))) == 1
 
 
-def _input_side(bundle: Bundle) -> int | None:
-    sizes = [s.get("size") for s in bundle.preprocess.get("steps", []) if s.get("name") == "resize"]
-    return int(sizes[-1]) if sizes and sizes[-1] else (224 if sizes else None)
+def _input_shape(bundle: Bundle) -> tuple[int, ...]:
+    """(side, side), or (C, side, side) after a multi-scale crop; side 0 when no step fixes it."""
+    steps = bundle.preprocess.get("steps", [])
+    sizes = [int(s.get("size") or 224) for s in steps if s.get("name") in ("resize", "multiscale_crop")]
+    side = sizes[-1] if sizes else 0
+    if any(s.get("name") == "multiscale_crop" for s in steps):
+        return int(bundle.model.config.get("in_chans", 1)), side, side
+    return side, side
 
 
 def _to_original(geometry: InputGeometry, values: np.ndarray) -> np.ndarray:

@@ -66,12 +66,17 @@ def register(app: typer.Typer) -> None:
             explain_preprocessed,
             preprocess_for,
             resolve_target,
+            sample_descriptors,
         )
         from mammolens.explain.layers import resolve_layers
         from mammolens.explain.methods import CAM_METHODS
         from mammolens.explain.overlay import overlay_png, panel_png
         from mammolens.io import read_image
+        from mammolens.preprocess.sample import _read
         from mammolens.train.bundle import load_bundle
+
+        def read(path: Path) -> tuple[Any, str, float | None]:  # pixels, laterality, pixel side in mm
+            return _read(lambda _path, _frame: read_image(path), str(path))
 
         bundle = load_bundle(bundle_path)
         CAM_METHODS.get(method)
@@ -84,26 +89,26 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"two images share the name {twice[0]!r}: their outputs in {out} would overwrite each other")
         for path in images:  # every image must read and preprocess before anything is written
             try:
-                image = read_image(path)
-                preprocess_for(bundle, image.pixels, rois, laterality or image.meta.laterality or "")
+                pixels, side, pixel_mm = read(path)
+                preprocess_for(bundle, pixels, rois, laterality or side, pixel_mm)
             except MammolensError as exc:
                 raise _rethrow(path, exc) from None
         out.mkdir(parents=True, exist_ok=True)
         summary: dict[str, Any] = {}
         for path in images:
-            image = read_image(path)
-            side = laterality or image.meta.laterality or ""
-            pre, geometry = preprocess_for(bundle, image.pixels, rois, side)
-            e = explain_preprocessed(bundle, pre.pixels, geometry, method=method, layer=layer or None, target=wanted)
+            pixels, side, pixel_mm = read(path)
+            pre, geometry = preprocess_for(bundle, pixels, rois, laterality or side, pixel_mm)
+            e = explain_preprocessed(bundle, pre.pixels, geometry, method=method, layer=layer or None, target=wanted,
+                                     descriptors=sample_descriptors(bundle, pre))  # fmt: skip
             stem = path.stem
             top = contour_top or None
-            _write_bytes(out / f"{stem}_overlay.png", overlay_png(image.pixels, e.heatmap, opacity=opacity, contour_top=top, rois=rois))
+            _write_bytes(out / f"{stem}_overlay.png", overlay_png(pixels, e.heatmap, opacity=opacity, contour_top=top, rois=rois))
             if len(e.per_backbone) > 1:
                 for name, heat in e.per_backbone.items():
-                    png = overlay_png(image.pixels, heat, opacity=opacity, contour_top=top, rois=rois)
+                    png = overlay_png(pixels, heat, opacity=opacity, contour_top=top, rois=rois)
                     _write_bytes(out / f"{stem}_overlay_{name}.png", png)
             panel = panel_png(
-                image.pixels, e.heatmap, probabilities=e.probabilities, decision=e.decision, title=path.name,
+                pixels, e.heatmap, probabilities=e.probabilities, decision=e.decision, title=path.name,
                 method=method, target=e.target, rois=rois, contour_top=top,
             )  # fmt: skip
             _write_bytes(out / f"{stem}_panel.png", panel)

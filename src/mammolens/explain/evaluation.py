@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mammolens.errors import DataError
-from mammolens.explain.api import explain_preprocessed, preprocess_for
+from mammolens.explain.api import explain_preprocessed, preprocess_for, sample_descriptors
 from mammolens.explain.localisation import baseline_maps, finding_mask, scores
 from mammolens.explain.overlay import overlay_rgb
 from mammolens.preprocess.sample import default_loader, sample_from_row
@@ -50,7 +50,7 @@ def evaluate_localisation(
         if not sample.rois and sample.mask is None:
             continue
         try:
-            pre, geometry = preprocess_for(bundle, sample.pixels, sample.rois, sample.laterality)
+            pre, geometry = preprocess_for(bundle, sample.pixels, sample.rois, sample.laterality, sample.pixel_mm)
         except DataError as exc:
             result.skipped.append(f"{row['sample_id']}: {exc}")
             continue
@@ -61,7 +61,8 @@ def evaluate_localisation(
             continue
         maps: dict[str, np.ndarray] = {}
         for method in methods:
-            explanation = explain_preprocessed(bundle, pre.pixels, geometry, method=method)
+            explanation = explain_preprocessed(bundle, pre.pixels, geometry, method=method,
+                                               descriptors=sample_descriptors(bundle, pre))
             maps[method] = explanation.heatmap
             if method == overlay_method and len(result.tiles) < overlay_limit:
                 rgb = overlay_rgb(sample.pixels, explanation.heatmap, contour_top=top_percent, rois=sample.rois)

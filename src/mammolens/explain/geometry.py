@@ -4,8 +4,10 @@ Every geometric preprocessing step (orient's flip, crop_breast's and crop_roi's 
 its keep-aspect padding) is an axis-aligned affine map ``x' = a x + b`` per axis, and the steps move
 the ROI circles with the pixels. So the pipeline is run step by step here with two probe points
 appended to the ROIs, and the probes' movement gives each step's map exactly, without re-deriving
-any step's arithmetic. crop_roi is the one step that reads the ROIs (its window is built around
-them), so it runs on the real ROIs alone and its pure translation is read off their shift.
+any step's arithmetic. The steps that read the ROIs (crop_roi, multiscale_crop and
+lesion_descriptors build their window or measurements around them) run on the real ROIs alone, and
+their map (a shift, and for multiscale_crop a scale: its first channel's) is read off the circles'
+centre and radius.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import cv2
 import numpy as np
 
 from mammolens.preprocess import Pipeline, Sample
+from mammolens.preprocess.lesion import LesionDescriptors, MultiscaleCrop
 from mammolens.preprocess.steps import CropROI
+
+_READS_ROIS = (CropROI, MultiscaleCrop, LesionDescriptors)
 
 _PROBES = ((0.0, 0.0, 0.0), (1000.0, 1000.0, 0.0))
 
@@ -65,11 +70,15 @@ def preprocess_with_geometry(pipeline: Pipeline, sample: Sample) -> tuple[Sample
     geometry = InputGeometry(1.0, 0.0, 1.0, 0.0, sample.pixels.shape, sample.pixels.shape)
     n_real = len(sample.rois)
     for step in pipeline.steps:
-        if isinstance(step, CropROI):
+        if isinstance(step, _READS_ROIS):
             out = step(sample)
-            # A crop is a translation; with no ROI (on_missing='full') it keeps the whole image.
-            dx, dy = (out.rois[0][0] - sample.rois[0][0], out.rois[0][1] - sample.rois[0][1]) if n_real else (0.0, 0.0)
-            geometry = geometry.then(1.0, dx, 1.0, dy, out.pixels.shape)
+            # A crop (and its resize) is a shift and a scale; with no ROI (on_missing='full') it keeps the image.
+            if n_real:
+                (x0, y0, r0), (x1, y1, r1) = sample.rois[0], out.rois[0]
+                scale = r1 / r0 if r0 > 0 else 1.0
+                geometry = geometry.then(scale, x1 - scale * x0, scale, y1 - scale * y0, out.pixels.shape[-2:])
+            else:
+                geometry = geometry.then(1.0, 0.0, 1.0, 0.0, out.pixels.shape[-2:])
             sample = out
             continue
         out = step(sample.replace(rois=(*sample.rois, *_PROBES)))

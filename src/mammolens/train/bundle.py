@@ -129,6 +129,16 @@ class Bundle:
         return torch.from_numpy(z.astype(np.float32)).to(self.device)
 
 
+def descriptor_vector(names: Sequence[str], recorded: Sequence[tuple[str, float]]) -> np.ndarray:
+    """A descriptor head's (K,) input from the ``(name, value)`` pairs a pipeline recorded on a Sample
+    (``Sample.descriptors``): the head was fitted on them in this order, so other names are refused."""
+    got = [n for n, _ in recorded]
+    if got != list(names):
+        raise DataError(f"the preprocessing recorded descriptors {got[:3]}... ({len(got)}), but the bundle's "
+                        f"descriptor head takes {list(names)[:3]}... ({len(names)})")  # fmt: skip
+    return np.array([v for _, v in recorded], dtype=np.float64)
+
+
 def _nhwc(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` in NHWC, the faster layout on CPU. Converted once (not per call, so threads sharing
     the model never see its weights replaced) and outside inference mode, whose tensors could never

@@ -1,5 +1,6 @@
 """Bundles beyond one plain image: test-time augmentation is served and exported; inputs the
-deployed paths cannot assemble yet (several channels, lesion descriptors) are refused in one line."""
+Predictor cannot assemble (channels that are neither multi-scale crops nor film pairs) and what the
+ONNX graph cannot take (lesion descriptors, several channels) are refused in one line."""
 
 from __future__ import annotations
 
@@ -32,15 +33,20 @@ def test_a_tta_bundle_is_served_and_exported_with_its_augmentation(tmp_path):
     np.testing.assert_allclose(ort.predict_arrays(images), with_tta, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize(("kind", "message"), [
-    ({"in_chans": 3}, "3-channel inputs"),
-    ({"descriptor_head": {"names": ["radius_mm"], "mean": [1.0], "scale": [1.0], "coef": [[0.0], [0.5]]}},
-     "lesion descriptors"),
-])  # fmt: skip
-def test_bundles_the_predictor_cannot_feed_are_refused_in_one_line(tmp_path, kind, message):
-    path = make_bundle(tmp_path / "b", **kind)
+def test_three_channels_that_are_no_multiscale_crop_are_refused_in_one_line(tmp_path):
+    path = make_bundle(tmp_path / "b", in_chans=3)  # a pipeline without multiscale_crop: what would fill them?
     for load in (lambda: Predictor.load(path), lambda: export_onnx(path, tmp_path / "x.onnx")):
-        with pytest.raises(ConfigError, match=message) as err:
+        with pytest.raises(ConfigError, match="3-channel inputs that are neither multi-scale crops") as err:
             load()
         assert "\n" not in str(err.value)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_onnx_export_of_a_descriptor_bundle_is_refused_in_one_line(tmp_path):
+    head = {"names": ["radius_mm"], "mean": [1.0], "scale": [1.0], "coef": [[0.0], [0.5]]}
+    path = make_bundle(tmp_path / "b", roi=True, descriptor_head=head)
+    assert Predictor.load(path).spec.descriptors == ["radius_mm"]  # torch serves it (test_deploy_lesion.py)
+    with pytest.raises(ConfigError, match="lesion descriptors.*torch backend") as err:
+        export_onnx(path, tmp_path / "x.onnx")
+    assert "\n" not in str(err.value)
     assert not (tmp_path / "x.onnx").exists()

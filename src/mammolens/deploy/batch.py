@@ -7,7 +7,9 @@ starts over). Rows that failed are tried again on a re-run: the file may have be
 
 A lesion bundle (its pipeline crops to the ROI) scores lesions, not films: ``read_rois`` reads a CSV
 of ``file, x, y, r`` (original-image pixels, one row per lesion) and each lesion gets its own row,
-keyed by file and ROI.
+keyed by file and ROI. A bilateral bundle (it reads a film with the same woman's other film) scores
+films listed with their partner: ``read_pairs`` reads a CSV of ``file, other`` and the rows are keyed
+by both.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from mammolens.errors import ConfigError, DataError, MammolensError
 
 # What a screening export holds; '.npy' is read_image's too, but is not an image a scanner writes.
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg")
+# What one CSV row scores: the file, the lesion's (x, y, r) or None, the other film (bilateral: '' for none) or None.
+Unit = tuple[Path, "tuple[float, float, float] | None", "Path | str | None"]
 
 
 @dataclass
@@ -79,20 +83,23 @@ def _looks_like_image(path: Path) -> bool:
 
 
 ROI_COLUMNS = ("x", "y", "r")
+OTHER = "other"  # a bilateral row's partner film ('' for a film scored without one)
 
 
-def columns(classes: Sequence[str], *, lesions: bool = False) -> list[str]:
-    where = ["file", *ROI_COLUMNS] if lesions else ["file"]
+def columns(classes: Sequence[str], *, lesions: bool = False, pairs: bool = False) -> list[str]:
+    where = ["file", *(ROI_COLUMNS if lesions else ()), *((OTHER,) if pairs else ())]
     return [*where, *(f"p_{c}" for c in classes), "label", "decision", "threshold", "model_id", "error"]
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, ...]:
-    """What a row scores: its file, and for a lesion row also its ROI."""
-    return (row["file"], *(row[c] for c in ROI_COLUMNS if c in row))
+    """What a row scores: its file, and for a lesion row also its ROI, for a pair row its other film."""
+    return (row["file"], *(row[c] for c in (*ROI_COLUMNS, OTHER) if c in row))
 
 
-def unit_key(file: Path | str, roi: Sequence[float] | None) -> tuple[str, ...]:
-    return (str(file), *(f"{v:g}" for v in roi)) if roi is not None else (str(file),)
+def unit_key(file: Path | str, roi: Sequence[float] | None, other: Path | str | None = None) -> tuple[str, ...]:
+    """``row_key`` of a unit: ``other`` is None unless the bundle reads pairs ('' then means no partner)."""
+    where = (*(f"{v:g}" for v in roi),) if roi is not None else ()
+    return (str(file), *where, *((str(other),) if other is not None else ()))
 
 
 def read_rois(path: str | Path) -> tuple[list[Path], list[tuple[float, float, float]]]:
@@ -124,12 +131,48 @@ def _parse_rois(path: Path, reader: csv.DictReader) -> tuple[list[Path], list[tu
                             path=path) from None  # fmt: skip
         if not all(math.isfinite(v) for v in (x, y, r)) or r <= 0 or not (row["file"] or "").strip():
             raise DataError(f"line {line}: needs a file name and finite x, y and r > 0", path=path)
-        file = Path(row["file"].strip())
-        files.append((file if file.is_absolute() else path.parent / file).resolve())
+        files.append(_beside(path, row["file"].strip()))
         rois.append((x, y, r))
     if not files:
         raise DataError("lists no lesions", path=path)
     return files, rois
+
+
+def read_pairs(path: str | Path) -> tuple[list[Path], list[Path | str]]:
+    """A film list for a bilateral bundle: CSV columns file, other (the same woman's other film; empty
+    for a film without one, which only a bundle trained with the pairing's fallback accepts).
+
+    Relative names are taken from the CSV's own folder. Returns (files, others), aligned.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("pair file not found (expected a CSV with columns file, other)", path=path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in ("file", OTHER) if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"missing column(s) {', '.join(missing)}; expected file, other", path=path)
+            rows = [((row["file"] or "").strip(), (row[OTHER] or "").strip(), line)
+                    for line, row in enumerate(reader, start=2)]  # fmt: skip
+    except UnicodeDecodeError:
+        raise DataError("is not a UTF-8 CSV (expected columns file, other)", path=path) from None
+    files, others = [], []
+    for file, other, line in rows:
+        if not file:
+            raise DataError(f"line {line}: needs a file name", path=path)
+        if other == file:
+            raise DataError(f"line {line}: a film is not its own other film (leave 'other' empty instead)", path=path)
+        files.append(_beside(path, file))
+        others.append(_beside(path, other) if other else "")
+    if not files:
+        raise DataError("lists no films", path=path)
+    return files, others
+
+
+def _beside(csv_path: Path, name: str) -> Path:
+    file = Path(name)
+    return (file if file.is_absolute() else csv_path.parent / file).resolve()
 
 
 def read_rows(path: Path, header: list[str]) -> dict[tuple[str, ...], dict[str, str]]:
@@ -153,33 +196,56 @@ def read_rows(path: Path, header: list[str]) -> dict[tuple[str, ...], dict[str, 
     return rows
 
 
-def check_lesions(spec: Any, rois: Sequence[Any] | None) -> None:
-    """A lesion bundle needs ROIs and a film bundle takes none: one clear line otherwise."""
+def check_units(spec: Any, rois: Sequence[Any] | None, others: Sequence[Any] | None = None) -> None:
+    """A lesion bundle needs ROIs, a bilateral one the other films, other bundles neither: one clear line otherwise."""
     if spec.needs_roi and rois is None:
         raise ConfigError(f"model {spec.model_id} scores lesion crops and needs each lesion's ROI: "
                           "give --rois ROIS.csv (columns file, x, y, r in original-image pixels, one row per lesion)")  # fmt: skip
     if not spec.needs_roi and rois is not None:
-        raise ConfigError(f"--rois: model {spec.model_id} scores whole films (its pipeline has no crop_roi); "
+        raise ConfigError(f"--rois: model {spec.model_id} scores whole films (its pipeline has no crop_roi, "
+                          "multiscale_crop or lesion_descriptors); "
                           "drop --rois")  # fmt: skip
+    if spec.pairs is not None and others is None:
+        empty = "; leave other empty for a film without one" if spec.pairs["fallback"] else ""
+        raise ConfigError(f"model {spec.model_id} reads each film with the same woman's other film: "
+                          f"give --pairs PAIRS.csv (columns file, other{empty})")  # fmt: skip
+    if spec.pairs is None and others is not None:
+        raise ConfigError(f"--pairs: model {spec.model_id} scores single films; drop --pairs")
+
+
+def plan(spec: Any, files: Sequence[Path], rois: Sequence[Any] | None, others: Sequence[Any] | None
+         ) -> tuple[list[str], list[Unit]]:  # fmt: skip
+    """The CSV header and the units to score: (file, roi or None, other film or None) each."""
+    check_units(spec, rois, others)
+    for name, items in (("rois", rois), ("other films", others)):
+        if items is not None and len(items) != len(files):
+            raise ConfigError(f"{len(files)} files but {len(items)} {name}")
+    none = [None] * len(files)
+    header = columns(spec.classes, lesions=rois is not None, pairs=others is not None)
+    return header, list(zip(files, rois if rois is not None else none, others if others is not None else none))
+
+
+def check_heatmaps(predictor: Any) -> None:
+    refusal = predictor.heatmap_refusal
+    if refusal is not None:
+        raise ConfigError(f"--heatmaps: {refusal}")
 
 
 def predict_files(predictor: Any, files: Sequence[Path], out: str | Path, *, rois: Sequence[Any] | None = None,
-                  heatmaps: str | Path | None = None, force: bool = False, progress: bool = True) -> BatchReport:  # fmt: skip
+                  others: Sequence[Any] | None = None, heatmaps: str | Path | None = None, force: bool = False,
+                  progress: bool = True) -> BatchReport:  # fmt: skip
     """Score ``files`` into the CSV ``out`` (see the module docstring for resuming).
 
     ``rois`` (lesion bundles only): one (x, y, r) per entry of ``files``, which may repeat a file.
+    ``others`` (bilateral bundles only): each file's other film ('' for none).
     """
     from tqdm.auto import tqdm
 
     out = Path(out)
     spec = predictor.spec
-    check_lesions(spec, rois)
-    if rois is not None and len(rois) != len(files):
-        raise ConfigError(f"{len(files)} files but {len(rois)} rois")
-    if heatmaps is not None and not predictor.explains:
-        raise ConfigError("--heatmaps: explanations are not installed in this mammolens (mammolens.explain)")
-    header = columns(spec.classes, lesions=rois is not None)
-    units = list(zip(files, rois if rois is not None else [None] * len(files)))
+    header, units = plan(spec, files, rois, others)
+    if heatmaps is not None:
+        check_heatmaps(predictor)
     journal = out.with_name(out.name + ".partial")
     if force:
         journal.unlink(missing_ok=True)
@@ -220,53 +286,57 @@ def predict_files(predictor: Any, files: Sequence[Path], out: str | Path, *, roi
                        failed=failed, seconds=round(time.perf_counter() - start, 3))  # fmt: skip
 
 
-def in_order(rows: dict[tuple[str, ...], dict[str, str]], units: Sequence[tuple[Path, Any]]) -> list[dict[str, str]]:
+def in_order(rows: dict[tuple[str, ...], dict[str, str]], units: Sequence[Unit]) -> list[dict[str, str]]:
     """Rows in the order of the input, then rows of earlier runs for inputs not given this time."""
     order = {unit_key(*u): i for i, u in enumerate(units)}
     return [rows[k] for k in sorted(rows, key=lambda k: (order.get(k, len(order)), k))]
 
 
-def _score(predictor: Any, units: Sequence[tuple[Path, Any]], header: list[str], heatmaps: str | Path | None) -> list[dict]:
-    """Rows for one batch of (file, roi or None): each is read and preprocessed alone (its error stays
-    in its row), then the readable ones go through the model together."""
+def _score(predictor: Any, units: Sequence[Unit], header: list[str], heatmaps: str | Path | None) -> list[dict]:
+    """Rows for one batch of units: each is read and preprocessed alone (its error stays in its row),
+    then the readable ones go through the model together. The local and the Ray engine both call it."""
     spec = predictor.spec
     rows: list[dict[str, Any]] = []
-    arrays, ready = [], []
-    read: dict[Path, Any] = {}  # a film with several lesions is decoded once per batch
-    for path, roi in units:
+    inputs, ready = [], []
+    read: dict[Path, Any] = {}  # a film with several lesions (or read as a partner too) is decoded once per batch
+
+    def film(path: Path) -> Any:
+        if path not in read:
+            read[path] = predictor.read(path)
+        return read[path]
+
+    for path, roi, other in units:
         row = dict.fromkeys(header, "") | {"file": str(path), "model_id": spec.model_id}
-        if roi is not None:
-            row.update(zip(ROI_COLUMNS, unit_key(path, roi)[1:]))
+        row.update(zip((*(ROI_COLUMNS if roi is not None else ()), OTHER), unit_key(path, roi, other)[1:]))
         try:
-            if path not in read:
-                read[path] = predictor.read(path)
-            pixels, laterality = read[path]
-            arrays.append(predictor._preprocess(pixels, laterality, roi, "", str(path)))
-            ready.append((row, pixels, laterality, roi))
+            image = film(path)
+            inputs.append(predictor.prepare(image, roi=roi, name=str(path), other=film(Path(other)) if other else None))
+            ready.append((row, image, roi))
         except Exception as exc:  # noqa: BLE001 - one unreadable file of millions is a row, not a crash
             row["error"] = _one_line(exc)
         rows.append(row)
-    if arrays:
-        for (row, pixels, laterality, roi), probs in zip(ready, predictor.predict_arrays(np.stack(arrays))):
+    if inputs:
+        for (row, image, roi), probs in zip(ready, predictor.predict_inputs(inputs)):
             p = predictor._prediction(probs)
             row.update({f"p_{c}": f"{v:.6f}" for c, v in p.probabilities.items()})
             row.update(label=p.label, decision=p.decision, threshold=f"{p.threshold:g}")
             if heatmaps is not None:
                 try:
-                    _write_heatmap(predictor, Path(heatmaps), Path(row["file"]), pixels, laterality, roi)
+                    _write_heatmap(predictor, Path(heatmaps), Path(row["file"]), image, roi)
                 except Exception as exc:  # noqa: BLE001 - the scores stand; the row says the overlay failed
                     row["error"] = f"heatmap: {_one_line(exc)}"
     return rows
 
 
-def _write_heatmap(predictor: Any, folder: Path, file: Path, pixels: np.ndarray, laterality: str, roi: Any) -> None:
+def _write_heatmap(predictor: Any, folder: Path, file: Path, image: Any, roi: Any) -> None:
+    """The overlay PNG, written atomically: Ray actors write into one folder side by side."""
     from mammolens.explain import overlay_png
 
-    heatmap = predictor.explain(pixels, roi=roi, laterality=laterality)
+    heatmap = predictor.explain(image, roi=roi, laterality=image.laterality)
     # two folders may hold the same file name, and a film several lesions
     tag = hashlib.sha256(repr(unit_key(file, roi)).encode()).hexdigest()[:8]
     with atomic_open(folder / f"{file.stem}-{tag}.png", "wb") as fh:
-        fh.write(overlay_png(pixels, heatmap))
+        fh.write(overlay_png(image.pixels, heatmap))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -57,6 +57,7 @@ def predict(
     inputs: Optional[list[Path]] = typer.Argument(None, help="Image files and folders (DICOM, PNG, PGM, TIFF, JPEG)."),
     out: Path = typer.Option(..., "--out", help="Results CSV (one row per image, or per lesion with --rois)."),
     rois: Optional[Path] = typer.Option(None, "--rois", help="Lesion bundles: CSV of file, x, y, r (original-image pixels), one row per lesion; lists the images instead of INPUT."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Bilateral bundles: CSV of file, other (the same woman's other film; empty for none); lists the images instead of INPUT."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for heatmap overlay PNGs."),
     force: bool = typer.Option(False, "--force", help="Score every image again instead of resuming."),
     backend: str = BackendOpt,
@@ -65,23 +66,33 @@ def predict(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Score images into a CSV; resumes an interrupted run, skips what is done unless --force."""
-    from mammolens.deploy.batch import list_images, predict_files, read_rois
+    from mammolens.deploy.batch import list_images, predict_files, read_pairs, read_rois
     from mammolens.deploy.predictor import Predictor
 
-    if rois is not None and inputs:
-        raise ConfigError("--rois lists the images (its file column): give no INPUT with it")
-    if rois is None and not inputs:
-        raise ConfigError("give image files or folders (INPUT), or --rois ROIS.csv for a lesion bundle")
-    files, lesions = read_rois(rois) if rois is not None else (list_images(inputs or []), None)
+    listed = [flag for flag, value in (("--rois", rois), ("--pairs", pairs)) if value is not None]
+    if len(listed) > 1:
+        raise ConfigError("--rois (lesion bundles) and --pairs (bilateral bundles) do not go together")
+    if listed and inputs:
+        raise ConfigError(f"{listed[0]} lists the images (its file column): give no INPUT with it")
+    if not listed and not inputs:
+        raise ConfigError("give image files or folders (INPUT), --rois ROIS.csv for a lesion bundle, "
+                          "or --pairs PAIRS.csv for a bilateral bundle")  # fmt: skip
+    lesions = others = None
+    if rois is not None:
+        files, lesions = read_rois(rois)
+    elif pairs is not None:
+        files, others = read_pairs(pairs)
+    else:
+        files = list_images(inputs or [])
     if engine == "ray":
         from mammolens.deploy.ray_engine import predict_ray
 
-        if heatmaps is not None:
-            raise ConfigError("--heatmaps is not supported with --engine ray; use --engine local")
-        report = predict_ray(bundle, files, out, rois=lesions, backend=backend, batch_size=batch_size, force=force)
+        report = predict_ray(bundle, files, out, rois=lesions, others=others, heatmaps=heatmaps, backend=backend,
+                             batch_size=batch_size, force=force)  # fmt: skip
     elif engine == "local":
         predictor = Predictor.load(bundle, backend=backend, batch_size=batch_size)  # type: ignore[arg-type]
-        report = predict_files(predictor, files, out, rois=lesions, heatmaps=heatmaps, force=force, progress=progress)
+        report = predict_files(predictor, files, out, rois=lesions, others=others, heatmaps=heatmaps, force=force,
+                               progress=progress)  # fmt: skip
     else:
         raise ConfigError(f"--engine: unknown engine {engine!r}; known engines: local, ray")
     typer.echo(f"{report.total} {'images' if lesions is None else 'lesions'}: {report.scored} scored, {report.failed} failed, "

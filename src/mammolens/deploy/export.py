@@ -99,6 +99,7 @@ def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8:
         raise ConfigError(f"unknown exporter {exporter!r}; known exporters: {', '.join(EXPORTERS)}")
     bundle = load_bundle(bundle_path)
     spec = ModelSpec.from_bundle(bundle)
+    spec.check_onnx(bundle_path)
     if spec.input_size is None:
         raise ConfigError("the bundle's preprocessing has no resize step: an ONNX export needs a fixed input size")
     if int8 and recipe is not None:

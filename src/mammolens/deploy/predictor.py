@@ -38,8 +38,26 @@ class Prediction:
                 "threshold": self.threshold}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Film:
+    """An image as read: what the bundle's pipeline starts from."""
+
+    pixels: np.ndarray  # 2-D float32 in [0, 1]
+    laterality: str = ""  # 'L', 'R', '' when the file does not say
+    pixel_mm: float | None = None  # pixel side from the file (DICOM PixelSpacing), when it has one
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One preprocessed input, as training fed it: (H, W) or (C, H, W) pixels, plus the descriptor
+    vector for a bundle with a descriptor head."""
+
+    pixels: np.ndarray
+    descriptors: np.ndarray | None = None
+
+
 class _Runner(Protocol):
-    def __call__(self, batch: np.ndarray) -> np.ndarray: ...  # (N, H, W) [0, 1] -> (N, C) probabilities
+    def __call__(self, batch: np.ndarray, descriptors: np.ndarray | None) -> np.ndarray: ...  # -> (N, C) probabilities
 
 
 class _TorchRunner:
@@ -51,12 +69,14 @@ class _TorchRunner:
         self.bundle = bundle
         self.model = bundle.model.eval().to(memory_format=torch.channels_last)  # once, before any thread
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.bundle.predict_proba(batch)  # NHWC, inference mode, temperature and test-time augmentation
+    def __call__(self, batch: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
+        # NHWC, inference mode, temperature, test-time augmentation and the descriptor head
+        return self.bundle.predict_proba(batch, descriptors=descriptors)
 
 
 class _OrtRunner:
-    """An exported ONNX file (normalisation, temperature and softmax inside); ORT sessions are thread-safe."""
+    """An exported ONNX file (normalisation, temperature and softmax inside); ORT sessions are thread-safe.
+    Exports take one-channel images only (``ModelSpec.check_onnx``)."""
 
     def __init__(self, path: Path, threads: int | None) -> None:
         import onnxruntime as ort
@@ -72,9 +92,9 @@ class _OrtRunner:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.spec = ModelSpec.from_metadata(meta, path)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, dtype=np.float32)[:, None]
-        return self.session.run(None, {self.input: x})[0]
+    def __call__(self, batch: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.session.run(None, {self.input: x[:, None] if x.ndim == 3 else x})[0]
 
 
 class Predictor:
@@ -125,68 +145,117 @@ class Predictor:
         return cls(runner.spec, runner, backend=backend, bundle_path=bundle_dir, batch_size=batch_size)
 
     # -- input ---------------------------------------------------------------------------------
-    def read(self, source: str | Path | np.ndarray) -> tuple[np.ndarray, str]:
-        """Original pixels (float32 [0, 1]) and the file's laterality ('' for arrays)."""
+    def read(self, source: str | Path | np.ndarray | Any) -> Film:
+        """A file, a 2-D [0, 1] array, or a ``mammolens.io.Image`` (its laterality and pixel spacing kept)."""
+        from mammolens.preprocess.sample import _read, default_loader
+
         if isinstance(source, (str, Path)):
-            from mammolens.preprocess.sample import default_loader, read_pixels
+            return Film(*_read(default_loader, str(source)))
+        if hasattr(source, "pixels"):
+            pixels, laterality, pixel_mm = _read(lambda _path, _frame: source, "image")
+            return Film(check_image(pixels), laterality, pixel_mm)
+        return Film(check_image(source))
 
-            return read_pixels(default_loader, str(source))
-        return check_image(source), ""
+    def preprocess(self, source: str | Path | np.ndarray, *, roi: Any = None, laterality: str = "",
+                   other: str | Path | np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """The array the model sees, built the way training built a sample (``preprocess.sample_from_row``,
+        then ``data.pairs.pair_channels`` for a bilateral bundle)."""
+        return self.prepare(self.read(source), roi=roi, laterality=laterality, name=_name(source),
+                            other=None if other is None else self.read(other)).pixels  # fmt: skip
 
-    def preprocess(self, source: str | Path | np.ndarray, *, roi: Any = None, laterality: str = "") -> np.ndarray:
-        """The (H, W) array the model sees, built the way ``preprocess.sample_from_row`` builds a sample."""
-        pixels, file_laterality = self.read(source)
-        return self._preprocess(pixels, file_laterality, roi, laterality, _name(source))
-
-    def _preprocess(self, pixels: np.ndarray, file_laterality: str, roi: Any, laterality: str, name: str) -> np.ndarray:
-        from mammolens.preprocess import sample_from_row
-
-        rois = check_rois(roi, pixels.shape, where=f"{name}: roi")
-        if self.spec.needs_roi and not rois:
-            raise ConfigError(
-                f"{name}: model {self.spec.model_id} was trained on lesion crops (its pipeline has crop_roi); "
-                "give the lesion's roi=(x, y, r) in original-image pixels"
-            )
+    def prepare(self, film: Film, *, roi: Any = None, laterality: str = "", name: str = "image",
+                other: Film | None = None) -> ModelInput:  # fmt: skip
+        """``film`` (with ``other``, the same woman's other film, for a bilateral bundle) -> the model's input."""
+        spec = self.spec
+        rois = check_rois(roi, film.pixels.shape, where=f"{name}: roi")
+        if spec.needs_roi and not rois:
+            raise ConfigError(f"{name}: model {spec.model_id} was trained on lesion crops (its pipeline has "
+                              f"{', '.join(spec.roi_steps)}); give the lesion's roi=(x, y, r) in original-image pixels")  # fmt: skip
         if laterality.upper() not in ("", "L", "R"):
             raise ConfigError(f"{name}: laterality must be 'L', 'R' or '', got {laterality!r}")
-        row = {"path": name, "rois": json.dumps([list(r) for r in rois]), "laterality": laterality or file_laterality}
-        sample, _ = sample_from_row(row, lambda _path, _frame: pixels)
-        out = self.pipeline(sample).pixels
-        size = self.spec.input_size
-        if size is not None and out.shape != (size, size):
-            raise DataError(f"{name}: preprocessing gave shape {out.shape}, the model expects ({size}, {size})")
+        side = (laterality or film.laterality).upper()
+        if spec.pairs is None:
+            if other is not None:
+                raise ConfigError(f"{name}: model {spec.model_id} scores single films; give no other film")
+            return self._model_input(self._run_pipeline(film, rois, side, name), name)
+        if other is None and not spec.pairs["fallback"]:
+            raise ConfigError(f"{name}: model {spec.model_id} reads a film with the same woman's other film and was "
+                              "trained without the fallback for films that have none; give other=(the other film)")  # fmt: skip
+        from mammolens.data.pairs import OPPOSITE, pair_channels
+
+        x = self._run_pipeline(film, rois, side, name).pixels
+        y = None if other is None else self._run_pipeline(other, [], other.laterality or OPPOSITE.get(side, ""),
+                                                           f"{name}: other film").pixels  # fmt: skip
+        try:
+            return ModelInput(pair_channels(x, y, mirror=spec.pairs["mirror"]))
+        except DataError as exc:
+            raise DataError(f"{name}: {exc}") from None
+
+    def _run_pipeline(self, film: Film, rois: list[Any], laterality: str, name: str) -> Any:
+        from mammolens.preprocess import sample_from_row
+
+        row = {"path": name, "rois": json.dumps([list(r) for r in rois]), "laterality": laterality}
+        sample, _ = sample_from_row(row, lambda _path, _frame: film.pixels)
+        out = self.pipeline(sample.replace(pixel_mm=film.pixel_mm))
+        shape = self.spec.input_shape
+        if shape is not None and out.pixels.shape != shape:
+            raise DataError(f"{name}: preprocessing gave shape {out.pixels.shape}, the model expects {shape}")
         return out
 
+    def _model_input(self, sample: Any, name: str) -> ModelInput:
+        if not self.spec.descriptors:
+            return ModelInput(sample.pixels)
+        from mammolens.train.bundle import descriptor_vector
+
+        try:
+            return ModelInput(sample.pixels, descriptor_vector(self.spec.descriptors, sample.descriptors))
+        except DataError as exc:
+            raise DataError(f"{name}: {exc}") from None
+
     # -- inference -----------------------------------------------------------------------------
-    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W) preprocessed images -> (N, C) probabilities, in batches of ``batch_size``."""
+    def predict_arrays(self, batch: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
+        """(N, H, W) or (N, C, H, W) preprocessed images (and the (N, K) descriptors of a bundle with a
+        descriptor head) -> (N, C) probabilities, in batches of ``batch_size``."""
         batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 3:
-            raise DataError(f"expected preprocessed images shaped (N, H, W), got shape {batch.shape}")
-        parts = [self._run(batch[i : i + self.batch_size]) for i in range(0, len(batch), self.batch_size)]
+        if batch.ndim not in (3, 4):
+            raise DataError(f"expected preprocessed images shaped (N, H, W) or (N, C, H, W), got shape {batch.shape}")
+        step = self.batch_size
+        parts = [self._run(batch[i : i + step], None if descriptors is None else descriptors[i : i + step])
+                 for i in range(0, len(batch), step)]  # fmt: skip
         return np.concatenate(parts) if parts else np.zeros((0, len(self.spec.classes)), np.float32)
 
-    def predict(self, source: str | Path | np.ndarray, *, roi: Any = None, laterality: str = "",
-                heatmap: bool = False) -> Prediction:  # fmt: skip
-        """One image (a file or a 2-D [0, 1] array). ``roi`` is required by lesion models."""
-        pixels, file_laterality = self.read(source)
-        x = self._preprocess(pixels, file_laterality, roi, laterality, _name(source))
-        prediction = self._prediction(self.predict_arrays(x[None])[0])
+    def predict_inputs(self, inputs: Sequence[ModelInput]) -> np.ndarray:
+        """``prepare``'s outputs -> (N, C) probabilities."""
+        if not inputs:
+            return np.zeros((0, len(self.spec.classes)), np.float32)
+        descriptors = np.stack([i.descriptors for i in inputs]) if self.spec.descriptors else None
+        return self.predict_arrays(np.stack([i.pixels for i in inputs]), descriptors)
+
+    def predict(self, source: str | Path | np.ndarray | Any, *, roi: Any = None, laterality: str = "",
+                other: str | Path | np.ndarray | Any = None, heatmap: bool = False) -> Prediction:  # fmt: skip
+        """One image (a file, a 2-D [0, 1] array or a ``mammolens.io.Image``). ``roi`` is required by
+        lesion models; ``other`` is the same woman's other film, for bilateral models."""
+        film = self.read(source)
+        x = self.prepare(film, roi=roi, laterality=laterality, name=_name(source),
+                         other=None if other is None else self.read(other))  # fmt: skip
+        prediction = self._prediction(self.predict_inputs([x])[0])
         if heatmap:
-            prediction.heatmap = self.explain(pixels, roi=roi, laterality=laterality or file_laterality)
+            prediction.heatmap = self.explain(film, roi=roi, laterality=laterality or film.laterality)
         return prediction
 
     def predict_batch(self, sources: Sequence[str | Path | np.ndarray], *, rois: Sequence[Any] | None = None,
-                      lateralities: Sequence[str] | None = None) -> list[Prediction]:  # fmt: skip
+                      lateralities: Sequence[str] | None = None, others: Sequence[Any] | None = None) -> list[Prediction]:  # fmt: skip
         """Several images, preprocessed one by one and run through the model in batches."""
-        rois = list(rois) if rois is not None else [None] * len(sources)
-        lateralities = list(lateralities) if lateralities is not None else [""] * len(sources)
-        if not len(rois) == len(lateralities) == len(sources):
-            raise ConfigError(f"{len(sources)} images but {len(rois)} rois and {len(lateralities)} lateralities")
-        arrays = [self.preprocess(s, roi=r, laterality=lat) for s, r, lat in zip(sources, rois, lateralities)]
-        if not arrays:
-            return []
-        return [self._prediction(p) for p in self.predict_arrays(np.stack(arrays))]
+        n = len(sources)
+        rois = list(rois) if rois is not None else [None] * n
+        lateralities = list(lateralities) if lateralities is not None else [""] * n
+        others = list(others) if others is not None else [None] * n
+        if not len(rois) == len(lateralities) == len(others) == n:
+            raise ConfigError(f"{n} images but {len(rois)} rois, {len(lateralities)} lateralities, {len(others)} others")
+        inputs = [self.prepare(self.read(s), roi=r, laterality=lat, name=_name(s),
+                               other=None if o is None else self.read(o))
+                  for s, r, lat, o in zip(sources, rois, lateralities, others)]  # fmt: skip
+        return [self._prediction(p) for p in self.predict_inputs(inputs)]
 
     def _prediction(self, probs: np.ndarray) -> Prediction:
         label, decision = self.spec.decide(probs)
@@ -198,26 +267,38 @@ class Predictor:
     # -- explanations --------------------------------------------------------------------------
     @property
     def explains(self) -> bool:
-        """Whether heatmaps are available (the explain room is installed and the bundle is at hand)."""
-        import mammolens.explain as explain
+        """Whether heatmaps are available (see ``heatmap_refusal``)."""
+        return self.heatmap_refusal is None
 
-        return hasattr(explain, "explain_image") and (self._bundle is not None or self.bundle_path is not None)
-
-    def explain(self, pixels: np.ndarray, *, roi: Any = None, laterality: str = "") -> np.ndarray:
-        """An original-sized float32 [0, 1] heatmap from ``mammolens.explain`` (the torch model)."""
+    @property
+    def heatmap_refusal(self) -> str | None:
+        """Why this Predictor gives no heatmaps, in one line (None: it does)."""
         import mammolens.explain as explain
 
         if not hasattr(explain, "explain_image"):
-            raise ConfigError("explanations are not installed in this mammolens (mammolens.explain.explain_image)")
+            return "explanations are not installed in this mammolens (mammolens.explain.explain_image)"
+        if self._bundle is None and self.bundle_path is None:
+            return "heatmaps need the bundle directory, not only its ONNX export"
+        if self.spec.pairs is not None:
+            return "heatmaps of bilateral (film-pair) bundles are not implemented: the shared layers see both films"
+        return None
+
+    def explain(self, image: Film | np.ndarray, *, roi: Any = None, laterality: str = "") -> np.ndarray:
+        """An original-sized float32 [0, 1] heatmap from ``mammolens.explain`` (the torch model)."""
+        import mammolens.explain as explain
+
+        refusal = self.heatmap_refusal
+        if refusal is not None:
+            raise ConfigError(refusal)
+        film = image if isinstance(image, Film) else Film(check_image(image))
         with self._explain_lock:  # CAM methods hook the model: one explanation at a time
             if self._bundle is None:
-                if self.bundle_path is None:
-                    raise ConfigError("heatmaps need the bundle directory, not only its ONNX export")
                 from mammolens.train.bundle import load_bundle
 
                 self._bundle = load_bundle(self.bundle_path)
-            rois = check_rois(roi, pixels.shape) or None
-            result = explain.explain_image(self._bundle, pixels, rois=rois, laterality=laterality)
+            rois = check_rois(roi, film.pixels.shape) or None
+            result = explain.explain_image(self._bundle, film.pixels, rois=rois, laterality=laterality,
+                                           pixel_mm=film.pixel_mm)  # fmt: skip
         return np.asarray(result.heatmap, dtype=np.float32)
 
 

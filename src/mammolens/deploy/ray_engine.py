@@ -23,11 +23,12 @@ from typing import Any
 
 from mammolens.atomic import atomic_open
 from mammolens.deploy.batch import (
+    OTHER,
     ROI_COLUMNS,
     BatchReport,
-    check_lesions,
-    columns,
+    check_heatmaps,
     in_order,
+    plan,
     read_rows,
     row_key,
     unit_key,
@@ -55,22 +56,24 @@ def ray_session(num_cpus: int = 2) -> Iterator[Any]:
 
 
 def predict_ray(bundle: str | Path, files: Sequence[Path], out: str | Path, *, rois: Sequence[Any] | None = None,
-                backend: str = "torch", batch_size: int = 16, force: bool = False, num_cpus: int = 2,
-                actors: int | None = None, threads_per_actor: int = 1) -> BatchReport:  # fmt: skip
-    """Score ``files`` (with one ``rois`` entry each for a lesion bundle) into the CSV ``out`` with Ray
-    Data; skips what is already scored there unless ``force``."""
+                others: Sequence[Any] | None = None, heatmaps: str | Path | None = None, backend: str = "torch",
+                batch_size: int = 16, force: bool = False, num_cpus: int = 2, actors: int | None = None,
+                threads_per_actor: int = 1) -> BatchReport:  # fmt: skip
+    """Score ``files`` (with one ``rois`` entry each for a lesion bundle, one ``others`` entry each for
+    a bilateral one) into the CSV ``out`` with Ray Data; skips what is already scored there unless
+    ``force``. ``heatmaps``: each actor writes its overlay PNGs there (atomically, so never half a file)."""
     import csv
 
     from mammolens.deploy.predictor import Predictor
 
     out = Path(out)
-    spec = Predictor.load(bundle, backend=backend).spec  # fail here, not in every actor
-    check_lesions(spec, rois)
-    lesions = rois is not None
-    if lesions and len(rois) != len(files):
-        raise ConfigError(f"{len(files)} files but {len(rois)} rois")
-    header = columns(spec.classes, lesions=lesions)
-    units = list(zip(files, rois if lesions else [None] * len(files)))
+    predictor = Predictor.load(bundle, backend=backend)  # fail here, not in every actor
+    spec = predictor.spec
+    header, units = plan(spec, files, rois, others)
+    if heatmaps is not None:
+        check_heatmaps(predictor)
+    lesions, pairs = rois is not None, others is not None
+    heatmap_dir = None if heatmaps is None else str(heatmaps)
     done = {} if force else read_rows(out, header)
     keep = {k: r for k, r in done.items() if not r["error"]}
     todo = [u for u in units if unit_key(*u) not in keep]
@@ -93,10 +96,12 @@ def predict_ray(bundle: str | Path, files: Sequence[Path], out: str | Path, *, r
 
                     files = [Path(f) for f in batch["file"]]
                     rois = zip(batch["x"], batch["y"], batch["r"]) if lesions else [None] * len(files)
-                    rows = _score(self.predictor, list(zip(files, rois)), header, None)
+                    others = [str(o) for o in batch[OTHER]] if pairs else [None] * len(files)
+                    rows = _score(self.predictor, list(zip(files, rois, others)), header, heatmap_dir)
                     return {k: [r[k] for r in rows] for k in header}
 
-            items = [{"file": str(f), **(dict(zip(ROI_COLUMNS, map(float, roi))) if lesions else {})} for f, roi in todo]
+            items = [{"file": str(f), **(dict(zip(ROI_COLUMNS, map(float, roi))) if lesions else {}),
+                      **({OTHER: str(other)} if pairs else {})} for f, roi, other in todo]  # fmt: skip
             ds = ray.data.from_items(items)
             scored = ds.map_batches(Scorer, batch_size=batch_size, batch_format="numpy",
                                     concurrency=actors or num_cpus, num_cpus=1)  # fmt: skip

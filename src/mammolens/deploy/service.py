@@ -171,7 +171,8 @@ def _predict(predictor: Predictor, data: bytes, kind: str, config: ServiceConfig
     if heatmap and not predictor.explains:
         raise HTTPException(501, "explanations are not installed in this mammolens (mammolens.explain)")
     try:
-        p = predictor.predict(image.pixels, roi=roi, laterality=laterality or image.meta.laterality, heatmap=heatmap)
+        # the Image itself: its laterality and pixel spacing (lesion steps measure in mm) count
+        p = predictor.predict(image, roi=roi, laterality=laterality, heatmap=heatmap)
     except MammolensError as exc:
         raise HTTPException(422, str(exc)) from None
     result: dict[str, Any] = {

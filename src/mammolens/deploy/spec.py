@@ -17,6 +17,8 @@ import numpy as np
 from mammolens.errors import ConfigError, DataError
 
 ROI = tuple[float, float, float]
+# Preprocessing steps that read the finding's circle: a bundle with one of them scores lesions.
+ROI_STEPS = ("crop_roi", "multiscale_crop", "lesion_descriptors")
 # Provenance keys that are safe to publish: no file paths, which can name a hospital, a study or a woman.
 _PUBLIC_PROVENANCE = ("git_commit", "git_dirty", "packages", "created_at", "manifest_hash", "split_file_hash",
                       "preprocess_hash", "manifest_sha256", "split_sha256")  # fmt: skip
@@ -37,21 +39,37 @@ class ModelSpec:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # the bundle's validation/test metrics
     version: str = ""  # when the bundle was made (its provenance's created_at)
+    channels: int = 1  # model input channels: 1, a multiscale_crop's scales, or 2 (a film and its partner)
+    descriptors: list[str] = field(default_factory=list)  # the descriptor head's inputs, in order (lesion_descriptors)
+    pairs: dict[str, bool] | None = None  # bilateral bundles: {"fallback": ..., "mirror": ...} as in training
 
     @property
     def steps(self) -> list[dict[str, Any]]:
         return list(self.preprocess.get("steps") or [])
 
     @property
+    def roi_steps(self) -> list[str]:
+        """The pipeline's steps that read the finding's circle (crop to it, or measure it)."""
+        return [str(step["name"]) for step in self.steps if step.get("name") in ROI_STEPS]
+
+    @property
     def needs_roi(self) -> bool:
-        """A lesion model (its pipeline crops to the ROI) must be told where the lesion is."""
-        return any(step.get("name") == "crop_roi" for step in self.steps)
+        """A lesion model (its pipeline crops to, or measures, the finding) must be told where it is."""
+        return bool(self.roi_steps)
 
     @property
     def input_size(self) -> int | None:
-        """Side of the square the pipeline's last resize produces (None: no resize step)."""
-        sizes = [int(step.get("size", 224)) for step in self.steps if step.get("name") == "resize"]
+        """Side of the square the pipeline's last resize (or multi-scale crop) produces (None: neither)."""
+        sizes = [int(step.get("size", 224)) for step in self.steps if step.get("name") in ("resize", "multiscale_crop")]
         return sizes[-1] if sizes else None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """What one preprocessed image is: (H, W) for one channel, (C, H, W) for several."""
+        if self.input_size is None:
+            return None
+        side = (self.input_size, self.input_size)
+        return side if self.channels == 1 or self.pairs is not None else (self.channels, *side)
 
     @property
     def binary(self) -> bool:
@@ -61,9 +79,13 @@ class ModelSpec:
         return {
             "image": "2-D greyscale, float in [0, 1] (files: any format mammolens.io.read_image reads)",
             "preprocess": self.preprocess,
-            "model_input": [1, self.input_size, self.input_size] if self.input_size else None,
+            "model_input": [self.channels, self.input_size, self.input_size] if self.input_size else None,
             "needs_roi": self.needs_roi,
             "roi": "(x, y, r) in original-image pixels, origin top-left" if self.needs_roi else None,
+            "descriptors": self.descriptors,
+            "needs_other_film": self.pairs is not None and not self.pairs["fallback"],
+            "other_film": "the same woman's other breast, same view (optional when needs_other_film is false)"
+            if self.pairs is not None else None,
         }
 
     def public(self) -> dict[str, Any]:
@@ -87,18 +109,23 @@ class ModelSpec:
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> ModelSpec:
+        from mammolens.data.pairs import has_orient
+
         manifest = json.loads((Path(bundle.path) / "bundle.json").read_text(encoding="utf-8"))
-        # The deployed paths (Predictor, export, service) feed one preprocessed image per input;
-        # a bundle that needs more would silently get less, so it is refused here.
-        if getattr(bundle, "descriptor_head", None) is not None:
-            raise ConfigError("the bundle adds lesion descriptors to its logits, which the Predictor, export and "
-                              "service do not compute yet; use Bundle.predict_proba(batch, descriptors=...)",
-                              path=bundle.path)  # fmt: skip
         channels = int(manifest["model"].get("in_chans", 1))
-        if channels != 1:
-            raise ConfigError(f"the bundle reads {channels}-channel inputs (multi-scale crops or film pairs), which "
-                              "the Predictor, export and service do not assemble yet; use Bundle.predict_proba",
-                              path=bundle.path)  # fmt: skip
+        head = getattr(bundle, "descriptor_head", None)
+        pairs_cfg = ((bundle.config or {}).get("data") or {}).get("pairs") or {}
+        pairs = None
+        if channels == 2 and (pairs_cfg.get("enabled") or manifest["model"].get("name") == "bilateral"):  # a film with the same woman's other film (data/pairs.py)
+            pairs = {"fallback": bool(pairs_cfg.get("fallback", True)),
+                     "mirror": not has_orient(bundle.preprocess.get("steps") or [])}  # fmt: skip
+        scales = [s for s in bundle.preprocess.get("steps") or [] if s.get("name") == "multiscale_crop"]
+        if channels != 1 and pairs is None and not scales:
+            # The deployed paths assemble several channels from a multi-scale crop or a film pair only;
+            # anything else would silently get other inputs than it was trained on.
+            raise ConfigError(f"the bundle reads {channels}-channel inputs that are neither multi-scale crops "
+                              "(multiscale_crop) nor film pairs (data.pairs), which the Predictor cannot assemble; "
+                              "use Bundle.predict_proba", path=bundle.path)  # fmt: skip
         architecture = str(manifest["model"].get("name", "model"))
         return cls(
             model_id=f"{architecture}-{manifest['weights_sha256'][:12]}",
@@ -112,7 +139,20 @@ class ModelSpec:
             provenance=dict(bundle.provenance),
             metrics=dict(bundle.metrics),
             version=str(bundle.provenance.get("created_at", "")),
+            channels=channels,
+            descriptors=list(head["names"]) if head else [],
+            pairs=pairs,
         )
+
+    def check_onnx(self, where: str | Path) -> None:
+        """The ONNX graph takes one (N, 1, H, W) image batch and nothing else: refuse what needs more."""
+        if self.descriptors:
+            raise ConfigError("the bundle adds lesion descriptors to its logits, which the ONNX graph does not "
+                              "take; serve it with the torch backend", path=where)  # fmt: skip
+        if self.channels != 1:
+            what = "film pairs" if self.pairs is not None else "multi-scale crops"
+            raise ConfigError(f"the bundle reads {self.channels}-channel inputs ({what}), which the ONNX export "
+                              "does not take yet; serve it with the torch backend", path=where)  # fmt: skip
 
     def decide(self, probs: np.ndarray) -> tuple[str, str]:
         """(label, decision) for one probability row: the most probable class, and the class at the

@@ -77,3 +77,27 @@ def test_ray_scores_lesions_from_a_rois_csv_like_the_local_engine(tmp_path, caps
     assert main(args) == 0
     assert "4 lesions: 3 scored, 1 failed, 0 already done" in capsys.readouterr().out
     assert _rows(tmp_path / "ray.csv") == _rows(tmp_path / "local.csv")  # one row per lesion, x, y, r included
+
+
+def test_ray_actors_write_the_heatmaps_the_local_engine_writes(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    bundle = make_bundle(tmp_path / "bundle")
+    root = tmp_path / "films"
+    root.mkdir()
+    for i in range(4):
+        write_png(root / f"f{i}.png", film(i))
+    files = list_images([root])
+    predict_files(Predictor.load(bundle, batch_size=2), files, tmp_path / "local.csv", heatmaps=tmp_path / "local",
+                  progress=False)  # fmt: skip
+    args = ["predict", str(bundle), str(root), "--out", str(tmp_path / "ray.csv"), "--engine", "ray",
+            "--batch-size", "2", "--heatmaps", str(tmp_path / "ray")]  # fmt: skip
+    assert main(args) == 0
+    assert "4 images: 4 scored, 0 failed" in capsys.readouterr().out
+    names = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert len(names) == 4 and sorted(p.name for p in (tmp_path / "ray").iterdir()) == names  # no temporary files left
+    for name in names:
+        local, ray = (np.asarray(Image.open(tmp_path / d / name), dtype=np.int16) for d in ("local", "ray"))
+        assert np.abs(local - ray).max() <= 1
+    assert _rows(tmp_path / "ray.csv") == _rows(tmp_path / "local.csv")

@@ -4,6 +4,8 @@ The file list becomes a Ray Dataset; ``map_batches`` runs a pool of actors, each
 model once and scores batches with the very function the local engine uses (so rows are identical);
 each actor reads its own files, so decoding runs in parallel too. Results land as Parquet shards
 in ``<out>.shards/``, then merge with rows from earlier runs into the final CSV (written atomically).
+With heatmaps, each actor writes its overlay PNGs into the one folder, each atomically (a unique
+temporary name renamed into place), so no reader or crash ever sees half a file.
 
 Scaling out: started here with a local Ray of ``num_cpus`` CPUs; on a cluster, ``ray.init(address=...)``
 (``RAY_ADDRESS``) makes the same code place actors on every node. Per node: the actors, each with

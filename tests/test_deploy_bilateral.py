@@ -144,3 +144,20 @@ def test_predict_pairs_lists_each_film_with_its_other_film(run, tmp_path):
     np.testing.assert_allclose([float(r["p_abnormal"]) for r in rows], expected, atol=1e-6)
     again = CliRunner().invoke(app, ["predict", str(bundle_dir), "--pairs", str(pairs), "--out", str(out), "--no-progress"])
     assert f"{len(ids)} already done" in again.output  # resumes by (file, other)
+
+
+def test_evaluate_pairs_each_film_with_its_other_film_as_the_predictor_does(run, tmp_path):
+    import pandas as pd
+
+    bundle_dir = run / "run" / "bundle"
+    source = run / "src"
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(bundle_dir), str(source), "--out", str(out), "--n-boot", "0",
+                 "--cache-dir", str(run / "cache"), "--workers", "1"]) == 0  # fmt: skip
+    table = pd.read_csv(out / "predictions.csv").set_index("sample_id")
+    ids, path, partner = _films(run)
+    predictor = Predictor.load(bundle_dir)
+    expected = [predictor.predict(path[s], other=path[partner[s]] if partner[s] != s else None).probabilities["abnormal"]
+                for s in ids]  # fmt: skip
+    # evaluation reads the preprocessing cache, which stores films as 16-bit integers
+    np.testing.assert_allclose(table.loc[ids, "p_abnormal"], expected, atol=1e-4)

@@ -131,3 +131,13 @@ def pair_channels(film: np.ndarray, other: np.ndarray | None, *, mirror: bool = 
 def has_orient(steps: Sequence[Mapping[str, Any]]) -> bool:
     """Whether a preprocessing config's steps orient every film (then partners need no flip)."""
     return any(step.get("name") == "orient" for step in steps)
+
+
+def bundle_pairing(model_config: Mapping[str, Any], config: Mapping[str, Any] | None,
+                   steps: Sequence[Mapping[str, Any]]) -> dict[str, bool] | None:  # fmt: skip
+    """How a bundle reads a film with its partner, as its training did: ``{"fallback", "mirror"}``
+    (from its experiment config's ``data.pairs`` and its pipeline), or None for a single-film bundle."""
+    pairs = ((config or {}).get("data") or {}).get("pairs") or {}
+    if int(model_config.get("in_chans", 1)) != 2 or not (pairs.get("enabled") or model_config.get("name") == "bilateral"):
+        return None
+    return {"fallback": bool(pairs.get("fallback", True)), "mirror": not has_orient(steps)}

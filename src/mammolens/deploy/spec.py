@@ -109,16 +109,13 @@ class ModelSpec:
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> ModelSpec:
-        from mammolens.data.pairs import has_orient
+        from mammolens.data.pairs import bundle_pairing
 
         manifest = json.loads((Path(bundle.path) / "bundle.json").read_text(encoding="utf-8"))
         channels = int(manifest["model"].get("in_chans", 1))
         head = getattr(bundle, "descriptor_head", None)
-        pairs_cfg = ((bundle.config or {}).get("data") or {}).get("pairs") or {}
-        pairs = None
-        if channels == 2 and (pairs_cfg.get("enabled") or manifest["model"].get("name") == "bilateral"):  # a film with the same woman's other film (data/pairs.py)
-            pairs = {"fallback": bool(pairs_cfg.get("fallback", True)),
-                     "mirror": not has_orient(bundle.preprocess.get("steps") or [])}  # fmt: skip
+        # a film with the same woman's other film (data/pairs.py)
+        pairs = bundle_pairing(manifest["model"], bundle.config, bundle.preprocess.get("steps") or [])
         scales = [s for s in bundle.preprocess.get("steps") or [] if s.get("name") == "multiscale_crop"]
         if channels != 1 and pairs is None and not scales:
             # The deployed paths assemble several channels from a multi-scale crop or a film pair only;

@@ -52,17 +52,31 @@ def predict_manifest(
         cache = PreprocessCache(Path(cache_dir) / "preprocessed", members[0].preprocess)
         cache.build(manifest, workers=workers, progress=progress)
         chunks: dict[int, list[np.ndarray]] = {id(b): [] for b in members}
+        paired = {id(b): pair_loader(b, manifest, cache.load) for b in members}
         for start in range(0, len(sample_ids), batch_size):
             ids = sample_ids[start:start + batch_size]
             batch = np.stack([cache.load(s) for s in ids])
             for b in members:  # a lesion-descriptor bundle also takes the descriptors its pipeline recorded
                 extra = {"descriptors": np.stack([cache.load_descriptors(s) for s in ids])} \
                     if getattr(b, "descriptor_head", None) else {}
-                chunks[id(b)].append(b.predict_proba(batch, **extra))
+                load = paired[id(b)]
+                chunks[id(b)].append(b.predict_proba(batch if load is None else np.stack([load(s) for s in ids]), **extra))
         for b in members:
             outputs[id(b)] = (np.concatenate(chunks[id(b)]) if chunks[id(b)]
                               else np.zeros((0, len(b.classes)), dtype=np.float32))
     return _combine(bundle, outputs)
+
+
+def pair_loader(bundle: Any, manifest: Manifest, load: Any) -> Any:
+    """For a bilateral bundle, ``sample_id -> (2, H, W)``: each film with its partner among the
+    manifest's samples, paired and mirrored as its training did (``data.pairs``); None otherwise."""
+    from mammolens.data.pairs import PairedLoader, bundle_pairing, find_partners
+
+    pairing = bundle_pairing(bundle.model.config, getattr(bundle, "config", None), bundle.preprocess.get("steps") or [])
+    if pairing is None:
+        return None
+    partners = find_partners(manifest, fallback=pairing["fallback"])
+    return PairedLoader(load, partners.as_dict(), mirror=pairing["mirror"])
 
 
 def _combine(bundle: Any, outputs: dict[int, np.ndarray]) -> np.ndarray:

@@ -111,6 +111,9 @@ def test_what_is_missing_is_one_line(run, tmp_path, capsys):
         assert main(["predict", str(bundle_dir), *args, "--out", str(tmp_path / "o.csv"), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert re.search(message, err) and err.count("\n") == 1, (args, err)
+    assert main(["explain", str(bundle_dir), path[ids[0]], "--out", str(tmp_path / "explain")]) == 2
+    err = capsys.readouterr().err
+    assert "explanations of the bilateral model are not implemented" in err and err.count("\n") == 1
     good = tmp_path / "good.csv"
     good.write_text(f"file,other\n{path[ids[0]]},\n")
     assert main(["predict", str(_film_bundle(tmp_path)), "--pairs", str(good), "--out", str(tmp_path / "o.csv")]) == 2
@@ -161,3 +164,28 @@ def test_evaluate_pairs_each_film_with_its_other_film_as_the_predictor_does(run,
                 for s in ids]  # fmt: skip
     # evaluation reads the preprocessing cache, which stores films as 16-bit integers
     np.testing.assert_allclose(table.loc[ids, "p_abnormal"], expected, atol=1e-4)
+
+
+def test_the_service_takes_the_other_film_as_a_second_upload(run):
+    from fastapi.testclient import TestClient
+
+    from mammolens.deploy.service import create_app
+
+    predictor = Predictor.load(run / "run" / "bundle")
+    ids, path, partner = _films(run)
+    film = next(s for s in ids if partner[s] != s)
+    client = TestClient(create_app(predictor))
+    card = client.get("/v1/model").json()
+    assert card["input"]["model_input"] == [2, 32, 32] and card["input"]["needs_other_film"] is False
+    assert card["explanations"] is False
+    files = {"file": ("a.png", Path(path[film]).read_bytes()), "other": ("b.png", Path(path[partner[film]]).read_bytes())}
+    response = client.post("/v1/predict", files=files)
+    assert response.status_code == 200, response.text
+    expected = predictor.predict(path[film], other=path[partner[film]]).probabilities["abnormal"]
+    assert response.json()["probabilities"]["abnormal"] == pytest.approx(expected, abs=1e-6)
+    alone = client.post("/v1/predict", files={"file": files["file"]}).json()["probabilities"]["abnormal"]
+    assert alone == pytest.approx(predictor.predict(path[film]).probabilities["abnormal"], abs=1e-6) and alone != expected
+    text = client.post("/v1/predict", files={**files, "other": ("b.png", b"not an image at all" * 10)})
+    assert text.status_code == 415
+    heat = client.post("/v1/predict", files=files, data={"heatmap": "true"})
+    assert heat.status_code == 501 and "bilateral" in heat.json()["detail"]

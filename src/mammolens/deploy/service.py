@@ -106,21 +106,20 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
         y: float | None = Form(None, description="Lesion centre y in original-image pixels (lesion models)"),
         r: float | None = Form(None, description="Lesion radius in original-image pixels (lesion models)"),
         laterality: str = Form("", description="L or R when the file does not say"),
+        other: UploadFile | None = File(None, description="Bilateral models: the same woman's other film"),
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        data = await _read_limited(file, config.max_upload_bytes)
-        kind = sniff(data[:132])
-        if kind is None:
-            raise HTTPException(415, "not a DICOM, PNG, JPEG, PGM or TIFF image (checked by content, not name)")
+        upload = await _upload(file, config)
+        other_upload = None if other is None else await _upload(other, config)
         rois = _roi(x, y, r)
         try:
             result = await asyncio.wait_for(
-                run_in_threadpool(_predict, predictor, data, kind, config, rois, laterality, heatmap, preview),
+                run_in_threadpool(_predict, predictor, upload, other_upload, config, rois, laterality, heatmap, preview),
                 timeout=config.timeout_s,
             )
         except asyncio.TimeoutError:
             raise HTTPException(504, f"prediction took longer than {config.timeout_s:g} s") from None
-        log.info("predict %s %dx%d %s -> %s in %.0f ms", kind, result["image"]["width"], result["image"]["height"],
+        log.info("predict %s %dx%d %s -> %s in %.0f ms", upload[1], result["image"]["width"], result["image"]["height"],
                  spec.model_id, result["decision"], 1000 * (time.perf_counter() - started))  # fmt: skip
         return result
 
@@ -129,6 +128,15 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
 
 def _too_big(config: ServiceConfig) -> str:
     return f"upload larger than the {config.max_upload_bytes / 2**20:g} MiB limit"
+
+
+async def _upload(file: UploadFile, config: ServiceConfig) -> tuple[bytes, str]:
+    """The upload's bytes and format (by content): 413 / 400 / 415 before any decoding."""
+    data = await _read_limited(file, config.max_upload_bytes)
+    kind = sniff(data[:132])
+    if kind is None:
+        raise HTTPException(415, "not a DICOM, PNG, JPEG, PGM or TIFF image (checked by content, not name)")
+    return data, kind
 
 
 async def _read_limited(file: UploadFile, limit: int) -> bytes:
@@ -151,12 +159,11 @@ def _roi(x: float | None, y: float | None, r: float | None) -> tuple[float, floa
     return x, y, r  # type: ignore[return-value]
 
 
-def _predict(predictor: Predictor, data: bytes, kind: str, config: ServiceConfig, roi: Any, laterality: str,
-             heatmap: bool, preview: bool) -> dict[str, Any]:  # fmt: skip
-    """Decode (guards first), predict, and build the response; runs in a worker thread."""
+def _decode(upload: tuple[bytes, str], config: ServiceConfig) -> Any:
+    """A ``mammolens.io.Image`` from an upload: the pixel-count guard first, then decoding."""
     from mammolens.io import read_image, read_meta
 
-    spec = predictor.spec
+    data, kind = upload
     with tempfile.TemporaryDirectory(prefix="mammolens-upload-") as tmp:
         path = Path(tmp) / f"upload.{kind}"  # our name, not the client's
         path.write_bytes(data)
@@ -165,14 +172,23 @@ def _predict(predictor: Predictor, data: bytes, kind: str, config: ServiceConfig
             rows, cols = meta.shape
             if rows * cols > config.max_pixels:
                 raise HTTPException(413, f"image is {cols}x{rows} pixels, more than the {config.max_pixels:,} limit")
-            image = read_image(path, max_pixels=config.max_pixels)
+            return read_image(path, max_pixels=config.max_pixels)
         except MammolensError as exc:
             raise HTTPException(422, _scrub(str(exc), path)) from None
+
+
+def _predict(predictor: Predictor, upload: tuple[bytes, str], other: tuple[bytes, str] | None, config: ServiceConfig,
+             roi: Any, laterality: str, heatmap: bool, preview: bool) -> dict[str, Any]:  # fmt: skip
+    """Decode (guards first), predict, and build the response; runs in a worker thread."""
+    spec = predictor.spec
+    kind = upload[1]
+    image = _decode(upload, config)
+    other_image = None if other is None else _decode(other, config)
     if heatmap and not predictor.explains:
-        raise HTTPException(501, "explanations are not installed in this mammolens (mammolens.explain)")
+        raise HTTPException(501, predictor.heatmap_refusal)
     try:
-        # the Image itself: its laterality and pixel spacing (lesion steps measure in mm) count
-        p = predictor.predict(image, roi=roi, laterality=laterality, heatmap=heatmap)
+        # the Images themselves: their laterality and pixel spacing (lesion steps measure in mm) count
+        p = predictor.predict(image, roi=roi, laterality=laterality, other=other_image, heatmap=heatmap)
     except MammolensError as exc:
         raise HTTPException(422, str(exc)) from None
     result: dict[str, Any] = {

@@ -22,7 +22,7 @@ SIZE = 32
 
 
 def make_bundle(out: Path, *, roi: bool = False, threshold: float = 0.4, seed: int = 0, tta: int = 1,
-                in_chans: int = 1, descriptor_head: dict | None = None) -> Path:
+                in_chans: int = 1, descriptor_head: dict | None = None, steps: list[dict] | None = None) -> Path:
     torch.manual_seed(seed)
     model = create_model("scratch-cnn", 2, depth=2, width=4, hidden=0, dropout=0.0, in_chans=in_chans)
     for module in model.modules():
@@ -31,7 +31,7 @@ def make_bundle(out: Path, *, roi: bool = False, threshold: float = 0.4, seed: i
             module.running_var.uniform_(0.5, 1.5)
     return save_bundle(
         out, model.eval(), classes=["benign", "malignant"], task="benign-malignant",
-        preprocess={"steps": default_steps(SIZE, roi=roi)}, normalisation={"mean": 0.45, "std": 0.25},
+        preprocess={"steps": steps if steps is not None else default_steps(SIZE, roi=roi)}, normalisation={"mean": 0.45, "std": 0.25},
         threshold=threshold, temperature=1.3, metrics={}, provenance={"manifest_hash": "ab" * 8,
         "source_path": "/home/someone/St-Elsewhere/patient-0042"}, config={"model": {"name": "scratch-cnn"}},
         tta=tta, descriptor_head=descriptor_head,

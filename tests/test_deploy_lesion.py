@@ -103,8 +103,10 @@ def test_predict_rois_and_the_service_score_these_bundles(run, tmp_path):
         writer.writerow(["file", "x", "y", "r"])
         writer.writerows([r["path"], *_roi(r)] for r in rows)
     out = tmp_path / "out.csv"
-    result = CliRunner().invoke(app, ["predict", str(bundle_dir), "--rois", str(rois), "--out", str(out), "--no-progress"])
+    result = CliRunner().invoke(app, ["predict", str(bundle_dir), "--rois", str(rois), "--out", str(out), "--no-progress",
+                                      "--heatmaps", str(tmp_path / "heat")])  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "heat").glob("*.png"))) == 4  # one overlay per lesion
     with open(out, newline="") as fh:
         scored = list(csv.DictReader(fh))
     expected = [predictor.predict(r["path"], roi=_roi(r)).probabilities["malignant"] for r in rows]
@@ -155,3 +157,35 @@ def test_explain_maps_the_crop_back_onto_the_film(run, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "explanations.json").read_text())
     assert summary[Path(row["path"]).name]["probabilities"]["malignant"] == pytest.approx(p.probabilities["malignant"], abs=1e-6)
+
+
+def test_the_pixel_side_comes_from_the_file_as_in_training(tmp_path):
+    """A radius-in-mm descriptor with no configured pixel_mm: DICOM PixelSpacing supplies it (through
+    the Predictor and the service alike); a PNG, which has none, is refused in one line."""
+    from fastapi.testclient import TestClient
+
+    from deploy_fixtures import SIZE as FILM_SIZE
+    import dicom_fixtures
+    from deploy_fixtures import film, make_bundle, write_png
+    from mammolens.deploy.service import create_app
+    from mammolens.errors import DataError
+    from mammolens.preprocess.pipeline import default_steps
+
+    steps = [{"name": "lesion_descriptors", "intensity": False, "texture": False}, *default_steps(FILM_SIZE, roi=True)]
+    head = {"names": ["radius_mm"], "mean": [1.0], "scale": [0.5], "coef": [[0.0], [1.0]]}
+    predictor = Predictor.load(make_bundle(tmp_path / "b", steps=steps, descriptor_head=head))
+    pixels, roi = film(3), (30.0, 45.0, 6.0)
+    spaced = {}
+    for mm in (0.1, 0.2):
+        path = dicom_fixtures.write_dicom(tmp_path / f"{mm}.dcm", (pixels * 65535).round().astype(np.uint16),
+                                          PixelSpacing=[mm, mm])  # fmt: skip
+        x = predictor.prepare(predictor.read(path), roi=roi)
+        assert x.descriptors.tolist() == [pytest.approx(6.0 * mm)]
+        spaced[mm] = predictor.predict(path, roi=roi).probabilities["malignant"]
+        response = TestClient(create_app(predictor)).post(
+            "/v1/predict", files={"file": ("a.dcm", path.read_bytes())}, data={"x": roi[0], "y": roi[1], "r": roi[2]})
+        assert response.json()["probabilities"]["malignant"] == pytest.approx(spaced[mm], abs=1e-6)
+    assert spaced[0.1] != pytest.approx(spaced[0.2], abs=1e-3)  # the descriptor head reads the radius in mm
+    with pytest.raises(DataError, match="has no pixel spacing; set lesion_descriptors.pixel_mm") as err:
+        predictor.predict(write_png(tmp_path / "a.png", pixels), roi=roi)
+    assert "\n" not in str(err.value)

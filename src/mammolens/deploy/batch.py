@@ -5,9 +5,9 @@ is written atomically at the end and the journal removed. A re-run reads both, s
 run resumes where it stopped and a finished one skips every image already scored (``force``
 starts over). Rows that failed are tried again on a re-run: the file may have been fixed.
 
-A lesion bundle (its pipeline crops to the ROI) scores lesions, not films: ``read_rois`` reads a CSV
-of ``file, x, y, r`` (original-image pixels, one row per lesion) and each lesion gets its own row,
-keyed by file and ROI. A bilateral bundle (it reads a film with the same woman's other film) scores
+A lesion bundle (its pipeline crops to or measures the finding) scores lesions, not films:
+``read_rois`` reads a CSV of ``file, x, y, r`` (original-image pixels, one row per lesion) and each
+lesion gets its own row, keyed by file and ROI. A bilateral bundle (it reads a film with the same woman's other film) scores
 films listed with their partner: ``read_pairs`` reads a CSV of ``file, other`` and the rows are keyed
 by both.
 """
@@ -23,8 +23,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from mammolens.atomic import atomic_open
 from mammolens.errors import ConfigError, DataError, MammolensError

@@ -189,3 +189,22 @@ def test_the_pixel_side_comes_from_the_file_as_in_training(tmp_path):
     with pytest.raises(DataError, match="has no pixel spacing; set lesion_descriptors.pixel_mm") as err:
         predictor.predict(write_png(tmp_path / "a.png", pixels), roi=roi)
     assert "\n" not in str(err.value)
+
+
+def test_evaluate_scores_and_reports_a_multiscale_bundle_as_the_predictor_scores_it(run, tmp_path):
+    """`mammolens evaluate` on the source the run trained on: the report's thumbnails show channel 0
+    of the (C, H, W) crops (they crashed matplotlib before), and every lesion gets the Predictor's score."""
+    import pandas as pd
+
+    from mammolens.cli import main
+
+    (source,) = (run / "cache").glob("synthetic-*")  # the synthetic set as written for the run
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run / "run" / "bundle"), str(source), "--out", str(out), "--n-boot", "0",
+                 "--cache-dir", str(run / "cache"), "--workers", "1"]) == 0  # fmt: skip
+    assert "<img" in (out / "report.html").read_text()
+    table = pd.read_csv(out / "predictions.csv").set_index("sample_id")
+    predictor = Predictor.load(run / "run" / "bundle")
+    rows = _lesions(run)
+    expected = [predictor.predict(r["path"], roi=_roi(r)).probabilities["malignant"] for r in rows]
+    np.testing.assert_allclose(table.loc[[r["sample_id"] for r in rows], "p_malignant"], expected, atol=1e-4)

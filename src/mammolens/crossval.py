@@ -131,7 +131,7 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
                  subtitle=f"{folds}-fold patient-grouped cross-validation, {task.name} ({task.unit} level), "
                           f"{len(first)} samples; pooled out-of-fold predictions",
                  command=command, config=to_dict(cfg), history=training_history(members[0]),
-                 thumbnails=lambda sid: (_first_channel(cache.load(sid)), cache.load_rois(sid)),
+                 thumbnails=lambda sid: (cache.load(sid), cache.load_rois(sid)),
                  extra_tables={"At each fold model's validation-chosen threshold": _at_table(metrics["at_fold_thresholds"]),
                                "Per fold": _fold_table(per_fold)})
     return metrics
@@ -153,11 +153,6 @@ def held_out_bundles(cv_dir: str | Path) -> dict[Path, set[str]]:
             raise ConfigError(f"{bundle}: the fold's bundle is missing")
         folds[bundle] = set(part["sample_id"].astype(str))
     return folds
-
-
-def _first_channel(image: np.ndarray) -> np.ndarray:
-    """The thumbnail of a (C, H, W) input is its channel 0, the one its ROIs are in."""
-    return image[0] if image.ndim == 3 else image
 
 
 def _train_fold(cfg, manifest, labels, task, parts, fold_dir, sample_ids, groups, classes, r, i, progress) -> None:  # noqa: ANN001

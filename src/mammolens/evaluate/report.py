@@ -140,9 +140,11 @@ def _history_figure(history: Sequence[dict[str, Any]]) -> str:
 
 
 def _thumbnail(image: np.ndarray, rois: Sequence[tuple[float, float, float]], caption: str) -> str:
+    """A (C, H, W) input (multi-scale crops) is shown by its channel 0, the one its ROIs are in."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Circle
 
+    image = image[0] if image.ndim == 3 else image
     fig = Figure(figsize=(2, 2))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)

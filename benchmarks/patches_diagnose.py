@@ -38,7 +38,8 @@ def main(config: str, cv_dir: str) -> None:
     for i, parts in enumerate(folds):
         bundle = load_bundle(Path(cv_dir) / "repeat0" / f"fold{i}" / "bundle")
         model = bundle.model
-        store = PatchFeatureStore(Path(cfg.cache_dir) / "features", model)
+        tuned = bundle.provenance.get("finetune_epoch") is not None  # a fold's own encoder: features in memory
+        store = PatchFeatureStore(None if tuned else Path(cfg.cache_dir) / "features", model)
         held = training_patches(model, store, cache, manifest, labels, task, parts["test"], progress=False)
         with torch.inference_mode():
             p = torch.softmax(model.patch_head(torch.from_numpy(held.features)), 1).numpy()

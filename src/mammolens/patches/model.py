@@ -114,6 +114,8 @@ class PatchFilmModel(MammoModel):
         self.aggregate, self.top_k, self.min_tissue = aggregate, top_k, float(min_tissue)
         self.normal_class, self.patch_batch = normal_class, patch_batch
         self.encoder = make_encoder(backbone)
+        if self.training_cfg.finetune is not None:  # unfreeze: last_<k> beyond the encoder's stages, before any work
+            self.training_cfg.finetune.last_stages(len(self.encoder.stages()))
         self.patch_head = nn.Linear(self.encoder.num_features, num_classes)
         self.stage2 = nn.Linear(2 * num_classes, num_classes)
         self.map_layer = nn.Identity()  # the score map passes here: the CAM target layer
@@ -140,7 +142,7 @@ class PatchFilmModel(MammoModel):
         """(n, 1, p, p) patches -> (n, D) encoder features, ``patch_batch`` at a time."""
         if len(patches) == 0:
             return patches.new_zeros((0, self.encoder.num_features))
-        return torch.cat([self.encoder(self._sized(patches[i:i + self.patch_batch]))
+        return torch.cat([self.encoder(self._sized(patches[i:i + self.patch_batch]).contiguous(memory_format=torch.channels_last))
                           for i in range(0, len(patches), self.patch_batch)])
 
     def _sized(self, patches: torch.Tensor) -> torch.Tensor:

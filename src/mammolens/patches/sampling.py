@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mammolens.errors import ConfigError
+from mammolens.patches.finetune import PatchFinetune
 from mammolens.patches.geometry import tissue_fraction, touches_circle
 
 NORMAL_NAMES = ("normal", "NORM")
@@ -37,6 +38,8 @@ class PatchTraining:
     # films, and abnormal films whose findings are all located) join the negatives, and the classifier
     # is fitted again: the false alarms that a film's max would pick are what it must learn to reject.
     hard_negatives_per_film: int = 0
+    # Fine-tune the encoder and patch head on these patches first (``finetune.py``); absent: frozen.
+    finetune: PatchFinetune | None = None
 
     def __post_init__(self) -> None:
         for name in ("positives_per_finding", "negatives_per_film", "tries", "hard_negatives_per_film"):

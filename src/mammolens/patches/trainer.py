@@ -2,7 +2,9 @@
 
 1. Preprocess the films (the config's pipeline, e.g. orient, crop_breast, ..., resize 512).
 2. Sample training patches from the training part's films only (``sampling.py``) and compute their
-   frozen-encoder features (cached per film, ``features.py``).
+   frozen-encoder features (cached per film, ``features.py``). With ``training.finetune``: train
+   the encoder and patch head on them (``finetune.py``; the epoch chosen on the validation part's
+   films' patches), then take every feature again from the fine-tuned encoder (kept in memory).
 3. For each regularisation strength C: a standardised, class-balanced logistic regression on the
    patch features, folded into the model's patch head; every film's score map from its cached
    sliding-window features; a stage-2 linear model on the training films' map summaries.
@@ -37,6 +39,7 @@ from mammolens.experiment_config import (
 )
 from mammolens.models import create_model
 from mammolens.patches.features import PatchFeatureStore
+from mammolens.patches.finetune import PatchPixels, finetune_encoder, safe_shift
 from mammolens.patches.geometry import grid_positions, touches_circle
 from mammolens.patches.model import PatchFilmModel
 from mammolens.patches.sampling import film_findings, normal_index, sample_film
@@ -122,6 +125,14 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
     if len(np.unique(y_train)) < 2:
         raise DataError(f"the training part gave patches of one class only ({counts}); "
                         "it needs findings with coordinates and normal tissue")
+    tuned: dict[str, Any] | None = None
+    if tcfg.finetune is not None:
+        tuned = _finetune(model, store, cache, manifest, labels, task, parts, patches, progress=progress)
+        atomic.write_json(out_dir / "training" / "finetune.json", tuned)
+        store = PatchFeatureStore(None, model)  # this fold's own encoder: its features stay in memory
+        patches = training_patches(model, store, cache, manifest, labels, task, parts["train"], progress=progress)
+        x_train, y_train = patches.features, patches.labels
+    tuned_head = {k: v.detach().clone() for k, v in model.patch_head.state_dict().items()} if tuned else None
 
     # Every film's sliding-window features (train for stage 2, val to choose, held-out parts to score).
     grids: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -145,9 +156,12 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
     table, best = [], None
     hard = _hard_negative_pool(model, cache, manifest, labels, task, parts["train"], grids, shape) \
         if tcfg.hard_negatives_per_film else None
-    for c in tcfg.c_values:
-        _fit_linear(model.patch_head, x_train, y_train, len(task.classes), c)
-        if hard is not None:
+    for c in [*tcfg.c_values, *([None] if tuned else [])]:  # None: the head fine-tuning trained
+        if c is None:
+            model.patch_head.load_state_dict(tuned_head)
+        else:
+            _fit_linear(model.patch_head, x_train, y_train, len(task.classes), c)
+        if hard is not None and c is not None:
             extra = _hardest(model, hard, tcfg.hard_negatives_per_film)
             _fit_linear(model.patch_head, np.concatenate([x_train, extra]),
                         np.concatenate([y_train, np.full(len(extra), model.normal_class)]), len(task.classes), c)
@@ -156,7 +170,7 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
         for agg in aggregates:
             model.aggregate = agg
             proba = film_proba(parts["val"])
-            row = {"C": float(c), "aggregate": agg, "val_auc": roc_auc(y_val, proba), "val_macro_f1": macro_f1(y_val, proba)}
+            row = {"C": None if c is None else float(c), "aggregate": agg, "val_auc": roc_auc(y_val, proba), "val_macro_f1": macro_f1(y_val, proba)}
             table.append(row)
             score = _score(row, len(task.classes))
             if best is None or score > best[0]:
@@ -171,7 +185,8 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
         normalisation=dict(IDENTITY), threshold=0.5, temperature=1.0, metrics={}, config=to_dict(cfg),
         provenance={**(provenance or {}), "preprocess_hash": Pipeline(pre_cfg).config_hash(),
                     "pretrained_from": dict(model.pretrained_from), "patches": counts,
-                    "chosen": {"C": chosen["C"], "aggregate": chosen["aggregate"]}},
+                    "chosen": {"C": chosen["C"], "aggregate": chosen["aggregate"]},
+                    **({"finetune_epoch": tuned["best_epoch"]} if tuned else {})},
     )
     bundle.temperature, bundle.threshold = choose_operating_point(cfg.operating_point, y_val, film_proba(parts["val"]))
     probas = {}
@@ -186,10 +201,51 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
                 metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config)
     history = [{"epoch": k + 1, **row} for k, row in enumerate(table)]
     atomic.write_json(out_dir / "training" / "selection.json",
-                      {"table": table, "chosen": chosen, "patches": counts, "seconds": round(time.perf_counter() - t0, 1)})
+                      {"table": table, "chosen": chosen, "patches": counts, "seconds": round(time.perf_counter() - t0, 1),
+                       **({"finetune_epoch": tuned["best_epoch"]} if tuned else {})})
     fit = FitResult(model=model, best_checkpoint=bundle.path / "model.safetensors", best_epoch=table.index(chosen) + 1,
                     history=history, stopped_early=False, normalisation=dict(IDENTITY), out_dir=out_dir / "training")
     return TrainedParts(bundle=bundle, fit=fit, build=build, metrics=bundle.metrics, probas=probas)
+
+
+def _finetune(model: PatchFilmModel, store: PatchFeatureStore, cache: PreprocessCache, manifest: Manifest,
+              labels: np.ndarray, task: Task, parts: dict[str, np.ndarray], patches: PatchSet, *,
+              progress: bool) -> dict[str, Any]:
+    """Fine-tune the encoder on the training part's patches, judged on the patches of the validation
+    part's films (sampled alike). The head starts as the linear probe on the frozen features whose C
+    (of ``c_values``) scores the validation patches best, so epoch 0 is the frozen model."""
+    from mammolens.evaluate.metrics import roc_auc
+
+    cfg = model.training_cfg.finetune
+    val = training_patches(model, store, cache, manifest, labels, task, parts["val"], progress=progress)
+    y_val = (val.labels != model.normal_class).astype(int)
+    best = None
+    for c in model.training_cfg.c_values:
+        _fit_linear(model.patch_head, patches.features, patches.labels, len(task.classes), c)
+        with torch.inference_mode():
+            normal = torch.softmax(model.patch_head(torch.from_numpy(val.features)), 1)[:, model.normal_class].numpy()
+        auc = roc_auc(y_val, np.c_[normal, 1 - normal])
+        if best is None or (auc if auc is not None else -1.0) > best[0]:
+            best = (auc if auc is not None else -1.0, c, {k: v.clone() for k, v in model.patch_head.state_dict().items()})
+    model.patch_head.load_state_dict(best[2])
+    report = finetune_encoder(model, _pixels(model, patches, cache, manifest, labels, task, cfg.shift),
+                              _pixels(model, val, cache, manifest, labels, task, 0), cfg, progress=progress)
+    return {"probe_C": best[1], "val_films": sorted({int(i) for i in val.films}), **report}
+
+
+def _pixels(model: PatchFilmModel, patches: PatchSet, cache: PreprocessCache, manifest: Manifest,
+            labels: np.ndarray, task: Task, shift: int) -> PatchPixels:
+    """The patches as positions on their films (loaded once), each with the shift it may take: a
+    positive the full ``shift``, a negative only as far as keeps it clear of its film's findings."""
+    records = manifest.df.to_dict("records")
+    sample_ids = manifest.df["sample_id"].tolist()
+    films = {int(i): cache.load(sample_ids[i]) for i in np.unique(patches.films)}
+    circles = {i: film_findings(records[i], cache.load_rois(sample_ids[i]), task.label_of, int(labels[i]),
+                                model.normal_class).circles for i in films}
+    slack = np.array([shift if label != model.normal_class else
+                      safe_shift(int(top), int(left), model.patch_size, circles[int(film)], shift)
+                      for film, (top, left), label in zip(patches.films, patches.positions, patches.labels)], dtype=np.int64)
+    return PatchPixels(patches.films, patches.positions, patches.labels, slack, films, model.patch_size)
 
 
 def _hard_negative_pool(model: PatchFilmModel, cache: PreprocessCache, manifest: Manifest, labels: np.ndarray,

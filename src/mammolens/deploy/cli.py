@@ -33,6 +33,9 @@ def export(
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18, faster graphs) or torchscript (opset 17, exports faster)."),
     calibrate: Optional[str] = typer.Option(None, "--calibrate", help="int8 calibration: minmax, percentile or entropy (default: the measured best, see docs/deploy.md)."),
     float_layers: Optional[str] = typer.Option(None, "--float-layers", help="int8: comma-separated layer groups kept in float (stem, depthwise, head; 'none'); default: the measured best."),
+    float_budget: int = typer.Option(0, "--float-budget", help="int8: sensitivity search on the calibration images, keeping up to K more node groups in float (0: no search)."),
+    float_target: float = typer.Option(0.0, "--float-target", help="int8 search: stop once the calibration images' max |delta p| vs fp32 is at or below this."),
+    fp32_fallback: bool = typer.Option(False, "--fp32-fallback", help="int8: also write the fp32 file beside it, for `predict --guard-band`."),
 ) -> None:
     """Export a bundle to ONNX (dynamic batch axis, preprocessing spec and classes as metadata)."""
     import dataclasses
@@ -47,8 +50,9 @@ def export(
     if float_layers is not None:
         groups = () if float_layers.strip() == "none" else tuple(g.strip() for g in float_layers.split(",") if g.strip())
         recipe = dataclasses.replace(recipe, float_layers=groups)
+    recipe = dataclasses.replace(recipe, float_budget=float_budget, float_target=float_target)
     report = export_onnx(bundle, out, int8=int8, calibration=calibration, calibration_split=split,
-                         calibration_samples=samples, exporter=exporter, recipe=recipe)
+                         calibration_samples=samples, exporter=exporter, recipe=recipe, fp32_fallback=fp32_fallback)
     typer.echo(json.dumps(report.summary(), indent=2))
 
 
@@ -64,6 +68,7 @@ def predict(
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, local Ray)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    guard_band: Optional[float] = typer.Option(None, "--guard-band", help="int8 ONNX (BUNDLE = its .onnx file): re-score in fp32 the films within this factor x the export's calibration error of the threshold."),
 ) -> None:
     """Score images into a CSV; resumes an interrupted run, skips what is done unless --force."""
     from mammolens.deploy.batch import list_images, predict_files, read_pairs, read_rois
@@ -87,10 +92,12 @@ def predict(
     if engine == "ray":
         from mammolens.deploy.ray_engine import predict_ray
 
+        if guard_band is not None:
+            raise ConfigError("--guard-band is not supported with --engine ray; use --engine local")
         report = predict_ray(bundle, files, out, rois=lesions, others=others, heatmaps=heatmaps, backend=backend,
                              batch_size=batch_size, force=force)  # fmt: skip
     elif engine == "local":
-        predictor = Predictor.load(bundle, backend=backend, batch_size=batch_size)  # type: ignore[arg-type]
+        predictor = Predictor.load(bundle, backend=backend, batch_size=batch_size, guard_band=guard_band)  # type: ignore[arg-type]
         report = predict_files(predictor, files, out, rois=lesions, others=others, heatmaps=heatmaps, force=force,
                                progress=progress)  # fmt: skip
     else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,8 @@ class ExportReport:
     decision_agreement: float  # fraction of those images with the same decision as torch
     calibration_images: int = 0
     notes: list[str] = field(default_factory=list)
+    calibration_max_abs_dprob: float | None = None  # int8 vs fp32 over the calibration images (the guard band's margin)
+    fallback_path: Path | None = None  # the fp32 twin written with fp32_fallback
 
     def summary(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -84,19 +87,23 @@ def probability_graph(bundle: Any) -> Any:
 def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8: bool = False,
                 calibration: str | Path | None = None, calibration_split: str | Path | None = None,
                 calibration_samples: int = CALIBRATION_SAMPLES, check_images: int = 32, seed: int = 0,
-                exporter: str = "dynamo", recipe: QuantRecipe | None = None) -> ExportReport:  # fmt: skip
+                exporter: str = "dynamo", recipe: QuantRecipe | None = None, fp32_fallback: bool = False) -> ExportReport:  # fmt: skip
     """Write the bundle as ONNX (``out`` defaults to ``model.onnx`` / ``model.int8.onnx`` in the bundle).
 
     ``int8`` needs ``calibration``: a dataset source (folder or 'synthetic') whose images, preprocessed
     as the bundle says, set the activation ranges; the bundle's own training data is the right choice
     (``calibration_split``: a split file of that source, whose train part alone is then used).
     The export is compared with torch (on the calibration images when given, else random images);
-    an fp32 export off by more than FP32_TOLERANCE is refused.
+    an fp32 export off by more than FP32_TOLERANCE is refused. ``fp32_fallback`` (int8 only) also
+    writes the fp32 file beside the int8 one (``fallback_path``) and names it in the int8 metadata,
+    for the Predictor's guard band.
     """
     from mammolens.train.bundle import load_bundle
 
     if exporter not in OPSETS:
         raise ConfigError(f"unknown exporter {exporter!r}; known exporters: {', '.join(EXPORTERS)}")
+    if fp32_fallback and not int8:
+        raise ConfigError("--fp32-fallback is for --int8 exports (the fp32 file the guard band re-scores with)")
     bundle = load_bundle(bundle_path)
     spec = ModelSpec.from_bundle(bundle)
     spec.check_onnx(bundle_path)
@@ -107,27 +114,45 @@ def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8:
     if int8 and calibration is None:
         raise ConfigError("--int8 needs --calibration SOURCE (training images to calibrate activation ranges on)")
     out = Path(out) if out else Path(bundle_path) / ("model.int8.onnx" if int8 else "model.onnx")
+    fallback = fallback_path(out) if fp32_fallback else None
     images = calibration_images(spec, calibration, calibration_samples, seed, split=calibration_split) if calibration is not None else None
     check = images[:check_images] if images is not None else _random_images(spec.input_size, check_images, seed)
     with tempfile.TemporaryDirectory(prefix="mammolens-export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         _torch_export(bundle, spec.input_size, fp32, exporter)
-        notes = []
+        written, notes, extra = fp32, [], {}
         if int8:
-            notes = quantize_onnx(fp32, Path(tmp) / "int8.onnx", images, recipe or DEFAULT_RECIPE)
-            fp32 = Path(tmp) / "int8.onnx"
-        _stamp(fp32, spec, "int8" if int8 else "fp32", OPSETS[exporter])
-        diff, agreement = compare_with_torch(bundle, spec, fp32, check)
+            result = quantize_onnx(fp32, Path(tmp) / "int8.onnx", images, recipe or DEFAULT_RECIPE)
+            written, notes, extra = Path(tmp) / "int8.onnx", result.notes, result.metadata
+            if fallback is not None:
+                stamp(fp32, spec, "fp32", OPSETS[exporter])
+                fp32_diff, _ = compare_with_torch(bundle, spec, fp32, check)
+                if fp32_diff > FP32_TOLERANCE:
+                    raise DataError(f"the fp32 export differs from torch by {fp32_diff:.2e} (> {FP32_TOLERANCE:g}); "
+                                    "not written", path=fallback)  # fmt: skip
+                extra["fp32_fallback"] = fallback.name
+        stamp(written, spec, "int8" if int8 else "fp32", OPSETS[exporter], extra)
+        diff, agreement = compare_with_torch(bundle, spec, written, check)
         if not int8 and diff > FP32_TOLERANCE:
             raise DataError(f"the fp32 export differs from torch by {diff:.2e} (> {FP32_TOLERANCE:g}); not written",
                             path=out)  # fmt: skip
+        if fallback is not None:
+            with atomic_path(fallback) as target:
+                target.write_bytes(fp32.read_bytes())
         with atomic_path(out) as target:
-            target.write_bytes(fp32.read_bytes())
+            target.write_bytes(written.read_bytes())
     return ExportReport(
         path=out, precision="int8" if int8 else "fp32", opset=OPSETS[exporter], exporter=exporter, size_bytes=out.stat().st_size,
         parity_images=len(check), max_abs_diff=diff, decision_agreement=agreement,
         calibration_images=0 if images is None or not int8 else len(images), notes=notes,
+        calibration_max_abs_dprob=extra.get("calibration_max_abs_dprob"), fallback_path=fallback,
     )  # fmt: skip
+
+
+def fallback_path(int8: Path) -> Path:
+    """Where the fp32 twin of an int8 file goes: ``model.int8.onnx`` -> ``model.onnx``, else ``X.fp32.onnx``."""
+    name = int8.name
+    return int8.with_name(name.removesuffix(".int8.onnx") + ".onnx" if name.endswith(".int8.onnx") else int8.stem + ".fp32.onnx")
 
 
 def _torch_export(bundle: Any, size: int, path: Path, exporter: str) -> None:
@@ -148,12 +173,14 @@ def _torch_export(bundle: Any, size: int, path: Path, exporter: str) -> None:
                               dynamo=False, **names)  # fmt: skip
 
 
-def _stamp(path: Path, spec: ModelSpec, precision: str, opset: int) -> None:
+def stamp(path: Path, spec: ModelSpec, precision: str, opset: int, int8: dict[str, Any] | None = None) -> None:
+    """The ModelSpec, precision and opset, and for int8 how it was made (``mammolens.int8.*``, JSON values)."""
     import onnx
 
     model = onnx.load(str(path))
     del model.metadata_props[:]
-    props = {**spec.to_metadata(), "mammolens.precision": f'"{precision}"', "mammolens.opset": str(opset)}
+    props = {**spec.to_metadata(), "mammolens.precision": f'"{precision}"', "mammolens.opset": str(opset),
+             **{f"mammolens.int8.{k}": json.dumps(v) for k, v in (int8 or {}).items()}}  # fmt: skip
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -177,9 +204,14 @@ class QuantRecipe:
     reduce_range: bool = True
     float_layers: tuple[str, ...] = ()
     percentile: float = 99.999
+    float_nodes: tuple[str, ...] = ()  # node names kept in float besides the groups (a search's choice, reapplied)
+    float_budget: int = 0  # sensitivity search (deploy/sensitivity.py): node groups it may keep in float; 0: none
+    float_target: float = 0.0  # the search stops once the calibration films' max |delta p| is at or below this
+    search_films: int = 32  # calibration films each group's sensitivity is measured on
+    search_groups: int = 64  # at most this many groups: adjacent convs are merged beyond it
 
     def check(self) -> None:
-        """One ConfigError line for an unknown calibration, activation type or layer group."""
+        """One ConfigError line for an unknown calibration, activation type or layer group, or a bad search."""
         if self.calibrate not in CALIBRATIONS:
             raise ConfigError(f"unknown calibration {self.calibrate!r}; known: {', '.join(CALIBRATIONS)}")
         if self.activations not in ("u8", "s8"):
@@ -187,12 +219,22 @@ class QuantRecipe:
         unknown = set(self.float_layers) - set(FLOAT_LAYERS)
         if unknown:
             raise ConfigError(f"unknown float layer group {sorted(unknown)[0]!r}; known: {', '.join(FLOAT_LAYERS)}")
+        if self.float_budget < 0:
+            raise ConfigError(f"float budget must be >= 0 node groups, got {self.float_budget}")
+        if not 0.0 <= self.float_target < 1.0:
+            raise ConfigError(f"float target must be a probability difference in [0, 1), got {self.float_target:g}")
+        if self.float_budget and (self.search_films < 1 or self.search_groups < 1):
+            raise ConfigError(f"the sensitivity search needs >= 1 film and group, got {self.search_films} and "
+                              f"{self.search_groups}")  # fmt: skip
 
     def describe(self) -> str:
         keep = "+".join(self.float_layers) or "none"
         rr = ", reduce_range" if self.reduce_range else ""
         cal = f"percentile {self.percentile:g}" if self.calibrate == "percentile" else self.calibrate
-        return f"{cal} calibration, {self.activations} activations{rr}, float layers: {keep}"
+        nodes = f" + {len(self.float_nodes)} named nodes" if self.float_nodes else ""
+        search = (f", sensitivity search: up to {self.float_budget} groups to max |dp| {self.float_target:g}"
+                  if self.float_budget else "")  # fmt: skip
+        return f"{cal} calibration, {self.activations} activations{rr}, float layers: {keep}{nodes}{search}"
 
 
 CALIBRATIONS = ("minmax", "percentile", "entropy")
@@ -227,52 +269,91 @@ def float_nodes(model: Any, layers: Sequence[str]) -> list[str]:
     return names
 
 
-def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, recipe: QuantRecipe = DEFAULT_RECIPE) -> list[str]:
+@dataclass
+class QuantResult:
+    notes: list[str]
+    metadata: dict[str, Any]  # "mammolens.int8.*" entries for the file's metadata_props (JSON values)
+    calibration_max_abs_dprob: float  # max |delta p| of the int8 file vs fp32 over the calibration images
+
+
+def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, recipe: QuantRecipe = DEFAULT_RECIPE) -> QuantResult:
     """Static QDQ int8 of the fp32 file ``fp32``, per-channel s8 weights, activations calibrated on ``images``.
 
     ``reduce_range`` (7-bit weights): x86 CPUs without VNNI (AVX2 only, like this machine's) saturate
     u8 x s8 products in 16 bits. Which recipe keeps MIAS decisions best: benchmarks/deploy_int8_agreement.py.
+    Activation ranges are computed once (an onnxruntime calibration cache), so the sensitivity search
+    (``recipe.float_budget``) re-quantises without re-calibrating. The int8 file's max |delta p| against
+    fp32 on ``images`` is measured and returned: the Predictor's guard band reads it from the metadata.
     """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from mammolens.deploy.sensitivity import onnx_probabilities, search_float_nodes
 
     recipe.check()
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(images[i : i + 8, None] for i in range(0, len(images), 8))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {"image": np.ascontiguousarray(batch, dtype=np.float32)}
-
     prepared = out.with_suffix(".pre.onnx")
     # quant_pre_process leaves temporary files in the working directory: work in the export's own
     with _quiet(), contextlib.chdir(out.parent):
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
         quant_pre_process(str(fp32), str(prepared), auto_merge=True)  # see the module docstring
     model = onnx.load(str(prepared))
     tail = [n.name for n in model.graph.node if n.op_type in ("Softmax", "Sigmoid")]
-    keep = float_nodes(model, recipe.float_layers)
-    s8 = recipe.activations == "s8"
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[recipe.calibrate]  # fmt: skip
-    extra = {"ActivationSymmetric": s8, "WeightSymmetric": True, "CalibPercentile": recipe.percentile}
-    # histogram calibrators write scratch files and print their progress: keep `export`'s stdout its JSON
-    with _quiet(), contextlib.chdir(out.parent), contextlib.redirect_stdout(io.StringIO()):
-        quantize_static(
-            str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            weight_type=QuantType.QInt8, activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8,
-            nodes_to_exclude=tail + keep, reduce_range=recipe.reduce_range, calibrate_method=method, extra_options=extra,
-        )  # fmt: skip
-    return [f"static QDQ int8 ({recipe.describe()}), per-channel weights, calibrated on {len(images)} images; "
-            f"float: {len(tail)} tail + {len(keep)} kept nodes"]  # fmt: skip
+    keep = float_nodes(model, recipe.float_layers) + list(recipe.float_nodes)
+    quantise = Quantiser(prepared, recipe, images)
+    quantise(out, tail + keep)
+    reference = onnx_probabilities(fp32, images)
+    error = float(np.abs(onnx_probabilities(out, images) - reference).max())
+    metadata: dict[str, Any] = {"recipe": recipe.describe(), "float_nodes": keep}
+    notes = [f"static QDQ int8 ({recipe.describe()}), per-channel weights, calibrated on {len(images)} images; "
+             f"float: {len(tail)} tail + {len(keep)} kept nodes"]  # fmt: skip
+    if recipe.float_budget and error > recipe.float_target:
+        search = search_float_nodes(model, quantise, images, reference, tail + keep, error, recipe)
+        if search.chosen:
+            quantise(out, tail + keep + search.chosen)
+        error = search.max_abs_dprob
+        metadata |= {"float_nodes": keep + search.chosen, "search": search.summary()}
+        notes.append(search.note())
+    metadata |= {"calibration_images": len(images), "calibration_max_abs_dprob": error}
+    prepared.unlink()
+    quantise.cache.unlink(missing_ok=True)
+    return QuantResult(notes=notes, metadata=metadata, calibration_max_abs_dprob=error)
+
+
+class Quantiser:
+    """``quantise(out, exclude, only=None)``: one static QDQ file of the prepared model with the recipe's
+    settings; the first call calibrates on ``images`` and caches the ranges, later calls reuse them."""
+
+    def __init__(self, prepared: Path, recipe: QuantRecipe, images: np.ndarray) -> None:
+        self.prepared, self.recipe, self.images = prepared, recipe, images
+        self.cache = prepared.with_suffix(".calibration.json")
+        self.cache.unlink(missing_ok=True)
+
+    def __call__(self, out: Path, exclude: Sequence[str], only: Sequence[str] | None = None) -> None:
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        images = self.images
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter(images[i : i + 8, None] for i in range(0, len(images), 8))
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self.batches, None)
+                return None if batch is None else {"image": np.ascontiguousarray(batch, dtype=np.float32)}
+
+        recipe = self.recipe
+        s8 = recipe.activations == "s8"
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[recipe.calibrate]  # fmt: skip
+        extra = {"ActivationSymmetric": s8, "WeightSymmetric": True, "CalibPercentile": recipe.percentile}
+        # histogram calibrators write scratch files and print their progress: keep `export`'s stdout its JSON
+        with _quiet(), contextlib.chdir(out.parent), contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(self.prepared), str(out), None if self.cache.is_file() else Reader(), quant_format=QuantFormat.QDQ,
+                per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8,
+                nodes_to_quantize=list(only or []), nodes_to_exclude=list(exclude), reduce_range=recipe.reduce_range,
+                calibrate_method=method, extra_options=extra, calibration_cache_path=str(self.cache),
+            )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -295,11 +376,15 @@ def calibration_images(spec: ModelSpec, source: str | Path, n: int, seed: int = 
 
     A lesion model calibrates on its lesion crops: one row per located finding.
     """
+    return preprocess_rows(spec, calibration_rows(spec, source, n, seed, split=split))
+
+
+def calibration_rows(spec: ModelSpec, source: str | Path, n: int, seed: int = 0, *,
+                     split: str | Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The manifest rows ``calibration_images`` preprocesses (their ``sample_id`` says which films they are)."""
     from mammolens.data.units import lesion_rows
     from mammolens.datasets import load_experiment_source
     from mammolens.experiment_config import ExperimentConfig
-    from mammolens.preprocess import Pipeline, sample_from_row
-    from mammolens.preprocess.sample import default_loader
 
     if n < 1:
         raise ConfigError(f"calibration samples must be >= 1, got {n}")
@@ -316,7 +401,13 @@ def calibration_images(spec: ModelSpec, source: str | Path, n: int, seed: int = 
     if df.empty:
         raise DataError("has no usable images to calibrate on" + (" (none with an ROI)" if spec.needs_roi else ""),
                         path=source)  # fmt: skip
-    rows = df.sample(n=min(n, len(df)), random_state=seed).to_dict("records")
+    return df.sample(n=min(n, len(df)), random_state=seed).to_dict("records")
+
+
+def preprocess_rows(spec: ModelSpec, rows: list[dict[str, Any]]) -> np.ndarray:
+    from mammolens.preprocess import Pipeline, sample_from_row
+    from mammolens.preprocess.sample import default_loader
+
     pipeline = Pipeline(spec.preprocess)
     return np.stack([pipeline(sample_from_row(row, default_loader)[0]).pixels for row in rows]).astype(np.float32)
 

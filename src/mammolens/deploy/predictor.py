@@ -4,11 +4,19 @@ It reads any format ``mammolens.io.read_image`` reads, preprocesses exactly as t
 checks its input against the bundle's spec (a lesion model gets an ROI or refuses), loads the
 model once and is safe to share across threads: inference is stateless, and only explanations
 (which hook the model) are serialised.
+
+The guard band (int8 ONNX files exported with ``--fp32-fallback``): int8 moves probabilities by at
+most the max |delta p| its export measured on the calibration films. A film whose int8 probability
+lies farther than ``guard_band`` times that from the threshold therefore gets fp32's decision; the
+films inside the band are re-scored by the fp32 file. Same decision as fp32 is then guaranteed for
+every film whose int8 error stays within the band (the safety factor covers films unlike the
+calibration ones), at the cost of an fp32 pass for the films inside it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,11 +39,12 @@ class Prediction:
     label: str  # the most probable class
     decision: str  # the class at the bundle's threshold (binary tasks; the label otherwise)
     threshold: float
+    engine: str = "torch"  # what scored it: torch | onnxruntime-fp32 | onnxruntime-int8 (fp32 when the guard band fell back)
     heatmap: np.ndarray | None = field(default=None, repr=False)  # original-sized float32 [0, 1]
 
     def to_dict(self) -> dict[str, Any]:
         return {"probabilities": self.probabilities, "label": self.label, "decision": self.decision,
-                "threshold": self.threshold}  # fmt: skip
+                "threshold": self.threshold, "engine": self.engine}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,23 +98,45 @@ class _OrtRunner:
         except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
             raise DataError(f"cannot be loaded by onnxruntime: {str(exc).splitlines()[0]}", path=path) from None
         self.input = self.session.get_inputs()[0].name
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.spec = ModelSpec.from_metadata(meta, path)
+        self.metadata = self.session.get_modelmeta().custom_metadata_map
+        self.spec = ModelSpec.from_metadata(self.metadata, path)
+        self.precision = str(json.loads(self.metadata.get("mammolens.precision", '"fp32"')))
 
     def __call__(self, batch: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run(None, {self.input: x[:, None] if x.ndim == 3 else x})[0]
 
 
+@dataclass(frozen=True)
+class GuardBand:
+    """Films whose probability lies within ``margin`` of the decision boundary are re-scored by ``fallback``."""
+
+    margin: float  # safety factor x the export's calibration max |delta p|
+    factor: float
+    fallback: _Runner  # the fp32 file
+    engine: str = "onnxruntime-fp32"
+
+    def inside(self, probs: np.ndarray, threshold: float) -> np.ndarray:
+        """Rows that an error of ``margin`` in every probability could move to another decision: binary,
+        within ``margin`` of the threshold; otherwise the top two within 2 ``margin`` of each other."""
+        if probs.shape[1] == 2:
+            return np.abs(probs[:, 1] - threshold) <= self.margin
+        top = np.sort(probs, axis=1)
+        return top[:, -1] - top[:, -2] <= 2 * self.margin
+
+
 class Predictor:
     """``Predictor.load(bundle)`` then ``predict(path_or_array, roi=..., heatmap=...)``."""
 
     def __init__(self, spec: ModelSpec, runner: _Runner, *, backend: str, bundle_path: Path | None,
-                 bundle: Any = None, batch_size: int = 16) -> None:  # fmt: skip
+                 bundle: Any = None, batch_size: int = 16, engine: str = "torch",
+                 guard: GuardBand | None = None) -> None:  # fmt: skip
         from mammolens.preprocess import Pipeline
 
         self.spec = spec
         self.backend = backend
+        self.engine = engine
+        self.guard = guard
         self.bundle_path = bundle_path
         self.batch_size = batch_size
         self.pipeline = Pipeline(spec.preprocess)
@@ -115,15 +146,21 @@ class Predictor:
 
     @classmethod
     def load(cls, bundle_path: str | Path, backend: Backend = "torch", *, onnx_path: str | Path | None = None,
-             threads: int | None = None, batch_size: int = 16) -> Predictor:  # fmt: skip
+             threads: int | None = None, batch_size: int = 16, guard_band: float | None = None) -> Predictor:  # fmt: skip
         """``bundle_path``: a bundle directory, or for ``onnxruntime`` also an exported ``.onnx`` file
-        (default: ``model.onnx`` inside the bundle). ``threads`` caps intra-op threads."""
+        (default: ``model.onnx`` inside the bundle). ``threads`` caps intra-op threads. ``guard_band``
+        (int8 files exported with an fp32 fallback): the safety factor on the export's calibration
+        max |delta p| within which a film's decision is re-scored in fp32 (see the module docstring)."""
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
+        if guard_band is not None and not (math.isfinite(guard_band) and guard_band > 0):
+            raise ConfigError(f"guard band: the safety factor must be a number > 0, got {guard_band!r}")
         path = Path(bundle_path)
         if backend == "torch":
             if onnx_path is not None:
                 raise ConfigError("onnx_path is only for backend='onnxruntime'")
+            if guard_band is not None:
+                raise ConfigError("the guard band is for int8 ONNX models (backend='onnxruntime')")
             from mammolens.train.bundle import load_bundle
 
             if threads:
@@ -141,8 +178,10 @@ class Predictor:
                 f"no ONNX model here; run `mammolens export {path} --format onnx` first", path=onnx_path
             )
         runner = _OrtRunner(onnx_path, threads)
+        guard = _guard_band(runner, onnx_path, guard_band, threads) if guard_band is not None else None
         bundle_dir = path if path.is_dir() else None
-        return cls(runner.spec, runner, backend=backend, bundle_path=bundle_dir, batch_size=batch_size)
+        return cls(runner.spec, runner, backend=backend, bundle_path=bundle_dir, batch_size=batch_size,
+                   engine=f"onnxruntime-{runner.precision}", guard=guard)  # fmt: skip
 
     # -- input ---------------------------------------------------------------------------------
     def read(self, source: str | Path | np.ndarray | Any) -> Film:
@@ -216,20 +255,37 @@ class Predictor:
     def predict_arrays(self, batch: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
         """(N, H, W) or (N, C, H, W) preprocessed images (and the (N, K) descriptors of a bundle with a
         descriptor head) -> (N, C) probabilities, in batches of ``batch_size``."""
+        return self.score_arrays(batch, descriptors)[0]
+
+    def score_arrays(self, batch: np.ndarray, descriptors: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+        """``predict_arrays`` and, per image, the engine whose probabilities it got (the guard band's fallback
+        re-scores the images inside the band)."""
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim not in (3, 4):
             raise DataError(f"expected preprocessed images shaped (N, H, W) or (N, C, H, W), got shape {batch.shape}")
         step = self.batch_size
         parts = [self._run(batch[i : i + step], None if descriptors is None else descriptors[i : i + step])
                  for i in range(0, len(batch), step)]  # fmt: skip
-        return np.concatenate(parts) if parts else np.zeros((0, len(self.spec.classes)), np.float32)
+        probs = np.concatenate(parts) if parts else np.zeros((0, len(self.spec.classes)), np.float32)
+        engines = [self.engine] * len(probs)
+        if self.guard is not None and len(probs):
+            inside = np.flatnonzero(self.guard.inside(probs, self.spec.threshold))
+            for i in range(0, len(inside), step):
+                rows = inside[i : i + step]
+                probs[rows] = self.guard.fallback(batch[rows], None)  # ONNX files take no descriptors
+            for row in inside:
+                engines[row] = self.guard.engine
+        return probs, engines
 
     def predict_inputs(self, inputs: Sequence[ModelInput]) -> np.ndarray:
         """``prepare``'s outputs -> (N, C) probabilities."""
+        return self._score_inputs(inputs)[0]
+
+    def _score_inputs(self, inputs: Sequence[ModelInput]) -> tuple[np.ndarray, list[str]]:
         if not inputs:
-            return np.zeros((0, len(self.spec.classes)), np.float32)
+            return np.zeros((0, len(self.spec.classes)), np.float32), []
         descriptors = np.stack([i.descriptors for i in inputs]) if self.spec.descriptors else None
-        return self.predict_arrays(np.stack([i.pixels for i in inputs]), descriptors)
+        return self.score_arrays(np.stack([i.pixels for i in inputs]), descriptors)
 
     def predict(self, source: str | Path | np.ndarray | Any, *, roi: Any = None, laterality: str = "",
                 other: str | Path | np.ndarray | Any = None, heatmap: bool = False) -> Prediction:  # fmt: skip
@@ -238,7 +294,8 @@ class Predictor:
         film = self.read(source)
         x = self.prepare(film, roi=roi, laterality=laterality, name=_name(source),
                          other=None if other is None else self.read(other))  # fmt: skip
-        prediction = self._prediction(self.predict_inputs([x])[0])
+        probs, engines = self._score_inputs([x])
+        prediction = self._prediction(probs[0], engines[0])
         if heatmap:
             prediction.heatmap = self.explain(film, roi=roi, laterality=laterality or film.laterality)
         return prediction
@@ -255,13 +312,14 @@ class Predictor:
         inputs = [self.prepare(self.read(s), roi=r, laterality=lat, name=_name(s),
                                other=None if o is None else self.read(o))
                   for s, r, lat, o in zip(sources, rois, lateralities, others)]  # fmt: skip
-        return [self._prediction(p) for p in self.predict_inputs(inputs)]
+        probs, engines = self._score_inputs(inputs)
+        return [self._prediction(p, e) for p, e in zip(probs, engines)]
 
-    def _prediction(self, probs: np.ndarray) -> Prediction:
+    def _prediction(self, probs: np.ndarray, engine: str | None = None) -> Prediction:
         label, decision = self.spec.decide(probs)
         return Prediction(
             probabilities={c: float(p) for c, p in zip(self.spec.classes, probs)},
-            label=label, decision=decision, threshold=self.spec.threshold,
+            label=label, decision=decision, threshold=self.spec.threshold, engine=engine or self.engine,
         )  # fmt: skip
 
     # -- explanations --------------------------------------------------------------------------
@@ -300,6 +358,25 @@ class Predictor:
             result = explain.explain_image(self._bundle, film.pixels, rois=rois, laterality=laterality,
                                            pixel_mm=film.pixel_mm)  # fmt: skip
         return np.asarray(result.heatmap, dtype=np.float32)
+
+
+def _guard_band(int8: _OrtRunner, path: Path, factor: float, threads: int | None) -> GuardBand:
+    """The band from the int8 file's metadata: its calibration max |delta p| and its fp32 twin beside it."""
+    meta = int8.metadata
+    if int8.precision != "int8" or "mammolens.int8.calibration_max_abs_dprob" not in meta:
+        raise ConfigError("the guard band needs an int8 export that measured its calibration error "
+                          "(`mammolens export --int8 --fp32-fallback`)", path=path)  # fmt: skip
+    if "mammolens.int8.fp32_fallback" not in meta:
+        raise ConfigError("the guard band needs the fp32 model to fall back on: re-export with --fp32-fallback",
+                          path=path)  # fmt: skip
+    fp32 = path.parent / str(json.loads(meta["mammolens.int8.fp32_fallback"]))
+    if not fp32.is_file():
+        raise ConfigError(f"the guard band's fp32 model {fp32.name} is missing beside the int8 file", path=path)
+    fallback = _OrtRunner(fp32, threads)
+    if fallback.spec != int8.spec:
+        raise ConfigError(f"{fp32.name} is not the fp32 twin of this int8 file (their model specs differ)", path=path)
+    margin = factor * float(json.loads(meta["mammolens.int8.calibration_max_abs_dprob"]))
+    return GuardBand(margin=margin, factor=factor, fallback=fallback)
 
 
 def _name(source: Any) -> str:

@@ -18,10 +18,9 @@ IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 def absent(what: str) -> None:
     """Real data or a package is missing: a failure in CI, a skip on a developer's machine only."""
-    if IN_CI:
-        pytest.fail(f"{what} is absent, and CI=true requires the real-data tests to run", pytrace=False)
-    else:
+    if not IN_CI:
         pytest.skip(f"{what} is absent", allow_module_level=True)
+    pytest.fail(f"{what} is absent, and CI=true requires the real-data tests to run", pytrace=False)
 
 
 def shared_folder(*parts: str) -> str:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import dicom_fixtures
 import numpy as np
+import pytest
 import torch
 from dicom_fixtures import PATIENT_ID, PATIENT_NAME  # noqa: F401 - the deploy tests search for them
 from PIL import Image
 
+from mammolens.data.synthetic import generate
 from mammolens.models import create_model
 from mammolens.preprocess.pipeline import default_steps
 from mammolens.train.bundle import save_bundle
@@ -56,3 +58,17 @@ def write_png(path: Path, pixels: np.ndarray) -> Path:
 def write_dicom(path: Path, pixels: np.ndarray, laterality: str = "L") -> Path:
     """A 16-bit mammography DICOM of float [0, 1] pixels, patient identifiers set (dicom_fixtures)."""
     return dicom_fixtures.write_dicom(path, (pixels * 65535).round().astype(np.uint16), ImageLaterality=laterality)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    """A module's tiny film bundle (``make_bundle``), for the export tests."""
+    return make_bundle(tmp_path_factory.mktemp("b") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A small synthetic dataset to calibrate int8 on."""
+    out = tmp_path_factory.mktemp("syn")
+    generate(out, n_per_class=6, size=64, seed=0, progress=False)
+    return out

@@ -8,26 +8,13 @@ import numpy as np
 import onnx
 import pytest
 
-from deploy_fixtures import SIZE, film, make_bundle, write_png
+from deploy_fixtures import SIZE, bundle_dir, film, source, write_png  # noqa: F401 - fixtures
 from mammolens.cli import main
-from mammolens.data.synthetic import generate
 from mammolens.deploy.export import OPSETS, export_onnx
 
 FAST = {"exporter": "torchscript"}  # 10x faster to export; the default (dynamo) is tested once below
 from mammolens.deploy.predictor import Predictor
 from mammolens.errors import ConfigError
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("b") / "bundle")
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    out = tmp_path_factory.mktemp("syn")
-    generate(out, n_per_class=6, size=64, seed=0, progress=False)
-    return out
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])

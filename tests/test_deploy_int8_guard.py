@@ -10,27 +10,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy_fixtures import SIZE, film, make_bundle, write_png
+from deploy_fixtures import SIZE, bundle_dir, film, source, write_png  # noqa: F401 - fixtures
 from mammolens.cli import main
-from mammolens.data.synthetic import generate
 from mammolens.deploy.export import QuantRecipe, export_onnx, quantize_onnx
 from mammolens.deploy.predictor import Predictor
 from mammolens.deploy.sensitivity import onnx_probabilities
 from mammolens.errors import ConfigError
 
 FAST = {"exporter": "torchscript"}
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("b") / "bundle")
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    out = tmp_path_factory.mktemp("syn")
-    generate(out, n_per_class=6, size=64, seed=0, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,15 @@
-"""Is our fp32 export slower than the naive one, or was that noise? Batch-1 ORT latency of both,
-timed in alternating runs (ours, naive, naive, ours, ...) so load swings hit both alike.
+"""Is our fp32 export slower than the naive one, and if so, is it the export or the network?
+Batch-1 ORT latency of three files, timed in rotating order each round so load swings hit all alike:
 
-deploy_bench.py timed each model's paths one after the other while the load average swung 4-13;
-densenet121 and hybrid came out slower than naive in fp32. Here both files are built exactly as
-there (ours: `export_onnx`, torch.export; naive: timm/mammolens model -> torch.onnx.export defaults).
+- ours: `export_onnx` of a bundle of the mammolens model (normalisation, temperature and softmax in the graph);
+- same: that same mammolens model -> torch.onnx.export with its defaults (what a naive user of mammolens gets);
+- anchor: the issue's naive export, timm.create_model(in_chans=1) -> torch.onnx.export (for the hybrids, which
+  timm lacks, the mammolens model, so same == anchor there).
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/deploy_interleave.py --models densenet121 hybrid --rounds 30
+ours vs same measures the export; same vs anchor measures the network (the default ``conv`` input adapter
+is a 3x3 1->3 convolution before a 3-channel stem, where timm's ``in_chans=1`` stem sums the RGB filters).
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/deploy_interleave.py --rounds 30 --out interleave.json
 """
 
 from __future__ import annotations
@@ -16,20 +20,36 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deploy_bench import SIZE, naive_fp32, ort_session  # noqa: E402
+from deploy_bench import MODELS, SIZE, naive_fp32, ort_session  # noqa: E402
+
+
+def same_fp32(model: torch.nn.Module, path: Path) -> Path:
+    """The mammolens model as it is -> torch.onnx.export with its defaults (as naive_fp32 does for timm's)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(1, 1, SIZE, SIZE),), str(path), input_names=["image"],
+                          dynamic_axes={"image": {0: "batch"}})  # fmt: skip
+    return path
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float | int]:
+    return {"median_ratio": round(float(np.median(a / b)), 3), "rounds_faster": int((a < b).sum())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["densenet121", "hybrid"])
+    ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--adapter", default=None, help="the mammolens model's input_adapter option (default: its own)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON lines, appended after each model")
     args = ap.parse_args()
 
     import onnx
@@ -39,37 +59,43 @@ def main() -> None:
     from mammolens.preprocess.pipeline import default_steps
     from mammolens.train.bundle import save_bundle
 
+    options = {} if args.adapter is None else {"input_adapter": args.adapter}
     x = np.random.default_rng(0).random((1, 1, SIZE, SIZE), dtype=np.float32)
     for name in args.models:
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = Path(tmp_dir)
             torch.manual_seed(0)
-            bundle = save_bundle(tmp / name, create_model(name, 2).eval(), classes=["normal", "abnormal"],
-                                 task="normal-abnormal", preprocess={"steps": default_steps(SIZE)}, normalisation=None,
+            model = create_model(name, 2, **options).eval()
+            bundle = save_bundle(tmp / name, model, classes=["normal", "abnormal"], task="normal-abnormal",
+                                 preprocess={"steps": default_steps(SIZE)}, normalisation=None,
                                  metrics={}, provenance={}, config={})  # fmt: skip
-            t0 = time.perf_counter()
-            paths = {"ours": export_onnx(bundle, tmp / "ours.onnx", check_images=2).path, "naive": naive_fp32(name, tmp)}
-            export_s = time.perf_counter() - t0
+            paths = {"ours": export_onnx(bundle, tmp / "ours.onnx", check_images=2).path,
+                     "same": same_fp32(model, tmp / "same.onnx"), "anchor": naive_fp32(name, tmp)}  # fmt: skip
             sessions = {k: ort_session(p, args.threads) for k, p in paths.items()}
             feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
             for k in sessions:
                 sessions[k].run(None, feeds[k])  # warm up
-            times: dict[str, list[float]] = {"ours": [], "naive": []}
+            keys = list(sessions)
+            times: dict[str, list[float]] = {k: [] for k in keys}
             for i in range(args.rounds):
-                for k in ("ours", "naive") if i % 2 == 0 else ("naive", "ours"):
+                for k in keys[i % 3:] + keys[: i % 3]:
                     t = time.perf_counter()
                     sessions[k].run(None, feeds[k])
                     times[k].append(time.perf_counter() - t)
-            ours, naive = np.array(times["ours"]) * 1000, np.array(times["naive"]) * 1000
-            nodes = {k: len(onnx.load(str(p)).graph.node) for k, p in paths.items()}
-            print(json.dumps({
-                "model": name, "rounds": args.rounds, "threads": args.threads, "export_s": round(export_s, 1),
-                "load_average": round(os.getloadavg()[0], 1), "ours_median_ms": round(float(np.median(ours)), 1),
-                "naive_median_ms": round(float(np.median(naive)), 1), "ours_best_ms": round(float(ours.min()), 1),
-                "naive_best_ms": round(float(naive.min()), 1),
-                "median_paired_ratio_ours_over_naive": round(float(np.median(ours / naive)), 3),
-                "rounds_ours_faster": int((ours < naive).sum()), "graph_nodes": nodes,
-            }), flush=True)  # fmt: skip
+            ms = {k: np.array(v) * 1000 for k, v in times.items()}
+            row = {
+                "model": name, **options, "rounds": args.rounds, "threads": args.threads,
+                "load_average": round(os.getloadavg()[0], 1),
+                **{f"{k}_median_ms": round(float(np.median(v)), 1) for k, v in ms.items()},
+                **{f"{k}_best_ms": round(float(v.min()), 1) for k, v in ms.items()},
+                "ours_vs_same": paired(ms["ours"], ms["same"]), "same_vs_anchor": paired(ms["same"], ms["anchor"]),
+                "ours_vs_anchor": paired(ms["ours"], ms["anchor"]),
+                "graph_nodes": {k: len(onnx.load(str(p)).graph.node) for k, p in paths.items()},
+            }  # fmt: skip
+            print(json.dumps(row), flush=True)
+            if args.out is not None:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

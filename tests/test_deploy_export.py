@@ -111,8 +111,8 @@ def test_quant_recipe_keeps_the_named_layers_in_float(bundle_dir, tmp_path):
     ops, zero_points = float_ops(QuantRecipe())
     assert ops == [] and set(zero_points.values()) == {onnx.TensorProto.UINT8}  # all convs and the dense layer int8
     assert float_ops(QuantRecipe(float_layers=("head",)))[0] == ["Gemm"]
-    assert float_ops(QuantRecipe(float_layers=("stem",)))[0] == ["Conv", "Conv"]  # the first two convs
-    assert float_ops(QuantRecipe(float_layers=("stem", "head")))[0] == ["Conv", "Conv", "Gemm"]
+    assert float_ops(QuantRecipe(float_layers=("stem",)))[0] == ["Conv"]  # the first conv (no adapter here)
+    assert float_ops(QuantRecipe(float_layers=("stem", "head")))[0] == ["Conv", "Gemm"]
     s8 = float_ops(QuantRecipe(activations="s8", calibrate="percentile"))[1]
     assert set(s8.values()) == {onnx.TensorProto.INT8}  # int8 activations
     with pytest.raises(ConfigError, match="unknown float layer group 'neck'; known: stem, depthwise, head"):
@@ -127,3 +127,31 @@ def test_export_cli_takes_the_int8_recipe(bundle_dir, source, tmp_path, capsys):
     assert "percentile 99.999 calibration" in note and "float layers: head" in note
     assert main([*args, "--float-layers", "none"]) == 0
     assert "float layers: none" in json.loads(capsys.readouterr().out)["notes"][0]
+
+
+@pytest.mark.parametrize("trained_adapter", [False, True])
+def test_export_folds_a_replicating_adapter_into_the_stem(tmp_path, trained_adapter):
+    """A frozen conv adapter leaves the graph (1-channel first conv, as timm's in_chans=1); a trained one stays."""
+    import torch
+
+    from mammolens.deploy.export import float_nodes
+    from mammolens.models import create_model
+    from mammolens.preprocess.pipeline import default_steps
+    from mammolens.train.bundle import save_bundle
+
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2_100", 2).eval()
+    if trained_adapter:
+        with torch.no_grad():
+            model.adapter.weight.add_(0.05 * torch.randn_like(model.adapter.weight))
+    bundle = save_bundle(tmp_path / "b", model, classes=["normal", "abnormal"], task="normal-abnormal",
+                         preprocess={"steps": default_steps(64)}, normalisation={"mean": 0.45, "std": 0.25},
+                         metrics={}, provenance={}, config={})  # fmt: skip
+    report = export_onnx(bundle, tmp_path / "m.onnx", check_images=4, **FAST)
+    assert report.max_abs_diff < 1e-5  # against the unfolded torch model
+    graph = onnx.load(str(report.path)).graph
+    weights = {i.name: tuple(i.dims) for i in graph.initializer}
+    convs = [weights[n.input[1]] for n in graph.node if n.op_type == "Conv"]
+    assert convs[0] == ((3, 1, 3, 3) if trained_adapter else (32, 1, 3, 3))
+    stem = [n for n in graph.node if n.name in float_nodes(onnx.load(str(report.path)), ["stem"])]
+    assert [weights[n.input[1]][0] for n in stem] == ([3, 32] if trained_adapter else [32])  # adapter + first conv

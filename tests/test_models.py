@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -224,3 +225,27 @@ def test_bad_num_classes(num_classes):
 def test_scratch_models_refuse_pretrained_weights(name):
     with pytest.raises(ConfigError, match="pretrained=None"):
         create_model(name, num_classes=2, pretrained="imagenet")
+
+
+@pytest.mark.parametrize(("name", "options", "chans"), [
+    ("resnet50", {}, 1), ("hybrid-lite", {}, 1), ("mobilenetv2_100", {"input_adapter": "repeat"}, 1),
+    ("densenet121", {"in_chans": 3}, 3),
+])  # fmt: skip
+def test_a_pointwise_adapter_folds_exactly_into_the_first_convs(name, options, chans):
+    model = create_model(name, num_classes=2, **options).eval()
+    folded = copy.deepcopy(model)
+    assert folded.fold_input_adapter()
+    assert isinstance(folded.adapter, nn.Identity)
+    assert all(b.first_conv().weight.shape[1] == chans for b in folded.backbones.values())
+    x = torch.rand(2, chans, 40, 40)  # edges included: the adapter maps the stem's zero padding to zero
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=0, atol=2e-6)
+
+
+def test_an_adapter_that_mixes_space_or_normalised_backbones_are_not_folded():
+    model = create_model("mobilenetv2_100", num_classes=2).eval()
+    with torch.no_grad():
+        model.adapter.weight[0, 0, 0, 0] = 0.1  # training moved an off-centre tap
+    assert not model.fold_input_adapter() and isinstance(model.adapter, ConvAdapter)
+    normalised = create_model("mobilenetv2_100", num_classes=2, normalize=True)
+    assert not normalised.fold_input_adapter()  # the padding would be shifted by the mean

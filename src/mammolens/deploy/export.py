@@ -17,6 +17,7 @@ hybrid-lite int8 export fails there.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import tempfile
@@ -63,16 +64,25 @@ class ExportReport:
 
 
 def probability_graph(bundle: Any) -> Any:
-    """The bundle's model wrapped to take [0, 1] images and return its temperature-scaled probabilities."""
+    """The bundle's model wrapped to take [0, 1] images and return its temperature-scaled probabilities.
+
+    A copy of the model, with a pointwise input adapter folded into the first convolutions
+    (``fold_input_adapter``: exact, and a 3-channel stem becomes a 1-channel one).
+    """
     import torch
 
+    from mammolens.models.classifier import BackboneClassifier
     from mammolens.train.bundle import dihedral_views
     from mammolens.train.losses import probabilities
+
+    model = copy.deepcopy(bundle.model).eval()
+    if isinstance(model, BackboneClassifier):
+        model.fold_input_adapter()
 
     class ProbabilityGraph(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.model = bundle.model.eval()
+            self.model = model
             self.mean, self.std = bundle.normalisation["mean"], bundle.normalisation["std"]
             self.temperature = bundle.temperature
 
@@ -192,8 +202,8 @@ def stamp(path: Path, spec: ModelSpec, precision: str, opset: int, int8: dict[st
 class QuantRecipe:
     """How static int8 is made: calibration method, activation type and which layers stay in float.
 
-    ``float_layers`` names groups kept in float: "stem" (the input adapter and each backbone's first
-    conv, which see raw pixels), "depthwise" (grouped convs: one 3x3 filter per channel, where
+    ``float_layers`` names groups kept in float: "stem" (each backbone's first conv, and the input
+    adapter where it was not folded into it, which see raw pixels), "depthwise" (grouped convs: one 3x3 filter per channel, where
     per-channel ranges differ most), "head" (every node after the backbones' last convs: pooling,
     the Concat that fuses two backbones' features under one scale, the dense layers). The probability tail
     (Softmax/Sigmoid) is always float: 8 bits on a probability moves decisions.
@@ -258,13 +268,17 @@ def float_nodes(model: Any, layers: Sequence[str]) -> list[str]:
     for node in reversed(nodes):
         if node.op_type == "Conv" or any(o in feeds_conv for o in node.output):
             feeds_conv.update(node.input)
+    # the stem is each backbone's first conv: depth 1, or 2 behind an unfolded conv adapter (3 output channels)
+    out_channels = {i.name: i.dims[0] for i in model.graph.initializer if len(i.dims) == 4}
+    adapter = any(n.op_type == "Conv" and depth[n.output[0]] == 1 and out_channels.get(n.input[1]) == 3 for n in nodes)
+    stem_depth = 2 if adapter else 1
     names = []
     for node in nodes:
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         conv = node.op_type == "Conv"
         if (("head" in layers and not conv and not any(o in feeds_conv for o in node.output))
                 or ("depthwise" in layers and conv and group > 1)
-                or ("stem" in layers and conv and max(depth.get(o, 0) for o in node.output) <= 2)):  # fmt: skip
+                or ("stem" in layers and conv and max(depth.get(o, 0) for o in node.output) <= stem_depth)):  # fmt: skip
             names.append(node.name)
     return names
 

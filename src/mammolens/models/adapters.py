@@ -35,6 +35,25 @@ class RepeatAdapter(nn.Module):
         return x.expand(-1, 3, -1, -1)
 
 
+def pointwise_mix(adapter: nn.Module, in_chans: int) -> torch.Tensor | None:
+    """(3, in_chans) matrix M with ``adapter(x)[c] == sum_i M[c, i] * x[i]`` at every pixel, or None.
+
+    Such an adapter maps the zero padding of the next convolution to zero, so it folds exactly into
+    that convolution's weights (``BackboneClassifier.fold_input_adapter``). ``repeat`` always is one;
+    ``conv`` is one until training moves its off-centre taps or bias (it starts as replication and stays
+    so when the backbone and adapter are frozen).
+    """
+    if isinstance(adapter, RepeatAdapter):
+        return torch.ones(3, in_chans)
+    if isinstance(adapter, ConvAdapter):
+        weight = adapter.weight.detach()
+        off_centre = weight.clone()
+        off_centre[:, :, 1, 1] = 0
+        if not off_centre.any() and not adapter.bias.detach().any():
+            return weight[:, :, 1, 1].clone()
+    return None
+
+
 def make_input_adapter(mode: str, in_chans: int) -> nn.Module:
     """The module between the image and the backbone (``nn.Identity`` for ``timm``)."""
     require_choice(mode, "input_adapter", INPUT_ADAPTERS)

@@ -142,6 +142,10 @@ class TimmBackbone(nn.Module):
             return holder
         return self.model.get_submodule(name)
 
+    def first_conv(self) -> nn.Conv2d:
+        """The convolution that sees the backbone's input (timm's ``pretrained_cfg["first_conv"]``)."""
+        return self.model.get_submodule(self.model.pretrained_cfg["first_conv"])
+
     def cam_layer(self) -> nn.Module:
         return self.token_map if self.is_vit else self.model.get_submodule(_CAM_LAYER[self.arch])
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mammolens.errors import ConfigError
-from mammolens.models.adapters import backbone_in_chans, make_input_adapter
+from mammolens.models.adapters import backbone_in_chans, make_input_adapter, pointwise_mix
 from mammolens.models.backbones import BACKBONES, TimmBackbone
 from mammolens.models.base import MammoModel
 from mammolens.models.heads import make_head
@@ -46,6 +46,7 @@ class BackboneClassifier(MammoModel):
         self.num_features = sum(b.num_features for b in self.backbones.values())
         self.head = make_head(self.num_features, num_classes, hidden=hidden, dropout=dropout)
         self.pretrained_from: dict[str, str] = {}  # backbone -> where its weights came from (provenance)
+        self.in_chans = in_chans
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.adapter(x)
@@ -53,6 +54,25 @@ class BackboneClassifier(MammoModel):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
+
+    def fold_input_adapter(self) -> bool:
+        """Fold a pointwise adapter into every backbone's first convolution, in place; False if it is not one.
+
+        For inference graphs (ONNX export): the same function, without the adapter's pass over the
+        image and with a first convolution over ``in_chans`` channels instead of 3, as timm's own
+        ``in_chans=1`` stem. Not with per-backbone normalisation, which would shift the padding.
+        """
+        mix = pointwise_mix(self.adapter, self.in_chans)
+        convs = [b.first_conv() for b in self.backbones.values()]
+        if (mix is None or any(not isinstance(b.normalize, nn.Identity) for b in self.backbones.values())
+                or any(conv.groups != 1 for conv in convs)):  # fmt: skip
+            return False
+        with torch.no_grad():
+            for conv in convs:
+                conv.weight = nn.Parameter(torch.einsum("ocij,cn->onij", conv.weight, mix), requires_grad=False)
+                conv.in_channels = self.in_chans
+        self.adapter = nn.Identity()
+        return True
 
     def backbone_blocks(self) -> list[nn.Module]:
         """Adapter (if learnable), then the backbones' stages interleaved by depth.

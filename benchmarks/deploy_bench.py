@@ -1,8 +1,9 @@
 """Edge inference speed per model at 224 px: torch eager (channels-last), ORT fp32, ORT static int8,
 beside a naive export measured in the same run, and the matmul FLOP bound measured in the same run.
 
-Ours: `mammolens export` (TorchScript exporter, opset 17; int8 = quant_pre_process with merged
-symbolic dims, per-channel static QDQ calibrated on preprocessed images, float probability tail).
+Ours: `mammolens export` (torch.export, opset 18, the input adapter folded into the stem; int8 =
+quant_pre_process with merged symbolic dims, per-channel static QDQ calibrated on preprocessed images,
+the default float layers and probability tail).
 Naive: timm.create_model (mammolens' model for the hybrids, which timm lacks) -> torch.onnx.export with
 its defaults -> onnxruntime; int8 = quantize_static straight on that file (no pre-processing),
 calibrated on the same number of random images. Latency is batch 1 (median and best of --repeats),

@@ -1,5 +1,5 @@
 """Is our fp32 export slower than the naive one, and if so, is it the export or the network?
-Batch-1 ORT latency of three files, timed in rotating order each round so load swings hit all alike:
+ORT latency of three files (batch 1 unless --batch), timed in rotating order each round so load swings hit all alike:
 
 - ours: `export_onnx` of a bundle of the mammolens model (normalisation, temperature and softmax in the graph);
 - same: that same mammolens model -> torch.onnx.export with its defaults (what a naive user of mammolens gets);
@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--adapter", default=None, help="the mammolens model's input_adapter option (default: its own)")
     ap.add_argument("--out", type=Path, default=None, help="JSON lines, appended after each model")
     args = ap.parse_args()
@@ -60,7 +61,7 @@ def main() -> None:
     from mammolens.train.bundle import save_bundle
 
     options = {} if args.adapter is None else {"input_adapter": args.adapter}
-    x = np.random.default_rng(0).random((1, 1, SIZE, SIZE), dtype=np.float32)
+    x = np.random.default_rng(0).random((args.batch, 1, SIZE, SIZE), dtype=np.float32)
     for name in args.models:
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = Path(tmp_dir)
@@ -84,7 +85,7 @@ def main() -> None:
                     times[k].append(time.perf_counter() - t)
             ms = {k: np.array(v) * 1000 for k, v in times.items()}
             row = {
-                "model": name, **options, "rounds": args.rounds, "threads": args.threads,
+                "model": name, **options, "rounds": args.rounds, "threads": args.threads, "batch": args.batch,
                 "load_average": round(os.getloadavg()[0], 1),
                 **{f"{k}_median_ms": round(float(np.median(v)), 1) for k, v in ms.items()},
                 **{f"{k}_best_ms": round(float(v.min()), 1) for k, v in ms.items()},

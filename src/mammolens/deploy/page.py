@@ -88,8 +88,9 @@ async function loadCard() {
   body.append(row("model", card.model_id), row("task", card.task), row("classes", card.classes.join(", ")),
               row("threshold", card.threshold.toFixed(3)), row("input", (card.input.model_input || []).join("\\u00d7")),
               row("created", card.version || "?"), row("explanations", card.explanations ? "yes" : "no"),
-              row("backend", card.backend), row("engine", card.engine + (card.guard_band
-                ? " + fp32 within " + card.guard_band.margin.toFixed(3) + " (guard band \\u00d7" + card.guard_band.factor + ")" : "")));
+              row("backend", card.backend), row("engine", card.engine));
+  const guard = card.guard_band;  // int8 with its fp32 twin: films this near the threshold are re-scored in fp32
+  if (guard) body.append(row("guard band", "\\u00d7" + guard.factor + ": fp32 within " + guard.margin.toPrecision(2)));
   for (const [part, m] of Object.entries(card.metrics || {})) {
     if (m && typeof m === "object" && typeof m.auc === "number") body.append(row(part + " AUC", m.auc.toFixed(3)));
   }

@@ -24,9 +24,15 @@ SIZE = 32
 
 
 def make_bundle(out: Path, *, roi: bool = False, threshold: float = 0.4, seed: int = 0, tta: int = 1,
-                in_chans: int = 1, descriptor_head: dict | None = None, steps: list[dict] | None = None) -> Path:
+                in_chans: int = 1, descriptor_head: dict | None = None, steps: list[dict] | None = None,
+                bilateral: bool = False) -> Path:  # fmt: skip
+    """``bilateral``: the siamese ``bilateral`` model over the scratch CNN, a film read with its other film."""
     torch.manual_seed(seed)
-    model = create_model("scratch-cnn", 2, depth=2, width=4, hidden=0, dropout=0.0, in_chans=in_chans)
+    if bilateral:
+        model = create_model("bilateral", 2, in_chans=2, film_model="scratch-cnn",
+                             film_options={"depth": 2, "width": 4}, hidden=0, dropout=0.0)  # fmt: skip
+    else:
+        model = create_model("scratch-cnn", 2, depth=2, width=4, hidden=0, dropout=0.0, in_chans=in_chans)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
@@ -35,7 +41,9 @@ def make_bundle(out: Path, *, roi: bool = False, threshold: float = 0.4, seed: i
         out, model.eval(), classes=["benign", "malignant"], task="benign-malignant",
         preprocess={"steps": steps if steps is not None else default_steps(SIZE, roi=roi)}, normalisation={"mean": 0.45, "std": 0.25},
         threshold=threshold, temperature=1.3, metrics={}, provenance={"manifest_hash": "ab" * 8,
-        "source_path": "/home/someone/St-Elsewhere/patient-0042"}, config={"model": {"name": "scratch-cnn"}},
+        "source_path": "/home/someone/St-Elsewhere/patient-0042"},
+        config={"model": {"name": "bilateral"}, "data": {"pairs": {"enabled": True}}} if bilateral
+        else {"model": {"name": "scratch-cnn"}},
         tta=tta, descriptor_head=descriptor_head,
     )  # fmt: skip
 

@@ -44,12 +44,14 @@ def test_walks_folders_and_a_corrupt_file_is_a_row_not_a_crash(bundle_dir, image
     rows = _rows(out)
     assert [r["file"].rsplit("/", 1)[1] for r in rows] == ["f0.png", "f1.png", "f2.png", "f3.png", "f4.png",
                                                            "1.2.840.99", "broken.png"]  # fmt: skip
-    assert list(rows[0]) == ["file", "p_benign", "p_malignant", "label", "decision", "threshold", "model_id", "error"]
+    assert list(rows[0]) == ["file", "p_benign", "p_malignant", "label", "decision", "threshold", "engine", "model_id",
+                             "error"]  # fmt: skip
     broken = rows[-1]
-    assert "broken.png" in broken["error"] and broken["p_malignant"] == "" and "\n" not in broken["error"]
+    assert "broken.png" in broken["error"] and "\n" not in broken["error"]
+    assert broken["p_malignant"] == broken["engine"] == ""
     predictor = Predictor.load(bundle_dir)
     for row in rows[:-1]:
-        assert row["error"] == ""
+        assert row["error"] == "" and row["engine"] == "torch"
         assert float(row["p_malignant"]) == pytest.approx(predictor.predict(row["file"]).probabilities["malignant"],
                                                           abs=1e-6)  # fmt: skip
         assert row["decision"] == ("malignant" if float(row["p_malignant"]) >= 0.4 else "benign")
@@ -91,6 +93,47 @@ def test_an_interrupted_run_resumes(bundle_dir, images, tmp_path, monkeypatch):
     resumed = predict_files(predictor, files, out, progress=False)
     assert resumed.skipped == 4 and resumed.scored + resumed.failed == 3
     assert [r["file"] for r in _rows(out)] == [str(f) for f in files]
+
+
+def test_csvs_written_before_the_engine_column_resume(bundle_dir, images, tmp_path, monkeypatch):
+    out = tmp_path / "r.csv"
+    predictor = Predictor.load(bundle_dir, batch_size=2)
+    files = list_images([images])
+    predict_files(predictor, files, out, progress=False)
+    rows = _rows(out)
+
+    def old(path, kept):  # the CSV as the version before the engine column wrote it
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[c for c in rows[0] if c != "engine"], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+
+    old(out, rows[:3])
+    report = predict_files(predictor, files, out, progress=False)
+    assert (report.skipped, report.scored, report.failed) == (3, 3, 1)
+    again = _rows(out)
+    assert [r["engine"] for r in again] == ["", "", "", "torch", "torch", "torch", ""]  # old rows: not recorded
+    assert [{k: v for k, v in r.items() if k != "engine"} for r in again] == [
+        {k: v for k, v in r.items() if k != "engine"} for r in rows]  # fmt: skip
+    # an interrupted old run's journal: rewritten in the new columns before rows are appended to it
+    journal = tmp_path / "r.csv.partial"
+    out.unlink()
+    old(journal, rows[:2])
+    real, calls = batch._score, []
+
+    def interrupted(pred, chunk, header, heatmaps):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(chunk)
+        return real(pred, chunk, header, heatmaps)
+
+    monkeypatch.setattr(batch, "_score", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(predictor, files, out, progress=False)
+    assert [r["engine"] for r in _rows(journal)] == ["", "", "torch", "torch"]  # every line whole, none dropped
+    monkeypatch.setattr(batch, "_score", real)
+    resumed = predict_files(predictor, files, out, progress=False)
+    assert (resumed.skipped, resumed.scored, resumed.failed) == (4, 2, 1)
 
 
 def test_a_torn_journal_line_is_dropped_and_other_models_results_are_refused(bundle_dir, images, tmp_path):

@@ -183,7 +183,10 @@ def test_the_service_takes_the_other_film_as_a_second_upload(run):
     assert response.status_code == 200, response.text
     expected = predictor.predict(path[film], other=path[partner[film]]).probabilities["abnormal"]
     assert response.json()["probabilities"]["abnormal"] == pytest.approx(expected, abs=1e-6)
-    alone = client.post("/v1/predict", files={"file": files["file"]}).json()["probabilities"]["abnormal"]
+    assert response.json()["other_film"] is True and response.json()["engine"] == "torch"
+    alone_body = client.post("/v1/predict", files={"file": files["file"]}).json()
+    assert alone_body["other_film"] is False
+    alone = alone_body["probabilities"]["abnormal"]
     assert alone == pytest.approx(predictor.predict(path[film]).probabilities["abnormal"], abs=1e-6) and alone != expected
     text = client.post("/v1/predict", files={**files, "other": ("b.png", b"not an image at all" * 10)})
     assert text.status_code == 415

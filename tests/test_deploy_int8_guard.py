@@ -151,3 +151,49 @@ def test_cli_exports_searched_int8_with_its_fp32_twin_and_predicts_with_the_band
     assert main(["predict", str(out), str(png), "--out", str(tmp_path / "r.csv"), "--backend", "onnxruntime",
                  "--guard-band", "2", "--no-progress"]) == 0  # fmt: skip
     assert "1 scored" in capsys.readouterr().out
+
+
+def test_serve_scores_with_the_guard_band_and_says_which_engine(guarded_export, bundle_dir, tmp_path, monkeypatch,
+                                                                capsys):  # fmt: skip
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))  # the app `serve` built, not served
+    int8 = Predictor.load(guarded_export.path, backend="onnxruntime")
+    files = [write_png(tmp_path / f"{i}.png", film(i)) for i in range(9)]
+    distance = [abs(int8.predict(f).probabilities["malignant"] - int8.spec.threshold) for f in files]
+    factor = float(np.median(distance)) / guarded_export.calibration_max_abs_dprob
+    serve = ["serve", str(guarded_export.path), "--backend", "onnxruntime"]
+    assert main([*serve, "--guard-band", repr(factor)]) == 0
+    client = TestClient(served.pop())
+    card = client.get("/v1/model").json()
+    assert card["engine"] == "onnxruntime-int8" and card["guard_band"] == {
+        "factor": factor, "margin": pytest.approx(factor * guarded_export.calibration_max_abs_dprob),
+        "fallback_engine": "onnxruntime-fp32"}  # fmt: skip
+    guarded = Predictor.load(guarded_export.path, backend="onnxruntime", guard_band=factor)
+    engines = []
+    for f in files:
+        body = client.post("/v1/predict", files={"file": ("x.png", f.read_bytes())}).json()
+        expected = guarded.predict(f)
+        assert body["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+        assert body["engine"] == expected.engine and body["decision"] == expected.decision
+        engines.append(body["engine"])
+    assert set(engines) == {"onnxruntime-int8", "onnxruntime-fp32"}  # some films inside the band, some outside
+    assert main(serve) == 0 and TestClient(served.pop()).get("/v1/model").json()["guard_band"] is None
+
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "model.int8.onnx").write_bytes(guarded_export.path.read_bytes())
+    for args, message in [
+        ([*serve, "--guard-band", "-1"], "the safety factor must be a number > 0, got -1.0"),
+        (["serve", str(bundle_dir), "--guard-band", "1"], "the guard band is for int8 ONNX models"),
+        (["serve", str(guarded_export.fallback_path), "--backend", "onnxruntime", "--guard-band", "1"],
+         "needs an int8 export"),
+        (["serve", str(lonely / "model.int8.onnx"), "--backend", "onnxruntime", "--guard-band", "1"],
+         "fp32 model model.onnx is missing beside the int8 file"),
+    ]:  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+    assert not served  # nothing was served

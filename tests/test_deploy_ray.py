@@ -1,4 +1,5 @@
-"""`--engine ray` gives the same rows as the single-process engine (a local Ray of 2 CPUs).
+"""`--engine ray` gives the same rows as the single-process engine (a local Ray of 2 CPUs), the int8
+guard band included.
 
 Ray is installed by `make setup` (the `ray` extra); without it this test skips outside CI and
 fails in CI (tests/realdata.py), so a broken install cannot pass as green.
@@ -10,7 +11,7 @@ import csv
 
 import pytest
 
-from deploy_fixtures import film, make_bundle, write_png
+from deploy_fixtures import film, make_bundle, source, write_png  # noqa: F401 - source is a fixture
 from mammolens.cli import main
 from mammolens.deploy.batch import list_images, predict_files, read_rois
 from mammolens.deploy.predictor import Predictor
@@ -36,7 +37,11 @@ def _rows(path):
         return list(csv.DictReader(fh))
 
 
-def test_ray_rows_equal_single_process_rows(tmp_path, capsys):
+def test_ray_rows_equal_single_process_rows(tmp_path, source, capsys):
+    import numpy as np
+
+    from mammolens.deploy.export import export_onnx
+
     bundle = make_bundle(tmp_path / "bundle")
     root = tmp_path / "films"
     root.mkdir()
@@ -61,6 +66,23 @@ def test_ray_rows_equal_single_process_rows(tmp_path, capsys):
     assert main([*args[:2], *good, *args[3:]]) == 0  # all done: skipped, no actor started
     assert "7 images: 0 scored, 0 failed, 7 already done" in capsys.readouterr().out
     assert _rows(ray_csv) == [r for r in local_rows if not r["error"]]
+    assert {r["engine"] for r in local_rows} == {"torch", ""}  # the error row has none
+
+    # the int8 guard band: every actor loads the int8 file and its fp32 twin, as the local engine does
+    export = export_onnx(bundle, tmp_path / "onnx" / "model.int8.onnx", int8=True, calibration=source,
+                         calibration_samples=8, fp32_fallback=True, exporter="torchscript")  # fmt: skip
+    int8, plain = export.path, Predictor.load(export.path, backend="onnxruntime")
+    distance = [abs(plain.predict(f).probabilities["malignant"] - plain.spec.threshold) for f in good]
+    factor = float(np.median(distance)) / export.calibration_max_abs_dprob  # half the films inside the band
+    guarded = Predictor.load(int8, backend="onnxruntime", guard_band=factor, batch_size=3)
+    predict_files(guarded, files, tmp_path / "local-guard.csv", progress=False)
+    args = ["predict", str(int8), str(root), "--out", str(tmp_path / "ray-guard.csv"), "--engine", "ray",
+            "--batch-size", "3", "--backend", "onnxruntime", "--guard-band", repr(factor)]  # fmt: skip
+    assert main(args) == 0
+    assert "8 images: 7 scored, 1 failed, 0 already done" in capsys.readouterr().out
+    guard_rows = _rows(tmp_path / "ray-guard.csv")
+    assert guard_rows == _rows(tmp_path / "local-guard.csv")
+    assert {r["engine"] for r in guard_rows} == {"onnxruntime-int8", "onnxruntime-fp32", ""}  # in and out of the band
 
 
 def test_ray_scores_lesions_from_a_rois_csv_like_the_local_engine(tmp_path, capsys):

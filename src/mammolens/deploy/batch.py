@@ -82,11 +82,12 @@ def _looks_like_image(path: Path) -> bool:
 
 ROI_COLUMNS = ("x", "y", "r")
 OTHER = "other"  # a bilateral row's partner film ('' for a film scored without one)
+ENGINE = "engine"  # what scored the row (Prediction.engine); '' for an error row and for rows of CSVs older than it
 
 
 def columns(classes: Sequence[str], *, lesions: bool = False, pairs: bool = False) -> list[str]:
     where = ["file", *(ROI_COLUMNS if lesions else ()), *((OTHER,) if pairs else ())]
-    return [*where, *(f"p_{c}" for c in classes), "label", "decision", "threshold", "model_id", "error"]
+    return [*where, *(f"p_{c}" for c in classes), "label", "decision", "threshold", ENGINE, "model_id", "error"]
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, ...]:
@@ -175,12 +176,13 @@ def _beside(csv_path: Path, name: str) -> Path:
 
 def read_rows(path: Path, header: list[str]) -> dict[tuple[str, ...], dict[str, str]]:
     """Rows of an earlier CSV or journal by what they score (``row_key``); a journal's torn last line
-    (a crash mid-write) is dropped."""
+    (a crash mid-write) is dropped. A CSV written before the engine column existed is read too: its
+    rows get an empty engine (not recorded then), so a resumed run keeps them."""
     if not path.is_file():
         return {}
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames != header:
+        if reader.fieldnames != header and reader.fieldnames != [c for c in header if c != ENGINE]:
             raise ConfigError(
                 f"was written for other columns ({', '.join(reader.fieldnames or [])}); "
                 "pass --force to start over, or --out another file",
@@ -190,8 +192,13 @@ def read_rows(path: Path, header: list[str]) -> dict[tuple[str, ...], dict[str, 
         for row in reader:
             if None in row or any(v is None for v in row.values()):
                 continue  # torn line
-            rows[row_key(row)] = row
+            rows[row_key(row)] = {c: row.get(c, "") for c in header}
     return rows
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return next(csv.reader(fh), [])
 
 
 def check_units(spec: Any, rois: Sequence[Any] | None, others: Sequence[Any] | None = None) -> None:
@@ -249,7 +256,13 @@ def predict_files(predictor: Any, files: Sequence[Path], out: str | Path, *, roi
         journal.unlink(missing_ok=True)
         done: dict[tuple[str, ...], dict[str, str]] = {}
     else:
-        done = {**read_rows(out, header), **read_rows(journal, header)}
+        journaled = read_rows(journal, header)
+        if journal.exists() and _header(journal) != header:  # from before the engine column: appended rows must match
+            with atomic_open(journal, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(journaled.values())
+        done = {**read_rows(out, header), **journaled}
         other = {r["model_id"] for r in done.values()} - {spec.model_id}
         if other:
             raise ConfigError(f"holds results of model {sorted(other)[0]}, not {spec.model_id}; pass --force",
@@ -314,10 +327,10 @@ def _score(predictor: Any, units: Sequence[Unit], header: list[str], heatmaps: s
             row["error"] = _one_line(exc)
         rows.append(row)
     if inputs:
-        for (row, image, roi), probs in zip(ready, predictor.predict_inputs(inputs)):
-            p = predictor._prediction(probs)
+        probs, engines = predictor._score_inputs(inputs)  # the guard band's fallback re-scores some of them
+        for (row, image, roi), p in zip(ready, map(predictor._prediction, probs, engines)):
             row.update({f"p_{c}": f"{v:.6f}" for c, v in p.probabilities.items()})
-            row.update(label=p.label, decision=p.decision, threshold=f"{p.threshold:g}")
+            row.update(label=p.label, decision=p.decision, threshold=f"{p.threshold:g}", engine=p.engine)
             if heatmaps is not None:
                 try:
                     _write_heatmap(predictor, Path(heatmaps), Path(row["file"]), image, roi)

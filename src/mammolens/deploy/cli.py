@@ -14,6 +14,7 @@ import typer
 from mammolens.errors import ConfigError
 
 BackendOpt = typer.Option("torch", "--backend", help="torch, or onnxruntime (runs BUNDLE/model.onnx from `export`).")
+GuardBandOpt = typer.Option(None, "--guard-band", help="int8 ONNX (BUNDLE = its .onnx file, --backend onnxruntime): re-score in fp32 the films within this factor x the export's calibration error of the threshold.")
 
 
 def register(app: typer.Typer) -> None:
@@ -68,7 +69,7 @@ def predict(
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, local Ray)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
-    guard_band: Optional[float] = typer.Option(None, "--guard-band", help="int8 ONNX (BUNDLE = its .onnx file): re-score in fp32 the films within this factor x the export's calibration error of the threshold."),
+    guard_band: Optional[float] = GuardBandOpt,
 ) -> None:
     """Score images into a CSV; resumes an interrupted run, skips what is done unless --force."""
     from mammolens.deploy.batch import list_images, predict_files, read_pairs, read_rois
@@ -92,10 +93,8 @@ def predict(
     if engine == "ray":
         from mammolens.deploy.ray_engine import predict_ray
 
-        if guard_band is not None:
-            raise ConfigError("--guard-band is not supported with --engine ray; use --engine local")
         report = predict_ray(bundle, files, out, rois=lesions, others=others, heatmaps=heatmaps, backend=backend,
-                             batch_size=batch_size, force=force)  # fmt: skip
+                             batch_size=batch_size, force=force, guard_band=guard_band)  # fmt: skip
     elif engine == "local":
         predictor = Predictor.load(bundle, backend=backend, batch_size=batch_size, guard_band=guard_band)  # type: ignore[arg-type]
         report = predict_files(predictor, files, out, rois=lesions, others=others, heatmaps=heatmaps, force=force,
@@ -114,6 +113,7 @@ def serve(
     max_upload_mb: float = typer.Option(64.0, "--max-upload-mb"),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Per-request time limit (seconds)."),
     backend: str = BackendOpt,
+    guard_band: Optional[float] = GuardBandOpt,
 ) -> None:
     """Serve the bundle over HTTP: a REST API and a web page for clinicians."""
     import uvicorn
@@ -121,5 +121,5 @@ def serve(
     from mammolens.deploy.service import ServiceConfig, create_app
 
     config = ServiceConfig(token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), timeout_s=timeout_s)
-    app = create_app(bundle, config, backend=backend)
+    app = create_app(bundle, config, backend=backend, guard_band=guard_band)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)

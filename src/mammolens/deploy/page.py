@@ -39,6 +39,8 @@ PAGE = """<!doctype html>
     <div id="drop" tabindex="0">Drop a mammogram here (DICOM, PNG, JPEG, PGM, TIFF) or click to choose a file
       <input id="file" type="file" hidden accept=".dcm,.dicom,.png,.jpg,.jpeg,.pgm,.tif,.tiff,application/dicom,image/*">
     </div>
+    <label id="other-box" hidden>Other film of the same woman (<span id="other-need">optional</span>; choose it before the film)
+      <input id="other" type="file" accept=".dcm,.dicom,.png,.jpg,.jpeg,.pgm,.tif,.tiff,application/dicom,image/*"></label>
     <label id="token-box" hidden>Access token <input id="token" type="password" autocomplete="off"></label>
     <fieldset id="roi-box" hidden><legend>Lesion (original-image pixels)</legend>
       <label>x <input id="roi-x" type="number" min="0" step="any" placeholder="512"></label>
@@ -80,20 +82,28 @@ async function loadCard() {
   card = await r.json();
   $("model-line").textContent = card.architecture + " \\u00b7 " + card.task + " \\u00b7 " + card.model_id;
   $("roi-box").hidden = !card.input.needs_roi;
+  $("other-box").hidden = !card.input.other_film;  // bilateral bundles read a film with the woman's other film
+  $("other-need").textContent = card.input.needs_other_film ? "required" : "optional";
   const body = $("card-body"); body.replaceChildren();
   body.append(row("model", card.model_id), row("task", card.task), row("classes", card.classes.join(", ")),
               row("threshold", card.threshold.toFixed(3)), row("input", (card.input.model_input || []).join("\\u00d7")),
-              row("created", card.version || "?"), row("explanations", card.explanations ? "yes" : "not installed"),
-              row("backend", card.backend));
+              row("created", card.version || "?"), row("explanations", card.explanations ? "yes" : "no"),
+              row("backend", card.backend), row("engine", card.engine));
+  const guard = card.guard_band;  // int8 with its fp32 twin: films this near the threshold are re-scored in fp32
+  if (guard) body.append(row("guard band", "\\u00d7" + guard.factor + ": fp32 within " + guard.margin.toPrecision(2)));
   for (const [part, m] of Object.entries(card.metrics || {})) {
     if (m && typeof m === "object" && typeof m.auc === "number") body.append(row(part + " AUC", m.auc.toFixed(3)));
   }
 }
+let current = null;  // the film last chosen: choosing the other film afterwards scores it again
 async function send(file) {
+  current = file;
   if (!card) await loadCard();
   status("scoring " + (file.size / 1024).toFixed(0) + " KiB ...");
   const form = new FormData();
   form.append("file", file);
+  const other = card && card.input.other_film ? $("other").files[0] : null;
+  if (other) form.append("other", other);
   form.append("preview", "true");
   form.append("heatmap", card && card.explanations ? "true" : "false");
   for (const k of ["x", "y", "r"]) {
@@ -124,11 +134,13 @@ function show(res) {
     bar.append(fill); probs.append(row(c, res.probabilities[c].toFixed(3)), bar);
   }
   $("result").hidden = false;
-  status(res.image.format.toUpperCase() + " " + res.image.width + "\\u00d7" + res.image.height + " scored by " + res.model.id);
+  status(res.image.format.toUpperCase() + " " + res.image.width + "\\u00d7" + res.image.height + " scored by " + res.model.id +
+         " (" + res.engine + ")" + (res.other_film ? " with the other film" : ""));
 }
 $("opacity").addEventListener("input", (e) => { $("overlay").style.opacity = e.target.value / 100; });
 $("drop").addEventListener("click", () => $("file").click());
 $("file").addEventListener("change", (e) => { if (e.target.files[0]) send(e.target.files[0]); });
+$("other").addEventListener("change", () => { if (current) send(current); });
 $("token").addEventListener("change", () => loadCard());
 for (const ev of ["dragenter", "dragover"]) $("drop").addEventListener(ev, (e) => { e.preventDefault(); $("drop").classList.add("over"); });
 for (const ev of ["dragleave", "drop"]) $("drop").addEventListener(ev, (e) => { e.preventDefault(); $("drop").classList.remove("over"); });

@@ -60,16 +60,20 @@ def ray_session(num_cpus: int = 2) -> Iterator[Any]:
 def predict_ray(bundle: str | Path, files: Sequence[Path], out: str | Path, *, rois: Sequence[Any] | None = None,
                 others: Sequence[Any] | None = None, heatmaps: str | Path | None = None, backend: str = "torch",
                 batch_size: int = 16, force: bool = False, num_cpus: int = 2, actors: int | None = None,
-                threads_per_actor: int = 1) -> BatchReport:  # fmt: skip
+                threads_per_actor: int = 1, guard_band: float | None = None) -> BatchReport:  # fmt: skip
     """Score ``files`` (with one ``rois`` entry each for a lesion bundle, one ``others`` entry each for
     a bilateral one) into the CSV ``out`` with Ray Data; skips what is already scored there unless
-    ``force``. ``heatmaps``: each actor writes its overlay PNGs there (atomically, so never half a file)."""
+    ``force``. ``heatmaps``: each actor writes its overlay PNGs there (atomically, so never half a file).
+    ``guard_band``: as ``Predictor.load``'s; every actor loads the int8 file and its fp32 twin."""
     import csv
+    import functools
 
     from mammolens.deploy.predictor import Predictor
 
     out = Path(out)
-    predictor = Predictor.load(bundle, backend=backend)  # fail here, not in every actor
+    # the driver and every actor build the same Predictor; the driver's load fails here, not in every actor
+    load = functools.partial(Predictor.load, str(bundle), backend=backend, batch_size=batch_size, guard_band=guard_band)
+    predictor = load()
     spec = predictor.spec
     header, units = plan(spec, files, rois, others)
     if heatmaps is not None:
@@ -84,14 +88,11 @@ def predict_ray(bundle: str | Path, files: Sequence[Path], out: str | Path, *, r
     start = time.perf_counter()
     if todo:
         with ray_session(num_cpus) as ray:
-            bundle_path = str(bundle)
-
             class Scorer:
                 """One per actor: loads the model once, then scores batch after batch."""
 
                 def __init__(self) -> None:
-                    self.predictor = Predictor.load(bundle_path, backend=backend, threads=threads_per_actor,  # type: ignore[arg-type]
-                                                    batch_size=batch_size)  # fmt: skip
+                    self.predictor = load(threads=threads_per_actor)
 
                 def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
                     from mammolens.deploy.batch import _score

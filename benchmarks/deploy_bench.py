@@ -72,12 +72,16 @@ def naive_fp32(name: str, tmp: Path) -> Path:
 
     model = (create_model(name, 2) if name.startswith("hybrid") else
              timm.create_model(name, num_classes=2, in_chans=1, pretrained=False)).eval()  # fmt: skip
-    fp32 = tmp / f"naive-{name}.onnx"
+    return export_with_defaults(model, tmp / f"naive-{name}.onnx")
+
+
+def export_with_defaults(model: torch.nn.Module, path: Path) -> Path:
+    """``model`` -> ``torch.onnx.export`` with its defaults (a dynamic batch axis, nothing else asked)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(1, 1, SIZE, SIZE),), str(fp32), input_names=["image"],
+        torch.onnx.export(model, (torch.rand(1, 1, SIZE, SIZE),), str(path), input_names=["image"],
                           dynamic_axes={"image": {0: "batch"}})  # fmt: skip
-    return fp32
+    return path
 
 
 def naive_export(name: str, tmp: Path) -> tuple[Path, Path | None, str]:

@@ -20,23 +20,13 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deploy_bench import MODELS, SIZE, naive_fp32, ort_session  # noqa: E402
-
-
-def same_fp32(model: torch.nn.Module, path: Path) -> Path:
-    """The mammolens model as it is -> torch.onnx.export with its defaults (as naive_fp32 does for timm's)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(1, 1, SIZE, SIZE),), str(path), input_names=["image"],
-                          dynamic_axes={"image": {0: "batch"}})  # fmt: skip
-    return path
+from deploy_bench import MODELS, SIZE, export_with_defaults, naive_fp32, ort_session  # noqa: E402
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float | int]:
@@ -71,7 +61,7 @@ def main() -> None:
                                  preprocess={"steps": default_steps(SIZE)}, normalisation=None,
                                  metrics={}, provenance={}, config={})  # fmt: skip
             paths = {"ours": export_onnx(bundle, tmp / "ours.onnx", check_images=2).path,
-                     "same": same_fp32(model, tmp / "same.onnx"), "anchor": naive_fp32(name, tmp)}  # fmt: skip
+                     "same": export_with_defaults(model, tmp / "same.onnx"), "anchor": naive_fp32(name, tmp)}  # fmt: skip
             sessions = {k: ort_session(p, args.threads) for k, p in paths.items()}
             feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
             for k in sessions:

@@ -327,7 +327,7 @@ def _score(predictor: Any, units: Sequence[Unit], header: list[str], heatmaps: s
             row["error"] = _one_line(exc)
         rows.append(row)
     if inputs:
-        probs, engines = predictor._score_inputs(inputs)  # the guard band's fallback re-scores some of them
+        probs, engines = predictor.score_inputs(inputs)  # the guard band's fallback re-scores some of them
         for (row, image, roi), p in zip(ready, map(predictor._prediction, probs, engines)):
             row.update({f"p_{c}": f"{v:.6f}" for c, v in p.probabilities.items()})
             row.update(label=p.label, decision=p.decision, threshold=f"{p.threshold:g}", engine=p.engine)

@@ -279,9 +279,10 @@ class Predictor:
 
     def predict_inputs(self, inputs: Sequence[ModelInput]) -> np.ndarray:
         """``prepare``'s outputs -> (N, C) probabilities."""
-        return self._score_inputs(inputs)[0]
+        return self.score_inputs(inputs)[0]
 
-    def _score_inputs(self, inputs: Sequence[ModelInput]) -> tuple[np.ndarray, list[str]]:
+    def score_inputs(self, inputs: Sequence[ModelInput]) -> tuple[np.ndarray, list[str]]:
+        """``predict_inputs`` and, per input, the engine that scored it (as ``score_arrays``)."""
         if not inputs:
             return np.zeros((0, len(self.spec.classes)), np.float32), []
         descriptors = np.stack([i.descriptors for i in inputs]) if self.spec.descriptors else None
@@ -294,7 +295,7 @@ class Predictor:
         film = self.read(source)
         x = self.prepare(film, roi=roi, laterality=laterality, name=_name(source),
                          other=None if other is None else self.read(other))  # fmt: skip
-        probs, engines = self._score_inputs([x])
+        probs, engines = self.score_inputs([x])
         prediction = self._prediction(probs[0], engines[0])
         if heatmap:
             prediction.heatmap = self.explain(film, roi=roi, laterality=laterality or film.laterality)
@@ -312,7 +313,7 @@ class Predictor:
         inputs = [self.prepare(self.read(s), roi=r, laterality=lat, name=_name(s),
                                other=None if o is None else self.read(o))
                   for s, r, lat, o in zip(sources, rois, lateralities, others)]  # fmt: skip
-        probs, engines = self._score_inputs(inputs)
+        probs, engines = self.score_inputs(inputs)
         return [self._prediction(p, e) for p, e in zip(probs, engines)]
 
     def _prediction(self, probs: np.ndarray, engine: str | None = None) -> Prediction:

@@ -10,6 +10,7 @@ ours vs same measures the export; same vs anchor measures the network (the defau
 is a 3x3 1->3 convolution before a 3-channel stem, where timm's ``in_chans=1`` stem sums the RGB filters).
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/deploy_interleave.py --rounds 30 --out interleave.json
+    OMP_NUM_THREADS=1 python benchmarks/deploy_interleave.py --models mobilenetv2_100 --rounds 10 --profile 200
 """
 
 from __future__ import annotations
@@ -29,6 +30,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deploy_bench import MODELS, SIZE, export_with_defaults, naive_fp32, ort_session  # noqa: E402
 
 
+def op_profile(path: Path, feed: dict, threads: int, runs: int, tmp: Path) -> dict[str, float]:
+    """Mean µs per run spent in each ONNX op type (onnxruntime's profiler), largest first."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.enable_profiling = threads, True
+    options.profile_file_prefix = str(tmp / path.stem)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(None, feed)
+    totals: dict[str, float] = {}
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + event["dur"]
+    return {op: round(us / runs, 1) for op, us in sorted(totals.items(), key=lambda t: -t[1])}
+
+
 def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float | int]:
     return {"median_ratio": round(float(np.median(a / b)), 3), "rounds_faster": int((a < b).sum())}
 
@@ -41,6 +60,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--adapter", default=None, help="the mammolens model's input_adapter option (default: its own)")
     ap.add_argument("--out", type=Path, default=None, help="JSON lines, appended after each model")
+    ap.add_argument("--profile", type=int, default=0, help="also profile ours and anchor over this many runs (op types)")
     args = ap.parse_args()
 
     import onnx
@@ -83,6 +103,9 @@ def main() -> None:
                 "ours_vs_anchor": paired(ms["ours"], ms["anchor"]),
                 "graph_nodes": {k: len(onnx.load(str(p)).graph.node) for k, p in paths.items()},
             }  # fmt: skip
+            if args.profile:
+                row["profile_us"] = {k: op_profile(paths[k], feeds[k], args.threads, args.profile, tmp)
+                                     for k in ("ours", "anchor")}  # fmt: skip
             print(json.dumps(row), flush=True)
             if args.out is not None:
                 with args.out.open("a") as f:

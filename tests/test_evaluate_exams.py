@@ -150,3 +150,38 @@ def test_derive_exam_ids_from_source_and_group():
     frame = pd.DataFrame({"source": ["mias", "mias"], "group": ["p1", "p2"]})
     assert derive_exam_ids(frame).tolist() == ["mias:p1", "mias:p2"]
     assert derive_exam_ids(frame.assign(exam_id=["a", "b"])).tolist() == ["a", "b"]
+
+
+def _film_table(tmp_path):
+    """The toy views as a predictions.csv written and read back, exam columns included."""
+    from mammolens.evaluate.predictions import predictions_frame, read_predictions, write_predictions
+
+    views = toy_views()
+    p = views["p_malignant"].to_numpy()
+    table = predictions_frame(views["sample_id"], views["group"], views["y"], np.c_[1 - p, p], ["benign", "malignant"],
+                              exams=views[["exam_id", "laterality", "view"]])
+    write_predictions(tmp_path / "predictions.csv", table)
+    return read_predictions(tmp_path / "predictions.csv")
+
+
+def test_level_metrics_from_a_predictions_table(tmp_path):
+    from mammolens.evaluate.levels import level_metrics
+
+    table, classes = _film_table(tmp_path)
+    metrics, exams = level_metrics(table, classes, "exam", n_boot=20)
+    assert exams["sample_id"].tolist() == ["E1", "E2", "E3", "E4"]
+    assert exams["label"].tolist() == ["benign", "malignant", "benign", "malignant"]
+    assert metrics["auc"]["value"] == pytest.approx(0.75) and metrics["n_samples"] == 4
+    assert metrics["n_groups"] == 3 and metrics["level"] == "exam"
+    breasts = level_metrics(table, classes, "breast", n_boot=20)[1]
+    assert breasts["sample_id"].iloc[:2].tolist() == ["E1/L", "E1/R"] and (breasts["n_views"] == 2).all()
+
+
+def test_level_of_a_table_without_exam_columns_says_so(tmp_path):
+    from mammolens.evaluate.levels import level_metrics
+
+    table, classes = _film_table(tmp_path)
+    with pytest.raises(DataError, match="lacks exam_id, laterality, view"):
+        level_metrics(table.drop(columns=["exam_id", "laterality", "view"]), classes, "exam")
+    with pytest.raises(ConfigError, match="known: film, breast, exam"):
+        level_metrics(table, classes, "woman")

@@ -147,9 +147,9 @@ def test_exam_bootstrap_resamples_women_not_exams():
 
 
 def test_derive_exam_ids_from_source_and_group():
-    frame = pd.DataFrame({"source": ["mias", "mias"], "group": ["p1", "p2"]})
-    assert derive_exam_ids(frame).tolist() == ["mias:p1", "mias:p2"]
-    assert derive_exam_ids(frame.assign(exam_id=["a", "b"])).tolist() == ["a", "b"]
+    frame = pd.DataFrame({"source": ["mias", "vindr"], "group": ["p1", "p2"]})
+    assert derive_exam_ids(frame).tolist() == ["mias:p1", "vindr:p2"]
+    assert derive_exam_ids(frame.assign(exam_id=["", "s9"])).tolist() == ["mias:p1", "vindr:s9"]
 
 
 def _film_table(tmp_path):

@@ -185,3 +185,19 @@ def test_level_of_a_table_without_exam_columns_says_so(tmp_path):
         level_metrics(table.drop(columns=["exam_id", "laterality", "view"]), classes, "exam")
     with pytest.raises(ConfigError, match="known: film, breast, exam"):
         level_metrics(table, classes, "woman")
+
+
+def test_choose_aggregator_uses_the_validation_units_only(tmp_path):
+    from mammolens.evaluate.levels import choose_aggregator
+
+    table, classes = _film_table(tmp_path)
+    seen = {}
+
+    def choose(y, proba):
+        seen["y"], seen["p"] = y.tolist(), proba[:, 1].tolist()
+        return 0.45
+
+    chosen = choose_aggregator(table, classes, "exam", "max", choose)
+    assert chosen == {"method": "max", "params": None, "level": "exam", "threshold": 0.45}
+    assert seen == {"y": [0, 1, 0, 1], "p": [0.3, 0.6, 0.5, 0.4]}  # the four exams, not the 16 films
+    assert choose_aggregator(table, classes, "film", "mean", choose)["threshold"] is None

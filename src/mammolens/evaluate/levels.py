@@ -7,7 +7,7 @@ the woman as its ``group``, so ``evaluate_predictions`` scores it and bootstraps
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,6 +65,23 @@ def level_predictions(table: pd.DataFrame, classes: Sequence[str], level: str, m
 def fit_level_aggregator(validation: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:
     """``fit_aggregator`` on a film-level predictions table of VALIDATION samples."""
     return fit_aggregator(_views(validation, classes))
+
+
+def choose_aggregator(validation: pd.DataFrame, classes: Sequence[str], level: str, method: str,
+                      choose: Callable[[np.ndarray, np.ndarray], float]) -> dict[str, Any]:
+    """What a bundle stores as its ``aggregator``, from its VALIDATION films only (a predictions table
+    with exam columns): the method, the ``fitted`` parameters, and for a binary task at breast or exam
+    level the decision threshold ``choose(y, proba)`` (the config's operating point) picks on the
+    validation breasts or exams (None: the film threshold applies)."""
+    check_level(level)
+    params = fit_level_aggregator(validation, classes) if method == "fitted" else None
+    threshold = None
+    if level != "film" and len(classes) == 2:
+        units = level_predictions(validation, classes, level, method, params)
+        units = units[units["label_index"] >= 0]
+        if units["label_index"].nunique() == 2:
+            threshold = float(choose(units["label_index"].to_numpy(), units[[f"p_{c}" for c in classes]].to_numpy()))
+    return {"method": method, "params": params, "level": level, "threshold": threshold}
 
 
 def level_metrics(table: pd.DataFrame, classes: Sequence[str], level: str, *, method: str = "max",

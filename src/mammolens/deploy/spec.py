@@ -17,6 +17,7 @@ import numpy as np
 from mammolens.errors import ConfigError, DataError
 
 ROI = tuple[float, float, float]
+NO_AGGREGATOR = {"method": "max", "params": None, "level": "film", "threshold": None}
 # Preprocessing steps that read the finding's circle: a bundle with one of them scores lesions.
 ROI_STEPS = ("crop_roi", "multiscale_crop", "lesion_descriptors")
 # Provenance keys that are safe to publish: no file paths, which can name a hospital, a study or a woman.
@@ -42,9 +43,10 @@ class ModelSpec:
     channels: int = 1  # model input channels: 1, a multiscale_crop's scales, or 2 (a film and its partner)
     descriptors: list[str] = field(default_factory=list)  # the descriptor head's inputs, in order (lesion_descriptors)
     pairs: dict[str, bool] | None = None  # bilateral bundles: {"fallback": ..., "mirror": ...} as in training
-    # views -> breast -> exam (evaluate.exams): {"method": max|mean|fitted, "params": fitted JSON or None,
-    # "threshold": the breast/exam decision threshold chosen on validation, or None for the film threshold}
-    aggregator: dict[str, Any] = field(default_factory=lambda: {"method": "max", "params": None, "threshold": None})
+    # views -> breast -> exam (evaluate.exams): the bundle's ``aggregator`` ({"method": max|mean|fitted,
+    # "params": fitted JSON or None, "level", "threshold": the breast/exam threshold chosen on validation,
+    # or None for the film threshold}); a bundle without one combines by max at the film threshold
+    aggregator: dict[str, Any] = field(default_factory=lambda: dict(NO_AGGREGATOR))
 
     @property
     def steps(self) -> list[dict[str, Any]]:
@@ -142,7 +144,7 @@ class ModelSpec:
             channels=channels,
             descriptors=list(head["names"]) if head else [],
             pairs=pairs,
-            aggregator=dict(manifest.get("aggregator") or {"method": "max", "params": None, "threshold": None}),
+            aggregator=dict(manifest.get("aggregator") or NO_AGGREGATOR),
         )
 
     def check_onnx(self, where: str | Path) -> None:

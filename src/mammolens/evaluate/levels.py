@@ -62,6 +62,30 @@ def level_predictions(table: pd.DataFrame, classes: Sequence[str], level: str, m
     return out
 
 
+def unit_threshold(aggregator: Mapping[str, Any] | None, film_threshold: float) -> float:
+    """Where a breast or exam is called positive: the aggregator's validation-chosen threshold, else the film one."""
+    chosen = (aggregator or {}).get("threshold")
+    return film_threshold if chosen is None else float(chosen)
+
+
+def folded_level_predictions(table: pd.DataFrame, classes: Sequence[str], level: str,
+                             folds: Mapping[int, tuple[Mapping[str, Any] | None, float]]) -> pd.DataFrame:
+    """Pooled out-of-fold films at ``level``: each fold's films combined by its own model's aggregator and
+    decided at its threshold (``folds[fold] = (aggregator, film threshold)``); a ``fold`` column is kept.
+    An exam never spans folds (its woman is in one), which is checked."""
+    spans = table.groupby("exam_id")["fold"].nunique() if "exam_id" in table.columns else None
+    if spans is not None and (spans > 1).any():
+        raise DataError(f"exam {spans[spans > 1].index[0]!r} has films in several folds; its woman was split")
+    parts = []
+    for fold, part in table.groupby("fold", sort=True):
+        aggregator, film_threshold = folds[int(fold)]
+        aggregator = aggregator or {"method": "max"}
+        units = level_predictions(part, classes, level, aggregator["method"], aggregator.get("params"),
+                                  unit_threshold(aggregator, film_threshold))
+        parts.append(units.assign(fold=int(fold)))
+    return pd.concat(parts, ignore_index=True)
+
+
 def fit_level_aggregator(validation: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:
     """``fit_aggregator`` on a film-level predictions table of VALIDATION samples."""
     return fit_aggregator(_views(validation, classes))

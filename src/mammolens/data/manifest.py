@@ -22,7 +22,7 @@ from mammolens.errors import DataError
 # column -> (dtype, default). Strings use "" for "unknown", never NaN, so equality checks work.
 COLUMNS: dict[str, tuple[str, Any]] = {
     "sample_id": ("str", None),  # unique within the manifest
-    "source": ("str", None),  # adapter name: mias, cbis-ddsm, folders, arrays, synthetic
+    "source": ("str", None),  # adapter name: mias, cbis-ddsm, vindr, rsna, cmmd, inbreast, folders, arrays, synthetic
     "path": ("str", None),  # absolute path of the full image file
     "frame": ("int", -1),  # index into a stacked array file (.npy), -1 for single images
     "patient_id": ("str", ""),  # as the source names the woman / case ("" when unknown)

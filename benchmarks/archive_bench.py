@@ -179,7 +179,7 @@ def _agree(a: Path, b: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------- run
 def run(root: Path, workers: int, size: int, parts: list[str], tmp: Path) -> dict[str, Any]:
     me = [sys.executable, str(Path(__file__).resolve())]
-    cli = [sys.executable, "-m", "mammolens"]
+    cli = [sys.executable, "-m", "mammolens.cli"]
     info = json.loads((root / "archive.json").read_text())
     films = info["films"]
     out: dict[str, Any] = {"archive": info, "workers": workers, "size": size, "cpu_count": os.cpu_count(),

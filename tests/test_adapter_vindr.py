@@ -153,3 +153,9 @@ def test_official_split_refused_without_one(replica):
     stripped.df["meta"] = "{}"
     with pytest.raises(DataError, match="has no official split"):
         make_official(stripped, np.zeros(len(m), int))
+
+
+def test_replica_command_writes_a_tree_the_adapter_reads(tmp_path):
+    assert replicas.main(["vindr", str(tmp_path / "r"), "--n", "1", "--size", "64", "48", "--compression", "rle"]) == 0
+    m = load_source(tmp_path / "r").manifest
+    assert len(m) == 4 and read_image(m.df["path"].iat[0]).pixels.shape == (64, 48)

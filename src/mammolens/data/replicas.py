@@ -340,3 +340,29 @@ def _write_osirix_xml(path: Path, rois: list[tuple[str, list[tuple[float, float]
     doc = {"Images": [{"ImageHeight": 0, "ImageIndex": 0, "ImageWidth": 0, "NumberOfROIs": len(items), "ROIs": items}]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(plistlib.dumps(doc, fmt=plistlib.FMT_XML))
+
+
+WRITERS = {"vindr": write_vindr, "rsna": write_rsna, "cmmd": write_cmmd, "inbreast": write_inbreast}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mammolens.data.replicas KIND OUT [--n N] [--size H W] [--compression none rle j2k]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mammolens.data.replicas", description=main.__doc__)
+    parser.add_argument("kind", choices=sorted(WRITERS))
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--n", type=int, default=4, help="exams (VinDr) or patients (the others)")
+    parser.add_argument("--size", type=int, nargs=2, default=(96, 80), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--compression", nargs="+", default=["none"], choices=COMPRESSIONS)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.out.exists() and any(args.out.iterdir()):
+        parser.error(f"{args.out} is not empty")
+    truth = WRITERS[args.kind](args.out, args.n, size=tuple(args.size), seed=args.seed, compression=args.compression)
+    print(f"wrote {len(truth.images)} images of a {args.kind} replica to {truth.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -124,7 +124,7 @@ def _location(root: Path, text: str, where: str) -> Path:
 
 
 def _labels(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    df = read_table(path, engine="openpyxl")
+    df = read_table(path)
     require_columns(df, CLINICAL_COLUMNS, path)
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for n, row in enumerate(df.to_dict("records"), start=2):

@@ -57,7 +57,7 @@ def load(path: str | Path, *, require_images: bool = True) -> SourceResult:
     """Read an INbreast folder into one manifest row per image listed in INbreast.xls."""
     root = _root(Path(path).resolve())
     table = root / TABLE
-    df = read_table(table, engine="xlrd")
+    df = read_table(table)
     require_columns(df, COLUMNS, table)
     rows = _without_footer(df.to_dict("records"), table)
     dicoms = _dicoms(root / DICOMS)

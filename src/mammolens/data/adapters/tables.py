@@ -19,14 +19,15 @@ from mammolens.errors import DataError, MammolensError
 _NUMBER = re.compile(r"\d+(\.0+)?")
 
 
-def read_table(path: Path, *, engine: str | None = None) -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
     """A CSV or spreadsheet as strings ("" for empty cells), header names stripped."""
     if not path.is_file():
         raise DataError("file not found", path=path)
     try:
-        if path.suffix.lower() in (".xls", ".xlsx"):
-            df = pd.read_excel(path, dtype=object, engine=engine)
-            df = df.map(_cell)
+        if path.suffix.lower() == ".xls":
+            df = _read_xls(path)
+        elif path.suffix.lower() == ".xlsx":
+            df = pd.read_excel(path, dtype=object, engine="openpyxl", keep_default_na=False).map(_cell)
         else:
             df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except ImportError as exc:
@@ -37,9 +38,20 @@ def read_table(path: Path, *, engine: str | None = None) -> pd.DataFrame:
     return df
 
 
+def _read_xls(path: Path) -> pd.DataFrame:
+    """The first sheet of an old-style .xls through xlrd itself (pandas' xlrd engine is deprecated)."""
+    import xlrd
+
+    sheet = xlrd.open_workbook(str(path)).sheet_by_index(0)
+    rows = [[_cell(v) for v in sheet.row_values(r)] for r in range(sheet.nrows)]
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows[1:], columns=rows[0])
+
+
 def _cell(value: Any) -> str:
     """Spreadsheet cells as text: 2.0 -> "2", NaN -> ""."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
         return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))

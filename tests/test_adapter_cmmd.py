@@ -112,7 +112,8 @@ def test_missing_laterality_names_the_file(replica, tmp_path):
 def test_bad_or_missing_locations(replica, tmp_path):
     root = _copy(replica, tmp_path)
     meta = root / "metadata.csv"
-    rows = list(csv.DictReader(open(meta, newline="")))
+    with open(meta, newline="") as fh:
+        rows = list(csv.DictReader(fh))
     rows[1]["File Location"] = "..\\elsewhere"
     with open(meta, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -93,7 +93,7 @@ def write_dicom(path: Path, pixels: np.ndarray, *, compression: str = "none", bi
         ds.ViewCodeSequence = DicomSequence(items)
     ds.set_pixel_data(np.ascontiguousarray(pixels), photometric, bits)
     if compression == "rle":
-        ds.compress(RLELossless, encoding_plugin="pydicom")
+        ds.compress(RLELossless)  # pylibjpeg-rle when installed (much faster), else pydicom's own encoder
     elif compression == "j2k":
         ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,8 @@ def tiny_config(tmp_path: Path) -> Path:
 
 
 def test_inner_validation_never_holds_a_held_out_patient():
-    from mammolens.crossval import fold_parts
     from mammolens.data.manifest import Manifest
+    from mammolens.engine.crossval import fold_parts
 
     rng = np.random.default_rng(0)
     records = [{"sample_id": f"s{i}", "source": "arrays", "path": f"/x/{i}.png", "group": f"g{i // 3}",
@@ -98,13 +98,13 @@ def test_too_many_folds_for_the_patient_groups_is_one_line(tiny_config: Path, tm
 
 def test_threshold_and_temperature_never_see_the_held_out_part(tiny_config: Path, tmp_path: Path) -> None:
     """Changing the test part's labels and images changes neither the temperature nor the threshold."""
-    from mammolens.datasets import task_samples
-    from mammolens.experiment import train_on_parts
-    from mammolens.experiment_config import load_config
+    from mammolens.engine.config import load_config
+    from mammolens.engine.sources import task_samples
+    from mammolens.engine.trainers import train_on_parts
 
     cfg = load_config(tiny_config)
     manifest, labels, task = task_samples(cfg, progress=False)
-    from mammolens.crossval import fold_parts
+    from mammolens.engine.crossval import fold_parts
 
     parts = fold_parts(manifest, labels, folds=3, seed=0, inner_val=0.3, task=task.name)[0]
     first = train_on_parts(cfg, manifest, labels, task, parts, tmp_path / "a", progress=False)

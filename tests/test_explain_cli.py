@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
+from mammolens.bundle.model import save_bundle
 from mammolens.cli import main
 from mammolens.data.synthetic import generate
 from mammolens.explain.localisation import centre_prior, finding_mask, scores
 from mammolens.models import create_model
-from mammolens.train.bundle import save_bundle
 
 
 def _bundle(path: Path, steps: list[dict], classes=("benign", "malignant")) -> Path:

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mammolens.errors import ConfigError
-from mammolens.experiment_config import first_difference
+from mammolens.engine.config import first_difference
+from mammolens.utils.errors import ConfigError
 
 RUN_RECORD = "run.json"  # the resolved config, manifest hash and split hash a run started with
 # What a run folder holds; any of them means the folder holds a run.
@@ -64,3 +64,15 @@ def clear_run_dir(out_dir: Path) -> None:
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
+
+
+def training_history(bundle_path: Path) -> list[dict[str, Any]] | None:
+    """Per-epoch rows of the training run that wrote ``bundle_path`` (``<run>/training/history.csv``), if any."""
+    import csv
+
+    path = Path(bundle_path).parent / "training" / "history.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in rows] or None

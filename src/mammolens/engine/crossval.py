@@ -28,20 +28,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mammolens import atomic
-from mammolens.configuration import to_dict
+from mammolens.bundle import save_mean_ensemble
 from mammolens.data.splits import Split, check_no_leakage, make_holdout, make_kfold
-from mammolens.datasets import task_samples
-from mammolens.errors import ConfigError
-from mammolens.evaluate.cli import training_history
-from mammolens.evaluate.ensembles import save_mean_ensemble
+from mammolens.engine.config import ExperimentConfig, first_difference, preprocess_config
+from mammolens.engine.run_dir import clear_run_dir, training_history
+from mammolens.engine.sources import task_samples
+from mammolens.engine.trainers import choose_operating_point, train_on_parts
 from mammolens.evaluate.predictions import predictions_frame, read_predictions, write_predictions
 from mammolens.evaluate.report import write_report
 from mammolens.evaluate.summary import evaluate_predictions, render_table
-from mammolens.experiment import choose_operating_point, train_on_parts
-from mammolens.experiment_config import ExperimentConfig, first_difference, preprocess_config
 from mammolens.preprocess import PreprocessCache
-from mammolens.run_dir import clear_run_dir
+from mammolens.utils import atomic
+from mammolens.utils.configuration import to_dict
+from mammolens.utils.errors import ConfigError
 
 RECORD = "cv.json"
 DONE = "oof.csv"  # a fold's out-of-fold predictions, written last: its presence means the fold is finished

@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 import typer
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.engine.run_dir import training_history
+from mammolens.utils.errors import ConfigError, DataError
 
 
 def _options(items: list[str] | None) -> dict[str, Any]:
@@ -51,18 +52,6 @@ def label_source(manifest: Any, task_name: str) -> tuple[Any, Any]:
         return manifest.subset(keep), labels[keep].astype(np.int64)
 
 
-def training_history(bundle_path: Path) -> list[dict[str, Any]] | None:
-    """Per-epoch rows of the training run that wrote ``bundle_path`` (``<run>/training/history.csv``), if any."""
-    import csv
-
-    path = Path(bundle_path).parent / "training" / "history.csv"
-    if not path.is_file():
-        return None
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in rows] or None
-
-
 def _check_task(bundle: Any, task_name: str) -> None:
     from mammolens.data.tasks import TASKS
 
@@ -78,14 +67,14 @@ def evaluate_bundle(
     half_threshold: bool = False, n_boot: int = 2000, seed: int = 0, progress: bool = True, command: str = "",
 ) -> tuple[dict[str, Any], Any, str]:
     """(metrics, predictions table, report HTML) of a bundle on every labelled sample of ``source``."""
+    from mammolens.bundle import load_bundle
     from mammolens.data.adapters.base import load_source
-    from mammolens.evaluate.load import load_any_bundle
     from mammolens.evaluate.predict import bundle_cache, predict_manifest
     from mammolens.evaluate.predictions import predictions_frame
     from mammolens.evaluate.report import render_report
     from mammolens.evaluate.summary import evaluate_predictions
 
-    bundle = load_any_bundle(bundle_path)
+    bundle = load_bundle(bundle_path)
     task = task or bundle.task
     _check_task(bundle, task)
     manifest = load_source(source, kind, **(options or {})).manifest
@@ -131,9 +120,9 @@ def register(app: typer.Typer) -> None:
         """Score every sample of SOURCE with BUNDLE: metrics.json, predictions.csv, report.html."""
         import os
 
-        from mammolens.atomic import write_json, write_text
         from mammolens.evaluate.predictions import write_predictions
         from mammolens.evaluate.summary import render_table
+        from mammolens.utils.atomic import write_json, write_text
 
         if n_boot < 0:
             raise ConfigError(f"--n-boot must be >= 0, got {n_boot}")
@@ -169,8 +158,8 @@ def register(app: typer.Typer) -> None:
         n_boot: int = typer.Option(2000, "--n-boot"),
     ) -> None:
         """Combine cv runs into one ensemble bundle, fitted on their out-of-fold predictions only."""
+        from mammolens.engine.stacking import build_ensemble
         from mammolens.evaluate.ensembles import STACKERS
-        from mammolens.evaluate.stacking import build_ensemble
         from mammolens.evaluate.summary import render_table
 
         if stack != "mean":

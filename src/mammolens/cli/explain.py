@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from mammolens.errors import ConfigError, MammolensError
+from mammolens.utils.errors import ConfigError, MammolensError
 
 
 def _methods(items: list[str] | None, default: tuple[str, ...]) -> list[str]:
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         contour_top: float = typer.Option(5.0, "--contour-top", help="Outline the hottest k % (0: no outline)."),
     ) -> None:
         """Heatmap overlays on the ORIGINAL films, one panel per image (original | overlay | decision)."""
-        from mammolens.atomic import write_json
+        from mammolens.bundle.model import load_model_bundle
         from mammolens.explain.api import (
             explain_preprocessed,
             preprocess_for,
@@ -72,13 +72,13 @@ def register(app: typer.Typer) -> None:
         from mammolens.explain.methods import CAM_METHODS
         from mammolens.explain.overlay import overlay_png, panel_png
         from mammolens.io import read_image
-        from mammolens.preprocess.sample import _read
-        from mammolens.train.bundle import load_bundle
+        from mammolens.preprocess.sample import read_film
+        from mammolens.utils.atomic import write_json
 
         def read(path: Path) -> tuple[Any, str, float | None]:  # pixels, laterality, pixel side in mm
-            return _read(lambda _path, _frame: read_image(path), str(path))
+            return read_film(lambda _path, _frame: read_image(path), str(path))
 
-        bundle = load_bundle(bundle_path)
+        bundle = load_model_bundle(bundle_path)
         CAM_METHODS.get(method)
         resolve_layers(bundle.model, layer or None)
         rois, wanted = _roi(roi), _target(target)
@@ -141,19 +141,19 @@ def register(app: typer.Typer) -> None:
         """
         import yaml
 
-        from mammolens.atomic import write_text
+        from mammolens.bundle.model import load_model_bundle
         from mammolens.data.adapters.base import load_source
         from mammolens.data.tasks import derive_task
-        from mammolens.crossval import RECORD, held_out_bundles
+        from mammolens.engine.crossval import RECORD, held_out_bundles
         from mammolens.explain.evaluation import DEFAULT_METHODS, evaluate_localisation, evaluate_out_of_fold
         from mammolens.explain.localisation import summarise
         from mammolens.explain.methods import CAM_METHODS
         from mammolens.explain.overlay import gallery_png
         from mammolens.explain.report import localisation_html
-        from mammolens.train.bundle import load_bundle
+        from mammolens.utils.atomic import write_text
 
         folds = held_out_bundles(bundle_path) if (bundle_path / RECORD).is_file() else None
-        bundle = load_bundle(next(iter(folds)) if folds else bundle_path)
+        bundle = load_model_bundle(next(iter(folds)) if folds else bundle_path)
         chosen = _methods(methods, DEFAULT_METHODS)
         for m in chosen:
             CAM_METHODS.get(m)
@@ -226,7 +226,7 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    from mammolens.atomic import atomic_open
+    from mammolens.utils.atomic import atomic_open
 
     with atomic_open(path, "wb") as fh:
         fh.write(data)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 BackendOpt = typer.Option("torch", "--backend", help="torch, or onnxruntime (runs BUNDLE/model.onnx from `export`).")
 GuardBandOpt = typer.Option(None, "--guard-band", help="int8 ONNX (BUNDLE = its .onnx file, --backend onnxruntime): re-score in fp32 the films within this factor x the export's calibration error of the threshold.")

@@ -22,7 +22,7 @@ def main(config: str, cv_dir: str) -> None:
     from mammolens.bundle.model import load_model_bundle
     from mammolens.engine.config import preprocess_config
     from mammolens.engine.crossval import fold_parts
-    from mammolens.engine.experiment import load_config
+    from mammolens.engine.config import load_config
     from mammolens.engine.patch_trainer import training_patches
     from mammolens.engine.sources import task_samples
     from mammolens.evaluate.metrics import roc_auc

@@ -134,7 +134,8 @@ def test_training_scores_held_out_films_as_the_bundle_does_from_the_pairs(tmp_pa
     from mammolens.data.adapters.base import load_source
     from mammolens.data.pairs import find_partners
     from mammolens.engine.config import preprocess_config
-    from mammolens.engine.experiment import load_config, run_experiment
+    from mammolens.engine.config import load_config
+    from mammolens.engine.experiment import run_experiment
     from mammolens.preprocess import PreprocessCache
 
     source = paired_source(tmp_path / "src", women=14, unpaired=2)

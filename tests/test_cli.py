@@ -100,7 +100,7 @@ def test_a_refused_run_leaves_the_old_run_byte_identical(tiny_config: Path, tmp_
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert main(["train", str(tiny_config), "--out", str(out), "--set", "data.split.seed=5"]) == 2
     err = capsys.readouterr().err
-    assert "already holds a run" in err and "--resume" in err and "--fresh" in err and "--out" in err
+    assert "already holds the output of `mammolens train`" in err and "--resume" in err and "--fresh" in err and "--out" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # Resuming with another split seed would train on what the run held out: refused, naming it.
     assert main(["train", str(tiny_config), "--out", str(out), "--resume", "--set", "data.split.seed=7"]) == 2

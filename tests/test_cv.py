@@ -74,11 +74,15 @@ def test_cv_writes_pooled_oof_metrics_an_ensemble_and_resumes(tiny_config: Path,
     # A finished fold is never trained again: re-running only re-pools.
     stamp = (out / "repeat0" / "fold1" / "oof.csv").stat().st_mtime_ns
     (out / "repeat0" / "fold2" / "oof.csv").unlink()  # as if interrupted during fold 2
-    assert main(["cv", str(tiny_config), "--folds", "3", "--out", str(out), "--n-boot", "50"]) == 0
+    capsys.readouterr()
+    assert main(["cv", str(tiny_config), "--folds", "3", "--out", str(out), "--n-boot", "50"]) == 2  # never silently
+    assert "pass --resume to continue it, --fresh to replace it" in capsys.readouterr().err
+    assert main(["cv", str(tiny_config), "--folds", "3", "--out", str(out), "--n-boot", "50", "--resume"]) == 0
     assert (out / "repeat0" / "fold1" / "oof.csv").stat().st_mtime_ns == stamp
     assert (out / "repeat0" / "fold2" / "oof.csv").is_file()
     # A second repeat (split seed + 1) trains only its own folds and reports mean ± sd over repeats.
-    assert main(["cv", str(tiny_config), "--folds", "3", "--repeats", "2", "--out", str(out), "--n-boot", "50"]) == 0
+    assert main(["cv", str(tiny_config), "--folds", "3", "--repeats", "2", "--out", str(out), "--n-boot", "50",
+                 "--resume"]) == 0
     assert (out / "repeat0" / "fold1" / "oof.csv").stat().st_mtime_ns == stamp
     repeated = json.loads((out / "metrics.json").read_text())
     assert [r["repeat"] for r in repeated["repeats"]["per_repeat"]] == [0, 1]
@@ -86,7 +90,7 @@ def test_cv_writes_pooled_oof_metrics_an_ensemble_and_resumes(tiny_config: Path,
     assert len((out / "predictions-all.csv").read_text().splitlines()) - 1 == 64
     # Continuing with other settings is refused.
     capsys.readouterr()
-    assert main(["cv", str(tiny_config), "--folds", "4", "--out", str(out)]) == 2
+    assert main(["cv", str(tiny_config), "--folds", "4", "--out", str(out), "--resume"]) == 2
     assert "folds" in capsys.readouterr().err
 
 

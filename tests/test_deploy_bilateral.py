@@ -22,7 +22,8 @@ from mammolens.utils.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    from mammolens.engine.experiment import load_config, run_experiment
+    from mammolens.engine.config import load_config
+    from mammolens.engine.experiment import run_experiment
 
     tmp = tmp_path_factory.mktemp("bilateral")
     source = paired_source(tmp / "src", women=14, unpaired=2)

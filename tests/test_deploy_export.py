@@ -88,7 +88,7 @@ def test_cli_export_and_its_errors(bundle_dir, tmp_path, capsys):
     assert "bundle not found" in capsys.readouterr().err
     assert main(["export", str(bundle_dir), "--int8", "--calibration", "synthetic", "--float-layers", "stem,neck"]) == 2
     assert "unknown float layer group 'neck'; known: stem, depthwise, head" in capsys.readouterr().err
-    assert main(["export", str(bundle_dir), "--int8", "--calibration", "synthetic", "--calibrate", "mse"]) == 2
+    assert main(["export", str(bundle_dir), "--int8", "--calibration", "synthetic", "--calibration-method", "mse"]) == 2
     assert "unknown calibration 'mse'; known: minmax, percentile, entropy" in capsys.readouterr().err
 
 
@@ -122,7 +122,7 @@ def test_quant_recipe_keeps_the_named_layers_in_float(bundle_dir, tmp_path):
 def test_export_cli_takes_the_int8_recipe(bundle_dir, source, tmp_path, capsys):
     args = ["export", str(bundle_dir), "--int8", "--calibration", str(source), "--calibration-samples", "4",
             "--exporter", "torchscript", "--out", str(tmp_path / "q.onnx")]  # fmt: skip
-    assert main([*args, "--float-layers", "head", "--calibrate", "percentile"]) == 0
+    assert main([*args, "--float-layers", "head", "--calibration-method", "percentile"]) == 0
     note = json.loads(capsys.readouterr().out)["notes"][0]
     assert "percentile 99.999 calibration" in note and "float layers: head" in note
     assert main([*args, "--float-layers", "none"]) == 0

@@ -23,7 +23,8 @@ SIZE = 16  # each multi-scale crop
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A tiny lesion experiment: descriptors, 1x/2x/4x crops, the logistic head over both, TTA."""
-    from mammolens.engine.experiment import load_config, run_experiment
+    from mammolens.engine.config import load_config
+    from mammolens.engine.experiment import run_experiment
 
     tmp = tmp_path_factory.mktemp("lesion")
     config = {
@@ -152,11 +153,12 @@ def test_explain_maps_the_crop_back_onto_the_film(run, tmp_path):
     assert e.probabilities["malignant"] == pytest.approx(p.probabilities["malignant"], abs=1e-6)  # descriptors included
     np.testing.assert_allclose(p.heatmap, e.heatmap, atol=1e-6)
     out = tmp_path / "explain"
-    result = CliRunner().invoke(app, ["explain", str(run / "run" / "bundle"), row["path"], "--roi", ",".join(map(str, roi)),
-                                      "--out", str(out)])  # fmt: skip
+    rois = tmp_path / "rois.csv"
+    rois.write_text("file,x,y,r\n" + ",".join(map(str, [row["path"], *roi])) + "\n")
+    result = CliRunner().invoke(app, ["explain", str(run / "run" / "bundle"), "--rois", str(rois), "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "explanations.json").read_text())
-    assert summary[Path(row["path"]).name]["probabilities"]["malignant"] == pytest.approx(p.probabilities["malignant"], abs=1e-6)
+    assert summary[Path(row["path"]).stem]["probabilities"]["malignant"] == pytest.approx(p.probabilities["malignant"], abs=1e-6)
 
 
 def test_the_pixel_side_comes_from_the_file_as_in_training(tmp_path):

@@ -135,7 +135,7 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(trained, tmp_path, caps
     out = tmp_path / "eval"
     out.mkdir()
     (out / "metrics.json").write_text("earlier")
-    assert _evaluate(bundle, source, out, root / "cache", *extra) == 2
+    assert _evaluate(bundle, source, out, root / "cache", "--fresh", *extra) == 2  # --fresh acts only on success
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("mammolens: error:")
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"] and (out / "metrics.json").read_text() == "earlier"

@@ -47,7 +47,7 @@ def test_each_film_is_scored_by_the_fold_that_held_it_out(cv_run, tmp_path: Path
     folds = held_out_bundles(cv)
     assert len(folds) == 2 and not set.intersection(*folds.values())
     out = tmp_path / "loc"
-    assert main(["explain-eval", str(cv), str(films), "--out", str(out), "--methods", "scoremap"]) == 0
+    assert main(["explain-eval", str(cv), str(films), "--out", str(out), "--method", "scoremap"]) == 0
     with open(out / "localisation_per_image.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["method"] == "scoremap"]
     records = {r["sample_id"]: r for r in load_source(str(films)).manifest.df.to_dict("records")}

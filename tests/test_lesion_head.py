@@ -150,7 +150,8 @@ def test_bad_head_settings_are_one_line(settings, message):
 def test_a_lesion_experiment_end_to_end(tmp_path):
     """Multi-scale crops + descriptors + logistic head + TTA through run_experiment: the bundle it saves
     scores the held-out part exactly as the run did."""
-    from mammolens.engine.experiment import load_config, preprocess_config, run_experiment
+    from mammolens.engine.config import load_config, preprocess_config
+    from mammolens.engine.experiment import run_experiment
     from mammolens.evaluate.metrics import roc_auc
     from mammolens.preprocess import PreprocessCache
 

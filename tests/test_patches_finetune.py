@@ -123,7 +123,7 @@ def tuned_cv(tmp_path_factory) -> tuple[Path, list]:
 
 def test_validation_patches_come_from_validation_films_only(tuned_cv) -> None:
     from mammolens.engine.crossval import fold_parts
-    from mammolens.engine.experiment import load_config
+    from mammolens.engine.config import load_config
     from mammolens.engine.sources import task_samples
 
     cv_dir, seen = tuned_cv
@@ -141,7 +141,7 @@ def test_validation_patches_come_from_validation_films_only(tuned_cv) -> None:
 def test_a_tuned_fold_bundle_reproduces_its_out_of_fold_scores(tuned_cv) -> None:
     from mammolens.bundle.model import load_model_bundle
     from mammolens.engine.config import preprocess_config
-    from mammolens.engine.experiment import load_config
+    from mammolens.engine.config import load_config
     from mammolens.evaluate.predictions import proba_of, read_predictions
     from mammolens.preprocess import PreprocessCache
 

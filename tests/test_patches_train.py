@@ -49,7 +49,7 @@ def cv_run(tmp_path_factory) -> Path:
 def test_patches_and_their_labels_stay_in_the_training_part(tmp_path: Path) -> None:
     from mammolens.engine.config import preprocess_config
     from mammolens.engine.crossval import fold_parts
-    from mammolens.engine.experiment import load_config
+    from mammolens.engine.config import load_config
     from mammolens.engine.patch_trainer import patch_model, training_patches
     from mammolens.engine.sources import task_samples
     from mammolens.patches.features import PatchFeatureStore
@@ -79,7 +79,7 @@ def test_patches_and_their_labels_stay_in_the_training_part(tmp_path: Path) -> N
 def test_cv_trains_scores_and_the_bundle_reproduces_the_out_of_fold_scores(cv_run: Path) -> None:
     from mammolens.bundle.model import load_model_bundle
     from mammolens.engine.config import preprocess_config
-    from mammolens.engine.experiment import load_config
+    from mammolens.engine.config import load_config
     from mammolens.evaluate.predictions import proba_of, read_predictions
     from mammolens.preprocess import PreprocessCache
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
-from mammolens.utils.configuration import parse_assignment
+from mammolens.cli.options import KindOpt, OptionOpt, parse_options
 
 data_app = typer.Typer(no_args_is_help=True, help="Read, inspect, split and preview datasets.")
 
@@ -18,19 +18,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
 
 
-KindOpt = typer.Option(None, "--kind", help="Adapter name (mias, cbis-ddsm, folders, arrays, synthetic); detected when omitted.")
-OptionOpt = typer.Option(None, "--option", "-o", help="Adapter option key=value (value parsed as YAML), repeatable.")
-
-
-def _options(items: list[str] | None) -> dict[str, Any]:
-    return dict(parse_assignment(item, "--option") for item in items or [])
-
-
 def _source_config(source: str, kind: str | None, options: list[str] | None, task: str | None = None, dedup: bool = False):
     from mammolens.engine.config import ExperimentConfig
 
     cfg = ExperimentConfig()
-    cfg.data.source, cfg.data.kind, cfg.data.options, cfg.data.dedup = source, kind, _options(options), dedup
+    cfg.data.source, cfg.data.kind, cfg.data.options, cfg.data.dedup = source, kind, parse_options(options), dedup
     if task:
         cfg.data.task = task
     return cfg

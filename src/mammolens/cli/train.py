@@ -8,6 +8,17 @@ from typing import Any, Optional
 
 import typer
 
+from mammolens.cli.options import (
+    AcceleratorOpt,
+    DevicesOpt,
+    FreshOpt,
+    NodesOpt,
+    ResumeOpt,
+    SetOpt,
+    StrategyOpt,
+    trainer_overrides,
+)
+
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
@@ -19,26 +30,21 @@ def register(app: typer.Typer) -> None:
 def train(
     config: str = typer.Argument(..., help="Experiment YAML, or a built-in config name."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<name>)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override section.key=value, repeatable."),
-    resume: bool = typer.Option(False, help="Resume from the run directory's last checkpoint."),
-    fresh: bool = typer.Option(False, help="Replace an earlier run in the run directory."),
-    devices: Optional[str] = typer.Option(None, help="Lightning devices (e.g. 2, or 'auto')."),
-    strategy: Optional[str] = typer.Option(None, help="Lightning strategy (e.g. ddp)."),
-    accelerator: Optional[str] = typer.Option(None, help="cpu, gpu or auto."),
-    num_nodes: Optional[int] = typer.Option(None, help="Nodes for multi-node DDP."),
+    set_: Optional[list[str]] = SetOpt,
+    resume: bool = ResumeOpt,
+    fresh: bool = FreshOpt,
+    devices: Optional[str] = DevicesOpt,
+    strategy: Optional[str] = StrategyOpt,
+    accelerator: Optional[str] = AcceleratorOpt,
+    num_nodes: Optional[int] = NodesOpt,
 ) -> None:
     """Train one configured model and write a bundle (weights, config, threshold, provenance)."""
     from mammolens.engine.config import load_config
-
-    overrides = list(set_ or [])
-    for key, value in (("devices", devices), ("strategy", strategy), ("accelerator", accelerator), ("num_nodes", num_nodes)):
-        if value is not None:
-            overrides.append(f"train.{key}={value}")
     from mammolens.engine.run_dir import claim_run_dir
 
-    cfg = load_config(config, overrides)  # config and run folder are checked before torch is imported
+    cfg = load_config(config, [*(set_ or []), *trainer_overrides(devices, strategy, accelerator, num_nodes)])
     out = out or Path("runs") / cfg.name
-    claim_run_dir(out, resume=resume, fresh=fresh)
+    claim_run_dir(out, resume=resume, fresh=fresh)  # config and run folder are checked before torch is imported
     from mammolens.engine.experiment import run_experiment
 
     _print_summary(run_experiment(cfg, out, resume=resume, fresh=fresh))
@@ -49,36 +55,44 @@ def cv(
     folds: int = typer.Option(5, "--folds", help="Patient-grouped stratified folds."),
     repeats: int = typer.Option(1, "--repeats", help="Repeat with split seeds seed, seed+1, ... (mean ± sd)."),
     out: Optional[Path] = typer.Option(None, "--out", help="cv run directory (default runs/cv-<name>)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override section.key=value, repeatable."),
+    set_: Optional[list[str]] = SetOpt,
     inner_val: float = typer.Option(0.2, "--inner-val", help="Fraction of each training fold held out (by patient) for early stopping, temperature and threshold."),
     n_boot: int = typer.Option(2000, "--n-boot", help="Patient-bootstrap resamples for the CIs."),
-    fresh: bool = typer.Option(False, help="Discard an earlier cv run in --out instead of continuing it."),
+    resume: bool = ResumeOpt,
+    fresh: bool = FreshOpt,
+    devices: Optional[str] = DevicesOpt,
+    strategy: Optional[str] = StrategyOpt,
+    accelerator: Optional[str] = AcceleratorOpt,
+    num_nodes: Optional[int] = NodesOpt,
 ) -> None:
     """Patient-grouped k-fold cross-validation: pooled out-of-fold metrics with patient CIs, fold bundles,
-    an ensemble bundle and report.html. Re-running the same command continues an interrupted run."""
+    an ensemble bundle and report.html. --resume continues an interrupted run (finished folds are kept)."""
     from mammolens.engine.config import load_config
 
-    cfg = load_config(config, list(set_ or []))
+    cfg = load_config(config, [*(set_ or []), *trainer_overrides(devices, strategy, accelerator, num_nodes)])
     from mammolens.engine.crossval import render_cv, run_cv
 
     command = "mammolens " + " ".join(sys.argv[1:]) if sys.argv and "cv" in sys.argv else None
     metrics = run_cv(cfg, out or Path("runs") / f"cv-{cfg.name}", folds=folds, repeats=repeats, inner_val=inner_val,
-                     fresh=fresh, n_boot=n_boot, command=command)
+                     resume=resume, fresh=fresh, n_boot=n_boot, command=command)
     typer.echo(render_cv(metrics))
 
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override section.key=value, repeatable."),
+    set_: Optional[list[str]] = SetOpt,
+    resume: bool = ResumeOpt,
+    fresh: bool = FreshOpt,
 ) -> None:
     """The main job on built-in synthetic mammograms: split, preprocess, train the hybrid, evaluate, bundle."""
     from mammolens.engine.config import load_config
+    from mammolens.engine.run_dir import claim_run_dir
 
     cfg = load_config("demo", list(set_ or []))
+    claim_run_dir(out, resume=resume, fresh=fresh)
     from mammolens.engine.experiment import run_experiment
 
-    summary = run_experiment(cfg, out, fresh=True)
-    _print_summary(summary)
+    _print_summary(run_experiment(cfg, out, resume=resume, fresh=fresh))
 
 
 def models() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from mammolens.data.splits import save_split
 from mammolens.data.tasks import Task
 from mammolens.engine.config import ExperimentConfig
-from mammolens.engine.run_dir import RUN_RECORD, check_resume, claim_run_dir, clear_run_dir
+from mammolens.engine.run_dir import RUN_RECORD, check_resume, claim_run_dir, open_output
 from mammolens.engine.sources import make_or_load_split, split_parts, task_samples
 from mammolens.engine.trainers import train_on_parts
 from mammolens.preprocess import BuildReport
@@ -42,9 +42,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
     record = {"config": to_dict(cfg), "manifest_hash": manifest.content_hash(), "split_hash": json_hash(split.parts)}
     if resume:
         check_resume(out_dir, record)
-    elif fresh:
-        clear_run_dir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    open_output(out_dir, "train", fresh=fresh)
     atomic.write_json(out_dir / RUN_RECORD, record)
     save_split(split, out_dir / "split.json")
     manifest.save(out_dir / "manifest.csv")

@@ -12,29 +12,95 @@ from pathlib import Path
 from typing import Any
 
 from mammolens.engine.config import first_difference
+from mammolens.utils.atomic import write_json
 from mammolens.utils.errors import ConfigError
 
 RUN_RECORD = "run.json"  # the resolved config, manifest hash and split hash a run started with
 # What a run folder holds; any of them means the folder holds a run.
 RUN_FILES = (RUN_RECORD, "summary.json", "split.json", "manifest.csv", "training", "bundle")
+MARK = ".mammolens.json"  # {"verb": ...}: which verb's output a folder holds, so --fresh never deletes another's
+
+# verb -> (the record that says a folder holds its output when no MARK does, the names it writes at the top)
+OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "train": (RUN_RECORD, RUN_FILES),
+    "cv": ("cv.json", ("cv.json", "repeat*", "ensemble", "predictions.csv", "predictions-all.csv", "metrics.json",
+                       "report.html")),
+    "evaluate": ("metrics.json", ("metrics.json", "predictions.csv", "report.html")),
+    "explain": ("explanations.json", ("explanations.json", "*_overlay.png", "*_overlay_*.png", "*_panel.png")),
+    "explain-eval": ("localisation.csv", ("localisation.csv", "localisation_per_image.csv", "localisation.html",
+                                          "gallery.png")),
+}
+ALIASES = {"demo": "train"}  # demo is train on the built-in config: the same folder
+
+
+def output_owner(out_dir: Path) -> str | None:
+    """The verb whose output ``out_dir`` holds (its mark, else the record only that verb writes), or None."""
+    try:
+        verb = json.loads((out_dir / MARK).read_text(encoding="utf-8")).get("verb")
+    except (OSError, ValueError, AttributeError):
+        verb = None
+    if verb in OUTPUTS:
+        return verb
+    for verb, (record, _) in OUTPUTS.items():  # folders written before the mark existed; cv.json before metrics.json
+        if (out_dir / record).exists():
+            return verb
+    return None
+
+
+def claim_output(out_dir: Path, verb: str, *, resume: bool = False, fresh: bool = False,
+                 resumable: bool = False) -> None:
+    """One rule for every verb that writes a folder, checked before anything is computed or written:
+    an existing folder is refused unless ``resume`` continues it or ``fresh`` replaces it, and either
+    only when it holds this verb's own output (a user's folder is never continued or emptied)."""
+    kind = ALIASES.get(verb, verb)
+    if resume and fresh:
+        raise ConfigError("--resume continues the output in --out and --fresh replaces it: choose one")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError("--out exists and is not a directory", path=out_dir)
+    held = out_dir.is_dir() and any(out_dir.iterdir())
+    if not held:
+        if resume:
+            raise ConfigError("nothing to resume here (the folder is empty or absent)", path=out_dir)
+        return
+    owner = output_owner(out_dir)
+    if owner is None:
+        raise ConfigError(f"holds files that `mammolens {verb}` did not write; choose another --out "
+                          "(nothing was changed)", path=out_dir)
+    if owner != kind:
+        raise ConfigError(f"holds the output of `mammolens {owner}`, not of `mammolens {verb}`; choose another --out "
+                          "(nothing was changed)", path=out_dir)
+    if resume and not resumable:
+        raise ConfigError(f"`mammolens {verb}` cannot continue earlier output; pass --fresh to replace it",
+                          path=out_dir)
+    if not resume and not fresh:
+        hint = "pass --resume to continue it, --fresh to replace it" if resumable else "pass --fresh to replace it"
+        raise ConfigError(f"already holds the output of `mammolens {verb}`; {hint}, or choose another --out",
+                          path=out_dir)
+
+
+def open_output(out_dir: Path, verb: str, *, fresh: bool = False) -> None:
+    """Create the claimed folder and mark it as ``verb``'s; ``fresh`` first removes exactly what this verb
+    writes (anything else in the folder stays where it is)."""
+    kind = ALIASES.get(verb, verb)
+    if fresh and out_dir.is_dir():
+        for pattern in (*OUTPUTS[kind][1], MARK):
+            for target in out_dir.glob(pattern):
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / MARK, {"verb": kind})
 
 
 def claim_run_dir(out_dir: Path, *, resume: bool, fresh: bool) -> None:
-    """Refuse, before anything is computed or written, a folder whose run would be overwritten."""
-    if resume and fresh:
-        raise ConfigError("--resume continues the run in --out and --fresh replaces it: choose one")
-    held = [name for name in RUN_FILES if (out_dir / name).exists()]
+    """``claim_output`` for a training run; resuming needs the checkpoint and the record it started with."""
+    claim_output(out_dir, "train", resume=resume, fresh=fresh, resumable=True)
     if resume:
         if not (out_dir / "training" / "checkpoints" / "last.ckpt").is_file():
             raise ConfigError("nothing to resume here (no training/checkpoints/last.ckpt)", path=out_dir)
         if not (out_dir / RUN_RECORD).is_file():
             raise ConfigError(f"cannot resume: no {RUN_RECORD} records what this run was started with", path=out_dir)
-    elif held and not fresh:
-        raise ConfigError(
-            f"already holds a run ({', '.join(held)}); pass --resume to continue it, --fresh to replace it, "
-            "or --out to write the new run elsewhere",
-            path=out_dir,
-        )
 
 
 def check_resume(out_dir: Path, record: dict[str, Any]) -> None:

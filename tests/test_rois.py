@@ -10,7 +10,7 @@ import pytest
 
 from mammolens.data import rois as R
 from mammolens.data.manifest import Manifest
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 from mammolens.explain.localisation import finding_mask
 from mammolens.explain.overlay import overlay_rgb
 from mammolens.preprocess import STEPS, Pipeline

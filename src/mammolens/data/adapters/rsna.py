@@ -29,7 +29,7 @@ from mammolens.data.adapters.tables import (
     summary,
 )
 from mammolens.data.manifest import Manifest
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 
 CSV_NAME = "train.csv"
 IMAGES = "train_images"

@@ -153,7 +153,7 @@ def step_cache(root: Path, limit: int | None, workers: int, cache: Path, size: i
 def make_bundle(out: Path, size: int) -> Path:
     from mammolens.models import create_model
     from mammolens.preprocess.pipeline import default_steps
-    from mammolens.train.bundle import save_bundle
+    from mammolens.bundle import save_bundle
 
     model = create_model("mobilenetv2_100", 2).eval()
     return save_bundle(out, model, classes=["normal", "abnormal"], task="normal-abnormal",
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
             results = run(args.root, max(1, args.workers), args.size, args.parts.split(","), Path(tmp))
         print_table(results)
         if args.out:
-            from mammolens.atomic import write_json
+            from mammolens.utils.atomic import write_json
 
             write_json(args.out, results)
             print(f"wrote {args.out}")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 from mammolens.evaluate.bootstrap import bootstrap_cis, fast_auc
 from mammolens.evaluate.exams import AGGREGATORS, aggregate, derive_exam_ids, fit_aggregator
 from mammolens.evaluate.metrics import roc_auc
@@ -222,7 +222,7 @@ def test_folded_levels_use_each_folds_own_aggregator_and_threshold(tmp_path):
 
 def test_config_names_the_known_aggregators_and_levels():
     from mammolens.evaluate.levels import LEVELS
-    from mammolens.experiment_config import ExamsConfig
+    from mammolens.engine.config import ExamsConfig
 
     for name in AGGREGATORS.names():
         ExamsConfig(aggregate=name)

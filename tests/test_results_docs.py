@@ -49,7 +49,8 @@ def test_cited_mammolens_commands_exist(page: Path) -> None:
         rest = words[words.index("mammolens") + 1:]
         if not rest or not re.fullmatch(r"[a-z][a-z-]*", rest[0]):
             continue  # prose ("`mammolens` is the CLI"), not a command
-        verb = " ".join(rest[:2]) if rest[0] == "data" and rest[1:2] != [] and rest[1][0] != "-" else rest[0]
+        grouped = rest[0] == "data" and len(rest) > 1 and not rest[1].startswith("-")
+        verb = " ".join(rest[:2]) if grouped else rest[0]
         assert verb in verbs, f"{page.name}: `mammolens {verb}` is no verb (in: {command.strip()})"
         for word in rest:
             option = word.strip("[]`,.()").split("=")[0]

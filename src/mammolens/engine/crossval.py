@@ -119,7 +119,8 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     members = [out / "repeat0" / f"fold{i}" / "bundle" for i in range(folds)]
     save_mean_ensemble(out / "ensemble", members, threshold=threshold, temperature=temperature,
                        metrics={"pooled_oof": {k: metrics.get(k) for k in ("auc", "macro_f1")}},
-                       provenance={"cv": str(out), "folds": folds, "manifest_hash": record["manifest_hash"]})
+                       provenance={"cv": str(out), "folds": folds, "manifest_hash": record["manifest_hash"]},
+                       aggregator=_ensemble_aggregator(cfg, task, first, classes, temperature))
     metrics["ensemble"] = {"path": str(out / "ensemble"), "threshold": threshold, "temperature": temperature}
     level_table = None
     if cfg.exams.level != "film":
@@ -218,6 +219,22 @@ def _level_metrics(cfg: ExperimentConfig, task, first: pd.DataFrame, classes: li
     metrics.update(level=level, aggregate=sorted({a["method"] for a, _ in folds.values()}),
                    at_fold_thresholds=_decision_metrics(labelled, classes))
     return {level: metrics}, units
+
+
+def _ensemble_aggregator(cfg: ExperimentConfig, task, first: pd.DataFrame, classes: list[str],  # noqa: ANN001
+                         temperature: float) -> dict[str, Any] | None:
+    """The ensemble's aggregator, like its threshold from the pooled out-of-fold films (at its temperature)."""
+    from mammolens.evaluate.calibration import apply_temperature
+    from mammolens.evaluate.levels import choose_aggregator
+    from mammolens.evaluate.thresholds import choose_threshold
+
+    if task.unit != "film":
+        return None
+    scaled = first.copy()
+    scaled[[f"p_{c}" for c in classes]] = apply_temperature(_proba(first, classes), temperature)
+    op = cfg.operating_point
+    return choose_aggregator(scaled, classes, cfg.exams.level, cfg.exams.aggregate,
+                             lambda y, p: choose_threshold(y, p, op.threshold, op.beta, op.target_sensitivity))
 
 
 def _proba(df: pd.DataFrame, classes: list[str]) -> np.ndarray:

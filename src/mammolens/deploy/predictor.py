@@ -2,8 +2,10 @@
 
 It reads any format ``mammolens.io.read_image`` reads, preprocesses exactly as the bundle says,
 checks its input against the bundle's spec (a lesion model gets an ROI or refuses), loads the
-model once and is safe to share across threads: inference is stateless, and only explanations
-(which hook the model) are serialised.
+model once and is safe to share across threads: inference is stateless, and explanations run on a
+model copy of their own, one at a time. (pytorch-grad-cam hooks record the activation of every forward
+pass through the target layer: on a shared model, a film scored in another thread during a CAM
+forward would end up in that CAM, one woman's heatmap built from another's film.)
 
 The guard band (int8 ONNX files exported with ``--fp32-fallback``): int8 moves probabilities by at
 most the max |delta p| its export measured on the calibration films. A film whose int8 probability
@@ -15,6 +17,7 @@ calibration ones), at the cost of an fp32 pass for the films inside it.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import threading
@@ -142,6 +145,7 @@ class Predictor:
         self.pipeline = Pipeline(spec.preprocess)
         self._run = runner
         self._bundle = bundle
+        self._explainer: Any = None  # the bundle copy that explanations hook; never the scoring model
         self._explain_lock = threading.Lock()
 
     @classmethod
@@ -350,15 +354,21 @@ class Predictor:
         if refusal is not None:
             raise ConfigError(refusal)
         film = image if isinstance(image, Film) else Film(check_image(image))
-        with self._explain_lock:  # CAM methods hook the model: one explanation at a time
-            if self._bundle is None:
-                from mammolens.train.bundle import load_bundle
-
-                self._bundle = load_bundle(self.bundle_path)
+        with self._explain_lock:  # CAM methods hook the model: one explanation at a time, on its own copy
+            if self._explainer is None:
+                self._explainer = self._explanation_copy()
             rois = check_rois(roi, film.pixels.shape) or None
-            result = explain.explain_image(self._bundle, film.pixels, rois=rois, laterality=laterality,
+            result = explain.explain_image(self._explainer, film.pixels, rois=rois, laterality=laterality,
                                            pixel_mm=film.pixel_mm)  # fmt: skip
         return np.asarray(result.heatmap, dtype=np.float32)
+
+    def _explanation_copy(self) -> Any:
+        """A bundle whose model no scoring request runs through: the CAM hooks see only its own forward."""
+        if self._bundle is not None:
+            return copy.deepcopy(self._bundle)
+        from mammolens.train.bundle import load_bundle
+
+        return load_bundle(self.bundle_path)
 
 
 def _guard_band(int8: _OrtRunner, path: Path, factor: float, threads: int | None) -> GuardBand:

@@ -62,7 +62,9 @@ class CamResult:
 CAM_METHODS: Registry[Callable[[CamRequest], CamResult]] = Registry("CAM method")
 
 # A CAM call hooks the model and flips its parameters' requires_grad for the call: two calls on
-# one model at once (a threaded web service) would mix their activations, so they take turns.
+# one model at once would mix their activations, so they take turns. The hooks also record any
+# other forward pass through the model meanwhile, which this lock cannot stop: a model that
+# serves requests must be explained on a copy of its own (deploy.Predictor does).
 _HOOKS_LOCK = threading.Lock()
 
 

@@ -75,6 +75,8 @@ def probability_graph(bundle: Any) -> Any:
     from mammolens.train.bundle import dihedral_views
     from mammolens.train.losses import probabilities
 
+    if getattr(bundle, "members", None) is not None:
+        return _ensemble_graph(bundle)
     model = copy.deepcopy(bundle.model).eval()
     if isinstance(model, BackboneClassifier):
         model.fold_input_adapter()
@@ -94,6 +96,43 @@ def probability_graph(bundle: Any) -> Any:
     return ProbabilityGraph().eval()
 
 
+def _ensemble_graph(ensemble: Any) -> Any:
+    """An ensemble bundle's graph: its members' probability graphs, combined as ``combiner_output`` does
+    (the mean, or a logistic-regression stacker on the members' probabilities), then its temperature
+    (``apply_temperature``: softmax(log p / T)); the SVC stackers are not expressed in the graph."""
+    import torch
+
+    method = ensemble.combiner["method"]
+    if method not in ("mean", "logreg"):
+        raise ConfigError(f"the ONNX export takes mean and logreg ensembles, not a {method!r} stacker; serve it "
+                          "with the torch backend", path=ensemble.path)  # fmt: skip
+    members = torch.nn.ModuleList(probability_graph(m) for m in ensemble.members)
+    n_classes = len(ensemble.classes)
+
+    class EnsembleGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = members
+            self.temperature = float(ensemble.temperature)
+            if method == "logreg":
+                self.register_buffer("coef", torch.tensor(ensemble.combiner["coef"], dtype=torch.float32))
+                self.register_buffer("intercept", torch.tensor(ensemble.combiner["intercept"], dtype=torch.float32))
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            probas = [m(image) for m in self.members]
+            if method == "mean":
+                p = torch.stack(probas).mean(dim=0)
+            else:  # stack_features: p(class 1) of each member (binary), else all its probabilities
+                x = torch.stack([q[:, 1] for q in probas], 1) if n_classes == 2 else torch.cat(probas, 1)
+                z = x @ self.coef.T + self.intercept
+                p = torch.cat([1 - torch.sigmoid(z), torch.sigmoid(z)], 1) if n_classes == 2 else torch.softmax(z, 1)
+            if self.temperature == 1.0:
+                return p
+            return torch.softmax(torch.log(p.clamp_min(1e-12)) / self.temperature, dim=1)
+
+    return EnsembleGraph().eval()
+
+
 def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8: bool = False,
                 calibration: str | Path | None = None, calibration_split: str | Path | None = None,
                 calibration_samples: int = CALIBRATION_SAMPLES, check_images: int = 32, seed: int = 0,
@@ -108,13 +147,13 @@ def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8:
     writes the fp32 file beside the int8 one (``fallback_path``) and names it in the int8 metadata,
     for the Predictor's guard band.
     """
-    from mammolens.train.bundle import load_bundle
+    from mammolens.evaluate.load import load_any_bundle
 
     if exporter not in OPSETS:
         raise ConfigError(f"unknown exporter {exporter!r}; known exporters: {', '.join(EXPORTERS)}")
     if fp32_fallback and not int8:
         raise ConfigError("--fp32-fallback is for --int8 exports (the fp32 file the guard band re-scores with)")
-    bundle = load_bundle(bundle_path)
+    bundle = load_any_bundle(bundle_path)  # a model bundle or an ensemble (cv's ensemble/)
     spec = ModelSpec.from_bundle(bundle)
     spec.check_onnx(bundle_path)
     if spec.input_size is None:

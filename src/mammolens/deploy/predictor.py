@@ -73,13 +73,17 @@ class _Runner(Protocol):
 
 
 class _TorchRunner:
-    """The bundle's model in channels-last memory and inference mode (thread-safe: eval-mode forward)."""
+    """The bundle's model (an ensemble's: every member's) in channels-last memory and inference mode
+    (thread-safe: eval-mode forward)."""
 
     def __init__(self, bundle: Any) -> None:
         import torch
 
+        from mammolens.evaluate.predict import leaf_bundles
+
         self.bundle = bundle
-        self.model = bundle.model.eval().to(memory_format=torch.channels_last)  # once, before any thread
+        for leaf in leaf_bundles(bundle):  # once, before any thread
+            leaf.model.eval().to(memory_format=torch.channels_last)
 
     def __call__(self, batch: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
         # NHWC, inference mode, temperature, test-time augmentation and the descriptor head
@@ -165,13 +169,13 @@ class Predictor:
                 raise ConfigError("onnx_path is only for backend='onnxruntime'")
             if guard_band is not None:
                 raise ConfigError("the guard band is for int8 ONNX models (backend='onnxruntime')")
-            from mammolens.train.bundle import load_bundle
+            from mammolens.evaluate.load import load_any_bundle
 
             if threads:
                 import torch
 
                 torch.set_num_threads(threads)
-            bundle = load_bundle(path)
+            bundle = load_any_bundle(path)  # a model bundle or an ensemble (cv's ensemble/)
             return cls(ModelSpec.from_bundle(bundle), _TorchRunner(bundle), backend=backend, bundle_path=path,
                        bundle=bundle, batch_size=batch_size)  # fmt: skip
         if onnx_path is None:
@@ -366,9 +370,9 @@ class Predictor:
         """A bundle whose model no scoring request runs through: the CAM hooks see only its own forward."""
         if self._bundle is not None:
             return copy.deepcopy(self._bundle)
-        from mammolens.train.bundle import load_bundle
+        from mammolens.evaluate.load import load_any_bundle
 
-        return load_bundle(self.bundle_path)
+        return load_any_bundle(self.bundle_path)
 
 
 def _guard_band(int8: _OrtRunner, path: Path, factor: float, threads: int | None) -> GuardBand:

@@ -109,6 +109,9 @@ class ModelSpec:
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> ModelSpec:
+        """The spec of a model bundle, or of an ensemble bundle (``_ensemble_spec``)."""
+        if getattr(bundle, "members", None) is not None:
+            return _ensemble_spec(bundle)
         from mammolens.data.pairs import bundle_pairing
 
         manifest = json.loads((Path(bundle.path) / "bundle.json").read_text(encoding="utf-8"))
@@ -158,6 +161,42 @@ class ModelSpec:
         if not self.binary:
             return label, label
         return label, self.classes[1] if float(probs[1]) >= self.threshold else self.classes[0]
+
+
+def _ensemble_spec(ensemble: Any) -> ModelSpec:
+    """An ensemble is fed like its members (one shared pipeline and input) and read at its own
+    threshold and temperature; its id hashes its manifest, which checksums every member."""
+    import hashlib
+
+    from mammolens.evaluate.predict import leaf_bundles
+
+    if ensemble.preprocess is None:
+        raise ConfigError("the members of this ensemble preprocess differently, so no single input feeds them; "
+                          "score it with `mammolens evaluate`", path=ensemble.path)  # fmt: skip
+    leaves = [ModelSpec.from_bundle(leaf) for leaf in leaf_bundles(ensemble)]
+    first = leaves[0]
+    for leaf in leaves[1:]:
+        if (leaf.channels, leaf.descriptors, leaf.pairs) != (first.channels, first.descriptors, first.pairs):
+            raise ConfigError("the members of this ensemble read different inputs (channels, descriptors or film "
+                              "pairs), so no single input feeds them", path=ensemble.path)  # fmt: skip
+    digest = hashlib.sha256((Path(ensemble.path) / "bundle.json").read_bytes()).hexdigest()
+    architectures = sorted({leaf.architecture for leaf in leaves})
+    return ModelSpec(
+        model_id=f"ensemble-{digest[:12]}",
+        architecture=f"ensemble of {len(leaves)} ({', '.join(architectures)}; {ensemble.combiner['method']})",
+        classes=list(ensemble.classes),
+        task=ensemble.task,
+        preprocess=dict(ensemble.preprocess),
+        normalisation=dict(first.normalisation),  # the first member's; each member normalises its own input
+        threshold=float(ensemble.threshold),
+        temperature=float(ensemble.temperature),
+        provenance=dict(ensemble.provenance),
+        metrics=dict(ensemble.metrics),
+        version=str(ensemble.provenance.get("created_at", "")),
+        channels=first.channels,
+        descriptors=first.descriptors,
+        pairs=first.pairs,
+    )
 
 
 def check_image(pixels: Any, where: str = "image") -> np.ndarray:

@@ -72,15 +72,17 @@ def register(app: typer.Typer) -> None:
         from mammolens.explain.methods import CAM_METHODS
         from mammolens.explain.overlay import overlay_png, panel_png
         from mammolens.io import read_image
+        from mammolens.evaluate.load import load_any_bundle
+        from mammolens.evaluate.predict import leaf_bundles
         from mammolens.preprocess.sample import _read
-        from mammolens.train.bundle import load_bundle
 
         def read(path: Path) -> tuple[Any, str, float | None]:  # pixels, laterality, pixel side in mm
             return _read(lambda _path, _frame: read_image(path), str(path))
 
-        bundle = load_bundle(bundle_path)
+        bundle = load_any_bundle(bundle_path)  # a model bundle or an ensemble (cv's ensemble/)
         CAM_METHODS.get(method)
-        resolve_layers(bundle.model, layer or None)
+        for leaf in leaf_bundles(bundle):
+            resolve_layers(leaf.model, layer or None)
         rois, wanted = _roi(roi), _target(target)
         resolve_target(bundle, wanted)
         stems = [p.stem for p in images]

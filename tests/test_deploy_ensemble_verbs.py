@@ -1,0 +1,81 @@
+"""cv's ``ensemble/`` (the mean of fold bundles, members and ensemble at temperature != 1) through
+``predict``, ``serve``, ``export`` and ``explain``: each verb gives the ensemble's own probabilities."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from deploy_fixtures import film, make_bundle, write_png
+from mammolens.cli import main
+from mammolens.deploy.predictor import Predictor
+from mammolens.deploy.service import ServiceConfig, create_app
+from mammolens.evaluate.ensembles import save_mean_ensemble
+from mammolens.evaluate.load import load_any_bundle
+from mammolens.preprocess import Pipeline, sample_from_row
+from mammolens.preprocess.sample import default_loader
+
+
+@pytest.fixture(scope="module")
+def ensemble_dir(tmp_path_factory):
+    """As ``cv`` writes it: three fold bundles (temperature 1.3 each) under one mean, at its own temperature."""
+    root = tmp_path_factory.mktemp("cv")
+    folds = [make_bundle(root / f"repeat0/fold{i}/bundle", seed=i) for i in range(3)]
+    return save_mean_ensemble(root / "ensemble", folds, threshold=0.45, temperature=0.8)
+
+
+@pytest.fixture(scope="module")
+def png(tmp_path_factory):
+    return write_png(tmp_path_factory.mktemp("img") / "a.png", film(1))
+
+
+def _expected(ensemble_dir, path):
+    """The ensemble's own probabilities: its members' preprocessing, mean and temperature."""
+    ensemble = load_any_bundle(ensemble_dir)
+    sample, _ = sample_from_row({"path": str(path), "rois": "[]"}, default_loader)
+    return ensemble.predict_proba(Pipeline(ensemble.preprocess)(sample).pixels[None])[0]
+
+
+def test_predict_scores_the_cv_ensemble(ensemble_dir, png, tmp_path):
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(ensemble_dir), str(png), "--out", str(out), "--no-progress"]) == 0
+    (row,) = list(csv.DictReader(out.open()))
+    assert float(row["p_malignant"]) == pytest.approx(float(_expected(ensemble_dir, png)[1]), abs=1e-5)
+
+
+def test_serve_answers_with_the_cv_ensemble_and_its_heatmap(ensemble_dir, png):
+    client = TestClient(create_app(ensemble_dir, ServiceConfig()))
+    assert client.get("/v1/model").json()["threshold"] == 0.45
+    r = client.post("/v1/predict", files={"file": ("a.png", png.read_bytes(), "image/png")}, data={"heatmap": "true"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["probabilities"]["malignant"] == pytest.approx(float(_expected(ensemble_dir, png)[1]), abs=1e-5)
+
+
+def test_export_writes_the_ensemble_as_one_onnx_file(ensemble_dir, png, tmp_path):
+    out = tmp_path / "ensemble.onnx"
+    assert main(["export", str(ensemble_dir), "--out", str(out), "--exporter", "torchscript"]) == 0
+    got = Predictor.load(out, backend="onnxruntime").predict(png)
+    assert got.probabilities["malignant"] == pytest.approx(float(_expected(ensemble_dir, png)[1]), abs=1e-4)
+    assert got.threshold == 0.45
+
+
+def test_explain_maps_the_cv_ensemble_as_the_mean_of_its_members(ensemble_dir, png, tmp_path):
+    from mammolens.explain import explain_image
+
+    out = tmp_path / "explained"
+    assert main(["explain", str(ensemble_dir), str(png), "--out", str(out)]) == 0
+    summary = json.loads((out / "explanations.json").read_text())["a.png"]
+    assert summary["probabilities"]["malignant"] == pytest.approx(float(_expected(ensemble_dir, png)[1]), abs=1e-5)
+    assert (out / "a_overlay.png").is_file()
+    ensemble = load_any_bundle(ensemble_dir)
+    pixels = np.asarray(default_loader(str(png)).pixels)
+    members = [explain_image(m, pixels).heatmap for m in ensemble.members]
+    mean = np.mean(members, axis=0)
+    np.testing.assert_allclose(explain_image(ensemble, pixels).heatmap, mean / mean.max(), atol=1e-5)
+    # the Predictor's heatmap is the same map
+    np.testing.assert_allclose(Predictor.load(ensemble_dir).explain(pixels), mean / mean.max(), atol=1e-5)

@@ -117,3 +117,21 @@ def test_threshold_and_temperature_never_see_the_held_out_part(tiny_config: Path
     assert first.bundle.temperature == second.bundle.temperature
     assert first.bundle.temperature != 1.0 or first.bundle.threshold != 0.5  # they were fitted at all
     assert first.metrics["test"] != second.metrics["test"]
+
+
+def test_resume_refuses_a_finished_fold_whose_samples_are_now_cut_otherwise(tiny_config: Path, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    """A finished fold's out-of-fold rows are reused only if the recomputed fold holds the same samples."""
+    from mammolens import crossval
+    from mammolens.errors import ConfigError
+    from mammolens.experiment_config import load_config
+
+    cfg, out = load_config(tiny_config), tmp_path / "cv"
+    crossval.run_cv(cfg, out, folds=2, n_boot=0, progress=False)
+    record = json.loads((out / "cv.json").read_text())
+    assert [len(f["test"]) for f in record["membership"]["0"]] == [16, 16]
+    (out / "repeat0" / "fold1" / "oof.csv").unlink()  # interrupted during fold 1
+    real = crossval.make_kfold
+    monkeypatch.setattr(crossval, "make_kfold", lambda *a, seed, **kw: real(*a, seed=seed + 7, **kw))  # another splitter
+    with pytest.raises(ConfigError, match="repeat 0 fold 0: its test part would now hold other samples"):
+        crossval.run_cv(cfg, out, folds=2, n_boot=0, progress=False)

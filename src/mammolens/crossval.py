@@ -9,7 +9,8 @@ threshold and temperature come from those pooled out-of-fold predictions. A fold
 (its ``oof.csv`` written last) is never trained again, so an interrupted run resumes.
 
 out/
-  cv.json                     what the run started with (refuses a resume with other settings)
+  cv.json                     what the run started with (refuses a resume with other settings), and
+                              each fold's membership (refuses reusing a fold the splitter now cuts otherwise)
   repeat{r}/fold{i}/          a run folder per fold: training/, bundle/, oof.csv
   predictions.csv             pooled out-of-fold predictions of repeat 0 (fold, repeat columns)
   predictions-all.csv         every repeat's (with --repeats > 1)
@@ -86,14 +87,17 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     manifest, labels, task = task_samples(cfg, progress=progress)
     record = {"config": to_dict(cfg), "folds": folds, "inner_val": inner_val, "manifest_hash": manifest.content_hash()}
     _claim(out, record, fresh)
-    atomic.write_json(out / RECORD, {**record, "repeats": repeats})
     classes = list(task.classes)
     groups = manifest.df["group"].to_numpy()
     sample_ids = manifest.df["sample_id"].tolist()
+    plans = [fold_parts(manifest, labels, folds=folds, seed=cfg.data.split.seed + r, inner_val=inner_val, task=task.name)
+             for r in range(repeats)]  # fmt: skip
+    membership = _check_membership(out, {str(r): [fold_membership(sample_ids, parts) for parts in plan]
+                                         for r, plan in enumerate(plans)})  # fmt: skip
+    atomic.write_json(out / RECORD, {**record, "repeats": repeats, "membership": membership})
     per_fold, pooled = [], []
-    for r in range(repeats):
-        seed = cfg.data.split.seed + r
-        for i, parts in enumerate(fold_parts(manifest, labels, folds=folds, seed=seed, inner_val=inner_val, task=task.name)):
+    for r, plan in enumerate(plans):
+        for i, parts in enumerate(plan):
             fold_dir = out / f"repeat{r}" / f"fold{i}"
             if not (fold_dir / DONE).is_file():
                 _train_fold(cfg, manifest, labels, task, parts, fold_dir, sample_ids, groups, classes, r, i, progress)
@@ -153,6 +157,37 @@ def held_out_bundles(cv_dir: str | Path) -> dict[Path, set[str]]:
             raise ConfigError(f"{bundle}: the fold's bundle is missing")
         folds[bundle] = set(part["sample_id"].astype(str))
     return folds
+
+
+def fold_membership(sample_ids: list[str], parts: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """The sample ids a fold held out ("test") and validated on ("val"); it trained on the rest."""
+    return {part: sorted(sample_ids[j] for j in parts[part]) for part in ("test", "val")}
+
+
+def _check_membership(out: Path, membership: dict[str, list[dict[str, list[str]]]]) -> dict[str, Any]:
+    """Every finished fold must hold the samples it was trained with: its out-of-fold rows are reused,
+    so a fold recomputed otherwise (another scikit-learn, another splitter) would pool rows scored
+    by a model that trained on them. Returns the membership to record (earlier repeats kept)."""
+    path = out / RECORD
+    stored = json.loads(path.read_text(encoding="utf-8")).get("membership", {}) if path.is_file() else {}
+    for r, folds in membership.items():
+        for i, now in enumerate(folds):
+            done = out / f"repeat{r}" / f"fold{i}" / DONE
+            if not done.is_file():
+                continue
+            was = stored.get(r, [None] * len(folds))[i] if r in stored else None
+            if was is None:  # recorded before membership was: the fold's own out-of-fold rows say what it held out
+                df, _ = read_predictions(done)
+                was = {"test": sorted(df["sample_id"].astype(str)), "val": now["val"]}
+            for part in ("test", "val"):
+                if was[part] != now[part]:
+                    moved = sorted(set(was[part]) ^ set(now[part]))
+                    raise ConfigError(
+                        f"repeat {r} fold {i}: its {part} part would now hold other samples than when it was trained "
+                        f"({len(moved)} differ, e.g. {moved[0]!r}), so its finished out-of-fold rows cannot be reused; "
+                        "the folds are not reproducible here (another scikit-learn or splitter?): pass --fresh",
+                        path=path)  # fmt: skip
+    return {**stored, **membership}
 
 
 def _train_fold(cfg, manifest, labels, task, parts, fold_dir, sample_ids, groups, classes, r, i, progress) -> None:  # noqa: ANN001

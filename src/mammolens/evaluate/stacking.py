@@ -31,6 +31,24 @@ def run_member(run: str | Path) -> tuple[Path, Path]:
                     path=run)
 
 
+def served_output(member: Path, oof_proba: np.ndarray) -> np.ndarray:
+    """A member's out-of-fold probabilities as the member serves them: at its bundle's temperature
+    (the fold models wrote them at their own; the run's ensemble applies its temperature on top)."""
+    temperature = float(_manifest_value(member, "temperature"))
+    return oof_proba if temperature == 1.0 else apply_temperature(oof_proba, temperature)
+
+
+def _manifest_value(bundle: Path, key: str) -> Any:
+    """One value of a bundle's ``bundle.json`` (without loading its models)."""
+    import json
+
+    path = bundle / "bundle.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))[key]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"cannot read {key!r} ({exc})", path=path) from None
+
+
 def pooled_oof(prediction_files: Sequence[Path]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]]:
     """Members' out-of-fold probabilities aligned on sample_id (averaged over repeats), labels, groups, classes."""
     frames, classes = [], None
@@ -71,6 +89,9 @@ def build_ensemble(
         raise ConfigError("give at least one cv run directory")
     members = [run_member(r) for r in runs]
     probas, y, groups, classes = pooled_oof([oof for _, oof in members])
+    # The combiner is served each member's output, which is its out-of-fold output at the member's
+    # own temperature (a run's ensemble/ applies its temperature to its folds' probabilities): fit it on that.
+    probas = [served_output(bundle, p) for (bundle, _), p in zip(members, probas)]
     if method == "mean":
         combiner = {"method": "mean"}
         held_out = combiner_output(combiner, probas)

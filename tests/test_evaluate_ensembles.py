@@ -173,7 +173,7 @@ def test_the_stacker_is_fitted_on_what_its_members_serve(tmp_path, oof):
     expected = ens.fit_stacker("logreg", served, y, groups)
     np.testing.assert_allclose(stacked.combiner["coef"], expected["coef"], rtol=1e-6)
     held_out = ens.nested_stacking_proba("logreg", served, y, groups)
-    threshold, temperature = operating_point(y, held_out, "fbeta", beta=2.0)
+    temperature, threshold = operating_point(y, held_out, "fbeta", beta=2.0)
     assert (stacked.threshold, stacked.temperature) == pytest.approx((threshold, temperature))
 
 

@@ -28,7 +28,7 @@ from mammolens.data.tasks import Task
 from mammolens.datasets import make_or_load_split, split_parts, task_samples
 from mammolens.errors import ConfigError
 from mammolens.evaluate.metrics import roc_auc
-from mammolens.evaluate.thresholds import choose_threshold, operating_point
+from mammolens.evaluate.thresholds import OperatingPoint, choose_threshold, operating_point
 from mammolens.run_dir import RUN_RECORD, check_resume, claim_run_dir, clear_run_dir
 from mammolens.experiment_config import (  # noqa: F401 - re-exported: the config is part of this API
     ExperimentConfig,
@@ -181,18 +181,18 @@ def find_pairs(cfg: ExperimentConfig, manifest: Manifest, task: Task) -> Pairs:
     return find_partners(manifest, fallback=cfg.data.pairs.fallback)
 
 
-def choose_operating_point(op: OperatingPointConfig, y_val: np.ndarray, proba_val: np.ndarray) -> tuple[float, float]:
-    """(temperature, threshold) fitted on validation labels and uncalibrated probabilities only.
+def choose_operating_point(op: OperatingPointConfig, y_val: np.ndarray, proba_val: np.ndarray) -> OperatingPoint:
+    """The temperature and threshold fitted on validation labels and uncalibrated probabilities only.
 
     A validation part holding one class says nothing about either: T = 1 and 0.5 stay.
     """
     if len(np.unique(y_val)) < 2:
-        return 1.0, 0.5
+        return OperatingPoint(1.0, 0.5)
     if not op.temperature:
         binary = proba_val.shape[1] == 2
-        return 1.0, choose_threshold(y_val, proba_val, op.threshold, op.beta, op.target_sensitivity) if binary else 0.5
-    threshold, temperature = operating_point(y_val, proba_val, op.threshold, op.beta, op.target_sensitivity)
-    return temperature, threshold
+        return OperatingPoint(1.0, choose_threshold(y_val, proba_val, op.threshold, op.beta, op.target_sensitivity)
+                              if binary else 0.5)  # fmt: skip
+    return operating_point(y_val, proba_val, op.threshold, op.beta, op.target_sensitivity)
 
 
 def _warnings(build: BuildReport, task: Task) -> list[str]:

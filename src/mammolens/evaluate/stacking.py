@@ -98,7 +98,7 @@ def build_ensemble(
     else:
         combiner = fit_stacker(method, probas, y, groups, seed)
         held_out = nested_stacking_proba(method, probas, y, groups, seed)
-    threshold, temperature = operating_point(y, held_out, "sensitivity" if target_sensitivity is not None else "fbeta",
+    temperature, threshold = operating_point(y, held_out, "sensitivity" if target_sensitivity is not None else "fbeta",
                                              beta=beta, target_sensitivity=target_sensitivity)
     held_out = apply_temperature(held_out, temperature)
     metrics = evaluate_predictions(y, held_out, groups, classes, threshold, n_boot=n_boot, seed=seed)

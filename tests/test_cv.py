@@ -130,6 +130,11 @@ def test_resume_refuses_a_finished_fold_whose_samples_are_now_cut_otherwise(tiny
     crossval.run_cv(cfg, out, folds=2, n_boot=0, progress=False)
     record = json.loads((out / "cv.json").read_text())
     assert [len(f["test"]) for f in record["membership"]["0"]] == [16, 16]
+    from mammolens.data.fingerprints import fingerprints
+
+    fold0 = json.loads((out / "repeat0" / "fold0" / "bundle" / "bundle.json").read_text())["provenance"]["fitted_on"]
+    assert fold0["val"]["samples"] == fingerprints(record["membership"]["0"][0]["val"])  # each bundle knows its data
+    assert not set(fold0["train"]["samples"]) & set(fingerprints(record["membership"]["0"][0]["test"]))
     (out / "repeat0" / "fold1" / "oof.csv").unlink()  # interrupted during fold 1
     real = crossval.make_kfold
     monkeypatch.setattr(crossval, "make_kfold", lambda *a, seed, **kw: real(*a, seed=seed + 7, **kw))  # another splitter

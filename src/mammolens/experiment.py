@@ -21,6 +21,7 @@ import torch
 
 from mammolens import atomic
 from mammolens.configuration import to_dict
+from mammolens.data.fingerprints import FITTED_ON, fitted_on_record
 from mammolens.data.manifest import Manifest
 from mammolens.data.pairs import PairedLoader, Pairs, find_partners, has_orient
 from mammolens.data.splits import save_split
@@ -112,7 +113,9 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
                    parts: dict[str, np.ndarray], out_dir: Path, *, resume: bool = False, progress: bool = True,
                    provenance: dict[str, Any] | None = None) -> TrainedParts:
     """Preprocess, train on ``parts["train"]`` (early stopping on ``parts["val"]``), score every
-    held-out part through the bundle, and save the bundle in ``out_dir/bundle``."""
+    held-out part through the bundle, and save the bundle in ``out_dir/bundle``, recording which samples
+    and women it was fitted on (``data.fingerprints``)."""
+    provenance = {**(provenance or {}), FITTED_ON: fitted_on_record(manifest, parts)}
     if cfg.model.name == "patch-classifier":  # issue 14: patch classifier slid over the film (patches/)
         from mammolens.patches.trainer import train_patch_parts
 

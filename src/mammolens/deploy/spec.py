@@ -136,7 +136,7 @@ class ModelSpec:
             normalisation=dict(bundle.normalisation),
             threshold=float(bundle.threshold),
             temperature=float(bundle.temperature),
-            provenance=dict(bundle.provenance),
+            provenance={k: v for k, v in bundle.provenance.items() if k != "fitted_on"},  # ids stay in the bundle
             metrics=dict(bundle.metrics),
             version=str(bundle.provenance.get("created_at", "")),
             channels=channels,
@@ -190,7 +190,7 @@ def _ensemble_spec(ensemble: Any) -> ModelSpec:
         normalisation=dict(first.normalisation),  # the first member's; each member normalises its own input
         threshold=float(ensemble.threshold),
         temperature=float(ensemble.temperature),
-        provenance=dict(ensemble.provenance),
+        provenance={k: v for k, v in ensemble.provenance.items() if k != "fitted_on"},
         metrics=dict(ensemble.metrics),
         version=str(ensemble.provenance.get("created_at", "")),
         channels=first.channels,

@@ -135,6 +135,7 @@ def register(app: typer.Typer) -> None:
         top: float = typer.Option(5.0, "--top", help="k of the top-k % region (of the model's field of view)."),
         limit: int = typer.Option(0, "--limit", help="Score at most this many images (0: all)."),
         name: Optional[str] = typer.Option(None, "--name", help="Model label in the table (default: bundle folder)."),
+        strict: bool = typer.Option(False, "--strict", help="Refuse SOURCE when it holds samples or women the bundle was trained or validated on (default: warn)."),
     ) -> None:
         """Pointing game, energy inside and top-k IoU per method, against centre-prior and breast-mask maps.
 
@@ -151,6 +152,7 @@ def register(app: typer.Typer) -> None:
         from mammolens.explain.localisation import summarise
         from mammolens.explain.methods import CAM_METHODS
         from mammolens.explain.overlay import gallery_png
+        from mammolens.evaluate.overlap import refuse_if_strict
         from mammolens.explain.report import localisation_html
         from mammolens.train.bundle import load_bundle
 
@@ -178,6 +180,10 @@ def register(app: typer.Typer) -> None:
             with_findings = with_findings[:limit]
         if not with_findings:
             raise ConfigError(f"{source}: no image with a marked finding (ROI circle or mask) to score")
+        warnings = _training_overlap(bundle, folds, with_findings)
+        refuse_if_strict(warnings, strict)
+        for line in warnings:
+            typer.echo(f"mammolens: WARNING: {line}", err=True)
         label = name or bundle_path.resolve().name
         if label == "bundle":
             label = bundle_path.resolve().parent.name
@@ -206,7 +212,7 @@ def register(app: typer.Typer) -> None:
                 f"Scores on the original film inside the model's field of view; top-k = {top:g} %; "
                 "95 % bootstrap intervals over patient groups."
             ),
-        ] + ([f"skipped: {s}" for s in result.skipped])
+        ] + [f"WARNING: {w}" for w in warnings] + [f"skipped: {s}" for s in result.skipped]
         write_text(out / "localisation.html", localisation_html(f"Localisation: {label}", table, metrics, result.tiles, notes))
         if result.tiles:
             _write_bytes(out / "gallery.png", gallery_png(result.tiles, columns=4))
@@ -216,6 +222,26 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {out / 'localisation.csv'} and {out / 'localisation.html'}")
         if result.skipped:
             typer.echo(f"skipped {len(result.skipped)} image(s); see the HTML page", err=True)
+
+
+def _training_overlap(bundle: Any, folds: dict[Path, set[str]] | None, records: list[dict]) -> list[str]:
+    """``evaluate.overlap.training_overlap`` of the images each model scores: all of them for a bundle,
+    for a cv run each fold's own (read from its bundle.json, without loading the model)."""
+    import json
+    from types import SimpleNamespace
+
+    from mammolens.evaluate.overlap import training_overlap
+
+    if not folds:
+        return training_overlap(bundle, [r["sample_id"] for r in records], [r["group"] for r in records])
+    lines = []
+    for path, ids in folds.items():
+        part = [r for r in records if r["sample_id"] in ids]
+        provenance = json.loads((path / "bundle.json").read_text(encoding="utf-8")).get("provenance") or {}
+        found = training_overlap(SimpleNamespace(provenance=provenance), [r["sample_id"] for r in part],
+                                 [r["group"] for r in part])  # fmt: skip
+        lines += [f"{path.parent.name}: {line}" for line in found if part]
+    return lines
 
 
 def _csv(rows: list[dict]) -> str:

@@ -21,7 +21,7 @@ import torch
 
 from mammolens import atomic
 from mammolens.configuration import to_dict
-from mammolens.data.fingerprints import FITTED_ON, fitted_on_record
+from mammolens.data.fingerprints import FITTED_ON, HELD_OUT, fitted_on_record
 from mammolens.data.manifest import Manifest
 from mammolens.data.pairs import PairedLoader, Pairs, find_partners, has_orient
 from mammolens.data.splits import save_split
@@ -115,7 +115,8 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
     """Preprocess, train on ``parts["train"]`` (early stopping on ``parts["val"]``), score every
     held-out part through the bundle, and save the bundle in ``out_dir/bundle``, recording which samples
     and women it was fitted on (``data.fingerprints``)."""
-    provenance = {**(provenance or {}), FITTED_ON: fitted_on_record(manifest, parts)}
+    provenance = {**(provenance or {}), FITTED_ON: fitted_on_record(manifest, parts),
+                  HELD_OUT: fitted_on_record(manifest, parts, ("test",))}
     if cfg.model.name == "patch-classifier":  # issue 14: patch classifier slid over the film (patches/)
         from mammolens.patches.trainer import train_patch_parts
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-FITTED_ON = "fitted_on"  # the provenance key
+FITTED_ON = "fitted_on"  # the provenance key of the parts it learned from
 FITTED_PARTS = ("train", "val")  # parts whose samples the bundle learned from or was tuned on
+HELD_OUT = "held_out"  # the provenance key of its test part: what nothing may be tuned on, int8 ranges included
 
 
 def fingerprints(values: Iterable[Any]) -> list[str]:
@@ -23,11 +24,12 @@ def fingerprints(values: Iterable[Any]) -> list[str]:
     return sorted({hashlib.sha256(str(v).encode("utf-8")).hexdigest()[:16] for v in values})
 
 
-def fitted_on_record(manifest: Any, parts: Mapping[str, np.ndarray]) -> dict[str, dict[str, list[str]]]:
-    """``{part: {"samples": [...], "groups": [...]}}`` for the fitted parts of ``parts`` (row indices)."""
+def fitted_on_record(manifest: Any, parts: Mapping[str, np.ndarray],
+                     names: tuple[str, ...] = FITTED_PARTS) -> dict[str, dict[str, list[str]]]:
+    """``{part: {"samples": [...], "groups": [...]}}`` for the parts ``names`` of ``parts`` (row indices)."""
     df = manifest.df
     out = {}
-    for part in FITTED_PARTS:
+    for part in names:
         rows = np.asarray(parts.get(part, []), dtype=np.int64)
         out[part] = {"samples": fingerprints(df["sample_id"].to_numpy()[rows]),
                      "groups": fingerprints(df["group"].to_numpy()[rows])}  # fmt: skip

@@ -8,7 +8,7 @@ pass through the target layer: on a shared model, a film scored in another threa
 forward would end up in that CAM, one woman's heatmap built from another's film.)
 
 The guard band (int8 ONNX files exported with ``--fp32-fallback``): int8 moves probabilities by at
-most the max |delta p| its export measured on the calibration films. A film whose int8 probability
+most the max |delta p| its export measured on calibration films held out of the quantisation. A film whose int8 probability
 lies farther than ``guard_band`` times that from the threshold therefore gets fp32's decision; the
 films inside the band are re-scored by the fp32 file. Same decision as fp32 is then guaranteed for
 every film whose int8 error stays within the band (the safety factor covers films unlike the
@@ -381,6 +381,10 @@ def _guard_band(int8: _OrtRunner, path: Path, factor: float, threads: int | None
     if int8.precision != "int8" or "mammolens.int8.calibration_max_abs_dprob" not in meta:
         raise ConfigError("the guard band needs an int8 export that measured its calibration error "
                           "(`mammolens export --int8 --fp32-fallback`)", path=path)  # fmt: skip
+    if "mammolens.int8.guard_max_abs_dprob" not in meta:
+        raise ConfigError("this int8 file measured its error only on the films its quantisation was tuned on; "
+                          "re-export it (the margin is now measured on calibration films held out of the "
+                          "quantisation)", path=path)  # fmt: skip
     if "mammolens.int8.fp32_fallback" not in meta:
         raise ConfigError("the guard band needs the fp32 model to fall back on: re-export with --fp32-fallback",
                           path=path)  # fmt: skip
@@ -390,7 +394,7 @@ def _guard_band(int8: _OrtRunner, path: Path, factor: float, threads: int | None
     fallback = _OrtRunner(fp32, threads)
     if fallback.spec != int8.spec:
         raise ConfigError(f"{fp32.name} is not the fp32 twin of this int8 file (their model specs differ)", path=path)
-    margin = factor * float(json.loads(meta["mammolens.int8.calibration_max_abs_dprob"]))
+    margin = factor * float(json.loads(meta["mammolens.int8.guard_max_abs_dprob"]))
     return GuardBand(margin=margin, factor=factor, fallback=fallback)
 
 

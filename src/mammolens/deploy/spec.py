@@ -17,6 +17,7 @@ import numpy as np
 from mammolens.errors import ConfigError, DataError
 
 ROI = tuple[float, float, float]
+RECORDS = ("fitted_on", "held_out")  # the bundle's sample fingerprints (data.fingerprints): kept out of exports
 # Preprocessing steps that read the finding's circle: a bundle with one of them scores lesions.
 ROI_STEPS = ("crop_roi", "multiscale_crop", "lesion_descriptors")
 # Provenance keys that are safe to publish: no file paths, which can name a hospital, a study or a woman.
@@ -136,7 +137,7 @@ class ModelSpec:
             normalisation=dict(bundle.normalisation),
             threshold=float(bundle.threshold),
             temperature=float(bundle.temperature),
-            provenance={k: v for k, v in bundle.provenance.items() if k != "fitted_on"},  # ids stay in the bundle
+            provenance={k: v for k, v in bundle.provenance.items() if k not in RECORDS},  # ids stay in the bundle
             metrics=dict(bundle.metrics),
             version=str(bundle.provenance.get("created_at", "")),
             channels=channels,
@@ -190,7 +191,7 @@ def _ensemble_spec(ensemble: Any) -> ModelSpec:
         normalisation=dict(first.normalisation),  # the first member's; each member normalises its own input
         threshold=float(ensemble.threshold),
         temperature=float(ensemble.temperature),
-        provenance={k: v for k, v in ensemble.provenance.items() if k != "fitted_on"},
+        provenance={k: v for k, v in ensemble.provenance.items() if k not in RECORDS},
         metrics=dict(ensemble.metrics),
         version=str(ensemble.provenance.get("created_at", "")),
         channels=first.channels,

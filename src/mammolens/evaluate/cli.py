@@ -113,7 +113,7 @@ def evaluate_bundle(
         thumbnails=lambda sid: (cache.load(sid), cache.load_rois(sid)), command=command or None,
         config=getattr(bundle, "config", None) or None,
         provenance={"bundle": metrics["bundle"], "bundle_provenance": {
-            k: v for k, v in getattr(bundle, "provenance", {}).items() if k != "fitted_on"}},
+            k: v for k, v in getattr(bundle, "provenance", {}).items() if k not in ("fitted_on", "held_out")}},
         warnings=warnings,
     )
     return metrics, table, html

@@ -18,6 +18,14 @@ from mammolens.errors import ConfigError, DataError
 
 ROI = tuple[float, float, float]
 RECORDS = ("fitted_on", "held_out")  # the bundle's sample fingerprints (data.fingerprints): kept out of exports
+# The bundle metrics a model card shows, under what they are: figures on data no choice was made on. A
+# validation part picked the epoch, temperature, threshold (and a patch classifier's C and aggregation):
+# its figures are optimistic and never published.
+HELD_OUT_METRICS = {
+    "test": "held-out test part",
+    "pooled_oof": "cross-validation, pooled out-of-fold (single fold models)",
+    "held_out": "held-out combiner outputs (nested cross-validation)",
+}
 # Preprocessing steps that read the finding's circle: a bundle with one of them scores lesions.
 ROI_STEPS = ("crop_roi", "multiscale_crop", "lesion_descriptors")
 # Provenance keys that are safe to publish: no file paths, which can name a hospital, a study or a woman.
@@ -90,9 +98,11 @@ class ModelSpec:
         }
 
     def public(self) -> dict[str, Any]:
-        """The model card a service publishes: no paths, nothing that could identify anyone."""
+        """The model card a service publishes: no paths, nothing that could identify anyone, and only
+        held-out figures, each labelled with what it was measured on (``HELD_OUT_METRICS``)."""
         card = asdict(self)
         card["provenance"] = {k: v for k, v in self.provenance.items() if k in _PUBLIC_PROVENANCE}
+        card["metrics"] = {label: self.metrics[part] for part, label in HELD_OUT_METRICS.items() if part in self.metrics}
         card["input"] = self.input_spec()
         return card
 

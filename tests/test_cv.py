@@ -140,3 +140,35 @@ def test_resume_refuses_a_finished_fold_whose_samples_are_now_cut_otherwise(tiny
     monkeypatch.setattr(crossval, "make_kfold", lambda *a, seed, **kw: real(*a, seed=seed + 7, **kw))  # another splitter
     with pytest.raises(ConfigError, match="repeat 0 fold 0: its test part would now hold other samples"):
         crossval.run_cv(cfg, out, folds=2, n_boot=0, progress=False)
+
+
+def test_the_ensembles_operating_point_is_fitted_on_its_own_output(tiny_config: Path, tmp_path: Path) -> None:
+    """--ensemble-part: women set aside before the folds, seen by no fold model; the ensemble's temperature and
+    threshold are those fitted there on the mean of its members (each at its own temperature != 1)."""
+    from mammolens import crossval
+    from mammolens.data.fingerprints import fingerprints
+    from mammolens.datasets import task_samples
+    from mammolens.evaluate.load import load_any_bundle
+    from mammolens.evaluate.predict import predict_manifest
+    from mammolens.experiment import choose_operating_point
+    from mammolens.experiment_config import load_config
+
+    cfg, out = load_config(tiny_config), tmp_path / "cv"
+    metrics = crossval.run_cv(cfg, out, folds=2, n_boot=0, progress=False, ensemble_part=0.25)
+    record = json.loads((out / "cv.json").read_text())
+    reserved = set(record["ensemble_part_samples"])
+    assert 0 < len(reserved) < 32 and metrics["n_samples"] == 32 - len(reserved)
+    for fold in record["membership"]["0"]:
+        assert not reserved & set(fold["test"]) and not reserved & set(fold["val"])
+    for i in range(2):
+        fitted = json.loads((out / f"repeat0/fold{i}/bundle/bundle.json").read_text())["provenance"]["fitted_on"]
+        assert not set(fitted["train"]["samples"]) & set(fingerprints(reserved))
+    ensemble = load_any_bundle(out / "ensemble")
+    assert all(m.temperature != 1.0 for m in ensemble.members)
+    manifest, labels, _ = task_samples(cfg, progress=False)
+    rows = [i for i, s in enumerate(manifest.df["sample_id"]) if s in reserved]
+    part = manifest.subset(rows)
+    served = np.mean([predict_manifest(m, part, cfg.cache_dir, progress=False) for m in ensemble.members], axis=0)
+    point = choose_operating_point(cfg.operating_point, labels[rows], served)
+    assert (ensemble.temperature, ensemble.threshold) == pytest.approx((point.temperature, point.threshold))
+    assert "set aside before the folds" in ensemble.provenance["operating_point_fitted_on"]

@@ -154,6 +154,7 @@ def cv(
     inner_val: float = typer.Option(0.2, "--inner-val", help="Fraction of each training fold held out (by patient) for early stopping, temperature and threshold."),
     n_boot: int = typer.Option(2000, "--n-boot", help="Patient-bootstrap resamples for the CIs."),
     fresh: bool = typer.Option(False, help="Discard an earlier cv run in --out instead of continuing it."),
+    ensemble_part: float = typer.Option(0.0, "--ensemble-part", help="Share of the women set aside before the folds: the ensemble's temperature and threshold are fitted on its own output there (0: on the single fold models' pooled out-of-fold output, an approximation)."),
 ) -> None:
     """Patient-grouped k-fold cross-validation: pooled out-of-fold metrics with patient CIs, fold bundles,
     an ensemble bundle and report.html. Re-running the same command continues an interrupted run."""
@@ -164,7 +165,7 @@ def cv(
 
     command = "mammolens " + " ".join(sys.argv[1:]) if sys.argv and "cv" in sys.argv else None
     metrics = run_cv(cfg, out or Path("runs") / f"cv-{cfg.name}", folds=folds, repeats=repeats, inner_val=inner_val,
-                     fresh=fresh, n_boot=n_boot, command=command)
+                     fresh=fresh, n_boot=n_boot, command=command, ensemble_part=ensemble_part)
     typer.echo(render_cv(metrics))
 
 

@@ -30,7 +30,7 @@ def stretched_vs_true(length: int, patch: int, stride: int) -> np.ndarray:
 
 def main() -> None:
     from mammolens.data.adapters.base import load_source
-    from mammolens.experiment_config import load_config, preprocess_config
+    from mammolens.engine.config import load_config, preprocess_config
     from mammolens.explain.geometry import preprocess_with_geometry
     from mammolens.preprocess import Pipeline
     from mammolens.preprocess.sample import default_loader, sample_from_row

@@ -15,7 +15,7 @@ from mammolens.cli import main
 from mammolens.deploy.predictor import Predictor
 from mammolens.deploy.service import ServiceConfig, create_app
 from mammolens.evaluate.ensembles import save_mean_ensemble
-from mammolens.evaluate.load import load_any_bundle
+from mammolens.bundle import load_bundle as load_any_bundle
 from mammolens.preprocess import Pipeline, sample_from_row
 from mammolens.preprocess.sample import default_loader
 

@@ -8,14 +8,14 @@ import json
 import numpy as np
 import onnx
 import pytest
+from deploy_fixtures import SIZE, bundle_dir, film, source, write_png  # noqa: F401 - fixtures
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy_fixtures import SIZE, bundle_dir, film, source, write_png  # noqa: F401 - fixtures
 from mammolens.cli import main
 from mammolens.deploy.export import QuantRecipe, export_onnx, quantize_onnx
 from mammolens.deploy.predictor import Predictor
 from mammolens.deploy.sensitivity import onnx_probabilities
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 FAST = {"exporter": "torchscript"}
 
@@ -206,7 +206,7 @@ def test_the_guard_margin_is_measured_on_films_held_out_of_the_quantisation(guar
     """The women whose films set the ranges and chose the float layers are not those the margin is measured on."""
     from mammolens.deploy import export
     from mammolens.deploy.spec import ModelSpec
-    from mammolens.train.bundle import load_bundle
+    from mammolens.bundle import load_model_bundle as load_bundle
 
     spec = ModelSpec.from_bundle(load_bundle(bundle_dir))
     tuning, guard = export.split_guard(export.calibration_rows(spec, source, 8, 0), 0)
@@ -229,7 +229,7 @@ def test_int8_refuses_calibration_films_from_the_bundles_test_part(source, tmp_p
     from deploy_fixtures import make_bundle
     from mammolens.data.adapters.base import load_source
     from mammolens.data.fingerprints import HELD_OUT, fitted_on_record
-    from mammolens.train.bundle import load_bundle, save_bundle
+    from mammolens.bundle import load_model_bundle as load_bundle, save_bundle
 
     manifest = load_source(str(source)).manifest
     b = load_bundle(make_bundle(tmp_path / "plain"))

@@ -14,7 +14,7 @@ from mammolens.cli import main
 from mammolens.data.adapters.base import load_source
 from mammolens.data.fingerprints import FITTED_ON, fitted_on_record
 from mammolens.data.synthetic import generate
-from mammolens.evaluate.cli import label_source
+from mammolens.cli.evaluate import label_source
 from mammolens.models import create_model
 from mammolens.train import save_bundle
 

@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from mammolens.deploy.spec import ModelSpec, check_image, check_rois
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 Backend = Literal["torch", "onnxruntime"]
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
@@ -169,13 +169,13 @@ class Predictor:
                 raise ConfigError("onnx_path is only for backend='onnxruntime'")
             if guard_band is not None:
                 raise ConfigError("the guard band is for int8 ONNX models (backend='onnxruntime')")
-            from mammolens.evaluate.load import load_any_bundle
+            from mammolens.bundle import load_bundle
 
             if threads:
                 import torch
 
                 torch.set_num_threads(threads)
-            bundle = load_any_bundle(path)  # a model bundle or an ensemble (cv's ensemble/)
+            bundle = load_bundle(path)  # a model bundle or an ensemble (cv's ensemble/)
             return cls(ModelSpec.from_bundle(bundle), _TorchRunner(bundle), backend=backend, bundle_path=path,
                        bundle=bundle, batch_size=batch_size)  # fmt: skip
         if onnx_path is None:
@@ -194,12 +194,12 @@ class Predictor:
     # -- input ---------------------------------------------------------------------------------
     def read(self, source: str | Path | np.ndarray | Any) -> Film:
         """A file, a 2-D [0, 1] array, or a ``mammolens.io.Image`` (its laterality and pixel spacing kept)."""
-        from mammolens.preprocess.sample import _read, default_loader
+        from mammolens.preprocess.sample import default_loader, read_film
 
         if isinstance(source, (str, Path)):
-            return Film(*_read(default_loader, str(source)))
+            return Film(*read_film(default_loader, str(source)))
         if hasattr(source, "pixels"):
-            pixels, laterality, pixel_mm = _read(lambda _path, _frame: source, "image")
+            pixels, laterality, pixel_mm = read_film(lambda _path, _frame: source, "image")
             return Film(check_image(pixels), laterality, pixel_mm)
         return Film(check_image(source))
 
@@ -252,7 +252,7 @@ class Predictor:
     def _model_input(self, sample: Any, name: str) -> ModelInput:
         if not self.spec.descriptors:
             return ModelInput(sample.pixels)
-        from mammolens.train.bundle import descriptor_vector
+        from mammolens.bundle.model import descriptor_vector
 
         try:
             return ModelInput(sample.pixels, descriptor_vector(self.spec.descriptors, sample.descriptors))
@@ -370,9 +370,9 @@ class Predictor:
         """A bundle whose model no scoring request runs through: the CAM hooks see only its own forward."""
         if self._bundle is not None:
             return copy.deepcopy(self._bundle)
-        from mammolens.evaluate.load import load_any_bundle
+        from mammolens.bundle import load_bundle
 
-        return load_any_bundle(self.bundle_path)
+        return load_bundle(self.bundle_path)
 
 
 def _guard_band(int8: _OrtRunner, path: Path, factor: float, threads: int | None) -> GuardBand:

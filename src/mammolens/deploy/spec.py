@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 ROI = tuple[float, float, float]
 RECORDS = ("fitted_on", "held_out")  # the bundle's sample fingerprints (data.fingerprints): kept out of exports

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mammolens.data.fingerprints import FITTED_ON, overlap
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 
 def training_overlap(bundle: Any, sample_ids: Sequence[Any], groups: Sequence[Any]) -> list[str]:

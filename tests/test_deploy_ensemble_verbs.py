@@ -14,8 +14,7 @@ from deploy_fixtures import film, make_bundle, write_png
 from mammolens.cli import main
 from mammolens.deploy.predictor import Predictor
 from mammolens.deploy.service import ServiceConfig, create_app
-from mammolens.evaluate.ensembles import save_mean_ensemble
-from mammolens.bundle import load_bundle as load_any_bundle
+from mammolens.bundle import load_bundle, save_mean_ensemble
 from mammolens.preprocess import Pipeline, sample_from_row
 from mammolens.preprocess.sample import default_loader
 
@@ -35,7 +34,7 @@ def png(tmp_path_factory):
 
 def _expected(ensemble_dir, path):
     """The ensemble's own probabilities: its members' preprocessing, mean and temperature."""
-    ensemble = load_any_bundle(ensemble_dir)
+    ensemble = load_bundle(ensemble_dir)
     sample, _ = sample_from_row({"path": str(path), "rois": "[]"}, default_loader)
     return ensemble.predict_proba(Pipeline(ensemble.preprocess)(sample).pixels[None])[0]
 
@@ -69,10 +68,10 @@ def test_explain_maps_the_cv_ensemble_as_the_mean_of_its_members(ensemble_dir, p
 
     out = tmp_path / "explained"
     assert main(["explain", str(ensemble_dir), str(png), "--out", str(out)]) == 0
-    summary = json.loads((out / "explanations.json").read_text())["a.png"]
+    summary = json.loads((out / "explanations.json").read_text())["a"]
     assert summary["probabilities"]["malignant"] == pytest.approx(float(_expected(ensemble_dir, png)[1]), abs=1e-5)
     assert (out / "a_overlay.png").is_file()
-    ensemble = load_any_bundle(ensemble_dir)
+    ensemble = load_bundle(ensemble_dir)
     pixels = np.asarray(default_loader(str(png)).pixels)
     members = [explain_image(m, pixels).heatmap for m in ensemble.members]
     mean = np.mean(members, axis=0)

@@ -16,7 +16,7 @@ from mammolens.data.fingerprints import FITTED_ON, fitted_on_record
 from mammolens.data.synthetic import generate
 from mammolens.cli.evaluate import label_source
 from mammolens.models import create_model
-from mammolens.train import save_bundle
+from mammolens.bundle import save_bundle
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_evaluate_warns_loudly_and_refuses_with_strict(seen, tmp_path, capsys):
 
 def test_explain_eval_warns_and_refuses_with_strict(seen, tmp_path, capsys):
     source, bundle, _ = seen
-    args = ["explain-eval", str(bundle), str(source), "--methods", "gradcam", "--limit", "3"]
+    args = ["explain-eval", str(bundle), str(source), "--method", "gradcam", "--limit", "3"]
     assert main([*args, "--out", str(tmp_path / "e")]) == 0
     assert "were in the training or validation data of the bundle" in capsys.readouterr().err
     assert "WARNING" in (tmp_path / "e" / "localisation.html").read_text()

@@ -240,3 +240,15 @@ def test_int8_refuses_calibration_films_from_the_bundles_test_part(source, tmp_p
     with pytest.raises(ConfigError, match="the calibration source holds [1-9][0-9]* film.* of the bundle's test part"):
         export_onnx(tmp_path / "b", tmp_path / "q.onnx", int8=True, calibration=source, calibration_samples=8, **FAST)
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_an_int8_file_whose_margin_was_not_measured_on_held_out_films_is_refused(guarded_export, tmp_path):
+    model = onnx.load(str(guarded_export.path))
+    kept = [p for p in model.metadata_props if p.key != "mammolens.int8.guard_max_abs_dprob"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    old = tmp_path / "model.int8.onnx"
+    onnx.save(model, str(old))
+    (tmp_path / "model.onnx").write_bytes(guarded_export.fallback_path.read_bytes())
+    with pytest.raises(ConfigError, match="measured its error only on the films its quantisation was tuned on"):
+        Predictor.load(old, backend="onnxruntime", guard_band=2.0)

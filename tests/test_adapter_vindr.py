@@ -175,3 +175,11 @@ def test_data_split_official_from_the_command_line(replica, tmp_path, capsys):
     assert main(["data", "split", str(replica.root), "--out", str(tmp_path / "x.json"), "--task", "mass-calc",
                  "--official", "--folds", "3"]) != 0
     assert "official (the source's train/test split) and folds do not go together" in capsys.readouterr().err
+
+
+def test_inspect_of_a_bad_table_is_one_line_and_a_failing_exit(replica, tmp_path, capsys):
+    root = _copy(replica, tmp_path)
+    _rewrite(root / "finding_annotations.csv", lambda rows: rows[2].update(finding_birads="BI-RADS six"))
+    assert main(["data", "inspect", str(root)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "finding_annotations.csv: line 4: finding_birads 'BI-RADS six'" in err

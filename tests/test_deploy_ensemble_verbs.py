@@ -78,3 +78,13 @@ def test_explain_maps_the_cv_ensemble_as_the_mean_of_its_members(ensemble_dir, p
     np.testing.assert_allclose(explain_image(ensemble, pixels).heatmap, mean / mean.max(), atol=1e-5)
     # the Predictor's heatmap is the same map
     np.testing.assert_allclose(Predictor.load(ensemble_dir).explain(pixels), mean / mean.max(), atol=1e-5)
+
+
+def test_explain_eval_scores_the_cv_ensemble(ensemble_dir, tmp_path):
+    from mammolens.data.synthetic import generate
+
+    source = generate(tmp_path / "syn", n_per_class=2, size=64, seed=3, progress=False)
+    out = tmp_path / "loc"
+    assert main(["explain-eval", str(ensemble_dir), str(source), "--out", str(out), "--method", "gradcam"]) == 0
+    page = (out / "localisation.html").read_text()
+    assert "ensemble of scratch-cnn" in page and (out / "localisation.csv").is_file()

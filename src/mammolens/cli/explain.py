@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
         Writes localisation.csv (means, 95 % CIs), localisation_per_image.csv, localisation.html
         (table + overlays of the first method, embedded) and gallery.png (those overlays).
         """
-        from mammolens.bundle.model import load_model_bundle
+        from mammolens.bundle import load_bundle
         from mammolens.data.adapters.base import load_source
         from mammolens.data.tasks import derive_task
         from mammolens.engine.crossval import RECORD, held_out_bundles
@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
         from mammolens.utils.atomic import write_text
 
         folds = held_out_bundles(bundle_path) if (bundle_path / RECORD).is_file() else None
-        bundle = load_model_bundle(next(iter(folds)) if folds else bundle_path)
+        bundle = load_bundle(next(iter(folds)) if folds else bundle_path)  # a model bundle or an ensemble
         claim_output(out, "explain-eval", fresh=fresh)
         chosen = _methods(method, DEFAULT_METHODS)
         for m in chosen:
@@ -215,7 +215,7 @@ def register(app: typer.Typer) -> None:
         write_text(out / "localisation.csv", _csv(table))
         notes = [
             f"{'cv run (each image scored by the fold model that held it out)' if folds else 'bundle'} {bundle_path} "
-            f"(task {bundle.task}, model {bundle.model.config.get('name')}), source {source}",
+            f"(task {bundle.task}, model {_model_name(bundle)}), source {source}",
             (
                 f"Scores on the original film inside the model's field of view; top-k = {top:g} %; "
                 "95 % bootstrap intervals over patient groups."
@@ -230,6 +230,14 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {out / 'localisation.csv'} and {out / 'localisation.html'}")
         if result.skipped:
             typer.echo(f"skipped {len(result.skipped)} image(s); see the HTML page", err=True)
+
+
+def _model_name(bundle: Any) -> str:
+    """The architecture's name; an ensemble's members' names."""
+    from mammolens.evaluate.predict import leaf_bundles
+
+    names = sorted({str(leaf.model.config.get("name")) for leaf in leaf_bundles(bundle)})
+    return names[0] if getattr(bundle, "members", None) is None else f"ensemble of {', '.join(names)}"
 
 
 def _training_overlap(bundle: Any, folds: dict[Path, set[str]] | None, records: list[dict]) -> list[str]:

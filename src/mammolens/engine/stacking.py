@@ -33,21 +33,18 @@ def run_member(run: str | Path) -> tuple[Path, Path]:
 
 
 def served_output(member: Path, oof_proba: np.ndarray) -> np.ndarray:
-    """A member's out-of-fold probabilities as the member serves them: at its bundle's temperature
-    (the fold models wrote them at their own; the run's ensemble applies its temperature on top)."""
-    temperature = float(_manifest_value(member, "temperature"))
-    return oof_proba if temperature == 1.0 else apply_temperature(oof_proba, temperature)
-
-
-def _manifest_value(bundle: Path, key: str) -> Any:
-    """One value of a bundle's ``bundle.json`` (without loading its models)."""
+    """A member's out-of-fold probabilities as the member serves them. A run's ``ensemble/`` applies its
+    own temperature on top of its fold models' (which wrote the rows at theirs); a plain ``bundle/``
+    wrote them as it serves them."""
     import json
 
-    path = bundle / "bundle.json"
+    path = member / "bundle.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))[key]
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"cannot read {key!r} ({exc})", path=path) from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        temperature = float(manifest["temperature"]) if manifest.get("kind") == "ensemble" else 1.0
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read its temperature ({exc})", path=path) from None
+    return oof_proba if temperature == 1.0 else apply_temperature(oof_proba, temperature)
 
 
 def pooled_oof(prediction_files: Sequence[Path]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]]:

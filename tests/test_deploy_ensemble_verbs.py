@@ -88,3 +88,25 @@ def test_explain_eval_scores_the_cv_ensemble(ensemble_dir, tmp_path):
     assert main(["explain-eval", str(ensemble_dir), str(source), "--out", str(out), "--method", "gradcam"]) == 0
     page = (out / "localisation.html").read_text()
     assert "ensemble of scratch-cnn" in page and (out / "localisation.csv").is_file()
+
+
+def test_a_logistic_stacker_exports_as_one_graph_and_an_svc_one_is_refused(ensemble_dir, png, tmp_path):
+    from mammolens.bundle import save_ensemble
+    from mammolens.deploy.export import export_onnx
+    from mammolens.evaluate.ensembles import fit_stacker
+    from mammolens.utils.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    p = [np.stack([1 - q, q], 1) for q in rng.random((2, 40))]
+    y, groups = (p[0][:, 1] + 0.3 * rng.random(40) > 0.6).astype(int), np.arange(40).astype(str)
+    folds = [ensemble_dir / "members" / str(i) for i in range(2)]
+    stacked = save_ensemble(tmp_path / "stack", folds, combiner=fit_stacker("logreg", p, y, groups),
+                            threshold=0.5, temperature=1.7)  # fmt: skip
+    report = Predictor.load(stacked).predict(png)
+    assert main(["export", str(stacked), "--out", str(tmp_path / "s.onnx"), "--exporter", "torchscript"]) == 0
+    got = Predictor.load(tmp_path / "s.onnx", backend="onnxruntime").predict(png)
+    assert got.probabilities["malignant"] == pytest.approx(report.probabilities["malignant"], abs=1e-4)
+    svc = save_ensemble(tmp_path / "svc", folds, combiner=fit_stacker("svc", p, y, groups), threshold=0.5,
+                        temperature=1.0)  # fmt: skip
+    with pytest.raises(ConfigError, match="takes mean and logreg ensembles, not a 'svc' stacker"):
+        export_onnx(svc, tmp_path / "svc.onnx", exporter="torchscript")

@@ -221,7 +221,7 @@ def _check_membership(out: Path, membership: dict[str, list[dict[str, list[str]]
             done = out / f"repeat{r}" / f"fold{i}" / DONE
             if not done.is_file():
                 continue
-            was = stored.get(r, [None] * len(folds))[i] if r in stored else None
+            was = stored[r][i] if r in stored else None  # the fold count is a checked setting
             if was is None:  # recorded before membership was: the fold's own out-of-fold rows say what it held out
                 df, _ = read_predictions(done)
                 was = {"test": sorted(df["sample_id"].astype(str)), "val": now["val"]}

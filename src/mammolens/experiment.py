@@ -27,6 +27,7 @@ from mammolens.data.splits import save_split
 from mammolens.data.tasks import Task
 from mammolens.datasets import make_or_load_split, split_parts, task_samples
 from mammolens.errors import ConfigError
+from mammolens.evaluate.calibration import calibrate_temperature
 from mammolens.evaluate.metrics import roc_auc
 from mammolens.evaluate.thresholds import choose_threshold, operating_point
 from mammolens.run_dir import RUN_RECORD, check_resume, claim_run_dir, clear_run_dir
@@ -95,12 +96,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
         "class_counts": {p: np.bincount(labels[v], minlength=len(task.classes)).tolist() for p, v in parts.items()},
         "groups": int(manifest.df["group"].nunique()),
         "preprocess": trained.build.summary(),
-        "notes": manifest.notes + _warnings(trained.build, task),
+        "notes": manifest.notes + _warnings(trained.build, task) + _fit_notes(trained.bundle),
         "best_epoch": trained.fit.best_epoch,
         "epochs_run": len(trained.fit.history),
         "stopped_early": trained.fit.stopped_early,
         "history": trained.fit.history,
         "metrics": trained.metrics,
+        "temperature_fit": trained.bundle.provenance.get("temperature_fit"),
         "bundle": str(trained.bundle.path),
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -164,7 +166,10 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
     else:
         def predict(part: str) -> np.ndarray:
             return _predict(bundle, [sample_ids[i] for i in parts[part]], load, cache)
-    bundle.temperature, bundle.threshold = choose_operating_point(cfg.operating_point, labels[parts["val"]], predict("val"))
+    y_val, proba_val = labels[parts["val"]], predict("val")
+    bundle.temperature, bundle.threshold = choose_operating_point(cfg.operating_point, y_val, proba_val)
+    if (failure := temperature_failure(cfg.operating_point, y_val, proba_val)) is not None:
+        bundle.provenance["temperature_fit"] = failure  # the bundle's card says so (deploy/spec.py)
     probas = {part: predict(part) for part, idx in parts.items() if part != "train" and len(idx)}
     bundle.metrics = {part: _part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
     save_bundle(bundle.path, bundle.model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
@@ -195,6 +200,14 @@ def choose_operating_point(op: OperatingPointConfig, y_val: np.ndarray, proba_va
     return temperature, threshold
 
 
+def temperature_failure(op: OperatingPointConfig, y_val: np.ndarray, proba_val: np.ndarray) -> dict[str, Any] | None:
+    """The record of a temperature fit that failed (``calibrate_temperature``: T = 1 was applied), else None."""
+    if not op.temperature or len(np.unique(y_val)) < 2:
+        return None
+    fit = calibrate_temperature(proba_val, y_val)
+    return None if fit.failure is None else fit.record()
+
+
 def _warnings(build: BuildReport, task: Task) -> list[str]:
     if not build.roi_missing:
         return []
@@ -202,6 +215,11 @@ def _warnings(build: BuildReport, task: Task) -> list[str]:
     if task.unit == "lesion":
         note += "; among lesion crops a whole film is a shortcut: the kind of input can predict the label"
     return [note]
+
+
+def _fit_notes(bundle: Bundle) -> list[str]:
+    failure = bundle.provenance.get("temperature_fit")
+    return [] if failure is None else [failure["failure"]]
 
 
 def _descriptors(cache: PreprocessCache, sample_ids: list[str]) -> tuple[np.ndarray | None, list[str]]:

@@ -21,7 +21,7 @@ ROI = tuple[float, float, float]
 ROI_STEPS = ("crop_roi", "multiscale_crop", "lesion_descriptors")
 # Provenance keys that are safe to publish: no file paths, which can name a hospital, a study or a woman.
 _PUBLIC_PROVENANCE = ("git_commit", "git_dirty", "packages", "created_at", "manifest_hash", "split_file_hash",
-                      "preprocess_hash", "manifest_sha256", "split_sha256")  # fmt: skip
+                      "preprocess_hash", "manifest_sha256", "split_sha256", "temperature_fit")  # fmt: skip
 
 
 @dataclass(frozen=True)

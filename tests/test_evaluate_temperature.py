@@ -1,0 +1,68 @@
+"""Operating points a clinician can read: a failed temperature fit is refused and recorded, and a
+threshold sits in the middle of the scores that decide alike, not on a saturated edge."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mammolens.evaluate.calibration import T_BOUNDS, calibrate_temperature, fit_temperature
+from mammolens.evaluate.thresholds import choose_threshold, operating_point
+
+
+def _inverted(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Validation outputs that rank the classes worse than chance (AUC < 0.5)."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(n), np.ones(n)].astype(int)
+    s = np.r_[rng.normal(-1, 1, n), rng.normal(1, 1, n)]
+    return y, (1 / (1 + np.exp(s))).astype(np.float32)
+
+
+def test_a_fit_on_its_bound_fails_and_ships_temperature_one():
+    y, p = _inverted()
+    assert fit_temperature(p, y) == pytest.approx(T_BOUNDS[1], rel=1e-3)  # the optimiser's answer
+    fit = calibrate_temperature(p, y)
+    assert fit.temperature == 1.0 and fit.fitted == pytest.approx(T_BOUNDS[1], rel=1e-3)
+    assert "upper bound" in fit.failure and "T = 1 applied" in fit.failure
+    threshold, temperature = operating_point(y, p)
+    assert temperature == 1.0  # not 20: probabilities keep their spread
+    # a separable, under-confident model drives T onto the lower bound: refused the same way
+    sharp_y = np.r_[np.zeros(50), np.ones(50)].astype(int)
+    flat = np.r_[np.full(50, 0.499), np.full(50, 0.501)]
+    low = calibrate_temperature(flat, sharp_y)
+    assert low.temperature == 1.0 and "lower bound" in low.failure
+    # an ordinary fit is kept
+    ok = calibrate_temperature(np.r_[np.linspace(0.1, 0.6, 50), np.linspace(0.4, 0.9, 50)], sharp_y)
+    assert ok.failure is None and ok.temperature == ok.fitted
+
+
+def test_a_saturated_threshold_takes_the_middle_of_the_tied_interval():
+    # a sharp temperature saturated the positives' probabilities at exactly 1.0
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.01, 0.02, 0.2, 0.5, 0.9, 1.0, 1.0, 1.0, 1.0])
+    t = choose_threshold(y, p)
+    assert t == pytest.approx(0.95)  # (0.9, 1.0] decide alike on validation: its middle, not 1.0
+    assert ((p >= t) == y.astype(bool)).all()
+    # a film scored 0.99999994 (float32 just below 1) is called positive, as validation's 1.0s were
+    assert np.float32(0.99999994) >= t
+    t = choose_threshold(y, p, method="sensitivity", target_sensitivity=1.0)
+    assert t == pytest.approx(0.95)
+
+
+def test_temperature_failure_is_recorded_for_the_summary_and_the_card():
+    from mammolens.deploy.spec import ModelSpec
+    from mammolens.experiment import OperatingPointConfig, temperature_failure
+
+    y, p = _inverted()
+    proba = np.c_[1 - p, p]
+    record = temperature_failure(OperatingPointConfig(), y, proba)
+    assert record["applied"] == 1.0 and record["fitted"] == pytest.approx(20, rel=1e-3)
+    assert "failed" in record["failure"]
+    json.dumps(record)  # it goes into bundle.json and summary.json
+    assert temperature_failure(OperatingPointConfig(temperature=False), y, proba) is None
+    spec = ModelSpec(model_id="m", architecture="a", classes=["n", "a"], task="t", preprocess={}, normalisation={},
+                     threshold=0.5, temperature=1.0, provenance={"temperature_fit": record, "source": "/home/x"})
+    card = spec.public()
+    assert card["provenance"] == {"temperature_fit": record}  # published; paths are not

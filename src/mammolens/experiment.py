@@ -27,9 +27,9 @@ from mammolens.data.splits import save_split
 from mammolens.data.tasks import Task
 from mammolens.datasets import make_or_load_split, split_parts, task_samples
 from mammolens.errors import ConfigError
-from mammolens.evaluate.calibration import calibrate_temperature
+from mammolens.evaluate.calibration import apply_temperature, calibrate_temperature
 from mammolens.evaluate.metrics import roc_auc
-from mammolens.evaluate.thresholds import choose_threshold, operating_point
+from mammolens.evaluate.thresholds import choose_threshold, operating_point, threshold_band
 from mammolens.run_dir import RUN_RECORD, check_resume, claim_run_dir, clear_run_dir
 from mammolens.experiment_config import (  # noqa: F401 - re-exported: the config is part of this API
     ExperimentConfig,
@@ -172,6 +172,11 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
         bundle.provenance["temperature_fit"] = failure  # the bundle's card says so (deploy/spec.py)
     probas = {part: predict(part) for part, idx in parts.items() if part != "train" and len(idx)}
     bundle.metrics = {part: _part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
+    if "val" in bundle.metrics and len(task.classes) == 2 and len(np.unique(y_val)) == 2:
+        op = cfg.operating_point  # the threshold's own uncertainty: the service marks films inside it
+        bundle.metrics["val"]["threshold_band"] = threshold_band(
+            y_val, apply_temperature(proba_val, bundle.temperature), manifest.df["group"].to_numpy()[parts["val"]],
+            op.threshold, op.beta, op.target_sensitivity, seed=cfg.data.split.seed)  # fmt: skip
     save_bundle(bundle.path, bundle.model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,
                 metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config, tta=bundle.tta,

@@ -95,3 +95,23 @@ def operating_point(
     if proba.shape[1] != 2:
         return 0.5, temperature
     return choose_threshold(y_val, proba, method, beta=beta, target_sensitivity=target_sensitivity), temperature
+
+
+def threshold_band(y_val: Any, p_val: Any, groups: Any, method: str = "fbeta", beta: float = 2.0,
+                   target_sensitivity: float | None = None, *, n_boot: int = 200, seed: int = 0,
+                   level: float = 0.9) -> list[float] | None:  # fmt: skip
+    """Where the threshold could as well have been: the central ``level`` interval of the thresholds
+    chosen again on patient-grouped bootstrap resamples of the validation part. A probability inside
+    it sits where the validation data cannot say which side it belongs to. None: too few patient
+    groups, or too few resamples holding both classes, for the interval to mean anything."""
+    from mammolens.evaluate.bootstrap import MIN_DEFINED, MIN_GROUPS, group_draws
+
+    y, p = _binary_inputs(y_val, p_val)
+    if len(np.unique(np.asarray(groups).astype(str))) < MIN_GROUPS:
+        return None
+    chosen = [METHODS.get(method)(y[rows], p[rows], beta, target_sensitivity)
+              for rows in group_draws(groups, n_boot, seed) if 0 < y[rows].sum() < len(rows)]  # fmt: skip
+    if len(chosen) < MIN_DEFINED * n_boot:
+        return None
+    tail = 100 * (1 - level) / 2
+    return [float(v) for v in np.percentile(chosen, [tail, 100 - tail])]

@@ -126,6 +126,31 @@ class _BodyLimit:
             await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
 
 
+class _Admission:
+    """Predictions beyond the workers' size are refused (503, Retry-After) before their body is read. The
+    place is given back when the request ends, unless the endpoint handed it to a worker thread
+    (``scope["state"]["handed_over"]``), whose end gives it back."""
+
+    def __init__(self, app: ASGIApp, workers: _Workers, retry_after_s: int) -> None:
+        self.app, self.workers, self.retry_after_s = app, workers, retry_after_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/predict":
+            return await self.app(scope, receive, send)
+        if not self.workers.enter():
+            busy = JSONResponse({"detail": f"busy: {self.workers.size} predictions in flight; retry in "
+                                           f"{self.retry_after_s} s"}, status_code=503,
+                                headers={"Retry-After": str(self.retry_after_s)})  # fmt: skip
+            return await busy(scope, receive, send)
+        state = scope.setdefault("state", {})
+        state["handed_over"] = False
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if not state["handed_over"]:
+                self.workers.leave()
+
+
 def check_exposure(host: str, token: str | None) -> None:
     """A service reachable from other machines answers whoever reaches it: refuse that without a token."""
     if token or host == "localhost":
@@ -181,25 +206,11 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), config.token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    @app.middleware("http")
-    async def admit(request: Request, call_next: Any) -> Any:
-        """Predictions beyond ``max_in_flight`` are refused before their body is read."""
-        if request.url.path != "/v1/predict":
-            return await call_next(request)
-        if not workers.enter():
-            return JSONResponse({"detail": f"busy: {workers.size} predictions in flight; retry in "
-                                           f"{config.retry_after_s} s"}, status_code=503,
-                                headers={"Retry-After": str(config.retry_after_s)})  # fmt: skip
-        request.state.handed_over = False  # set once a worker thread owns the place
-        try:
-            return await call_next(request)
-        finally:
-            if not request.state.handed_over:
-                workers.leave()
-
-    # Outermost: the body is counted before anything reads it (Starlette's own limit answers in plain text).
+    # Pure ASGI middleware (an exception raised in ``receive`` must reach FastAPI as it is): admission
+    # first, before any byte of the body is read; the body counted as the form parser reads it.
     app.add_middleware(_BodyLimit, limit=config.max_upload_bytes + _FORM_SLACK,
                        detail=f"upload larger than the {config.max_upload_bytes / 2**20:g} MiB limit")  # fmt: skip
+    app.add_middleware(_Admission, workers=workers, retry_after_s=config.retry_after_s)
 
     # Everything but the prediction runs on the event loop: never behind busy worker threads.
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -176,7 +176,7 @@ def _parsed(path: Path, what: str, fn: Callable[..., T], *args: Any) -> T:
     """Run a header-parsing step; a malformed value (say WindowWidth 'abc') becomes one line."""
     try:
         return fn(*args)
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+    except Exception as err:  # pydicom converts values lazily, and raises many types (BytesLengthException...)
         raise ImageReadError(f"invalid DICOM {what}: {_field(err)}", path=path) from err
 
 

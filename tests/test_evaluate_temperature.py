@@ -66,3 +66,48 @@ def test_temperature_failure_is_recorded_for_the_summary_and_the_card():
                      threshold=0.5, temperature=1.0, provenance={"temperature_fit": record, "source": "/home/x"})
     card = spec.public()
     assert card["provenance"] == {"temperature_fit": record}  # published; paths are not
+
+
+def test_threshold_band_is_the_bootstrap_spread_of_the_chosen_threshold():
+    from mammolens.evaluate.thresholds import threshold_band
+
+    rng = np.random.default_rng(0)
+    n = 120
+    y = np.r_[np.zeros(n), np.ones(n)].astype(int)
+    groups = np.arange(2 * n) // 2  # two films per woman
+    overlapping = 1 / (1 + np.exp(-np.r_[rng.normal(-0.5, 1, n), rng.normal(0.5, 1, n)]))
+    separated = 1 / (1 + np.exp(-np.r_[rng.normal(-4, 1, n), rng.normal(4, 1, n)]))
+    wide, narrow = threshold_band(y, overlapping, groups), threshold_band(y, separated, groups)
+    t = choose_threshold(y, overlapping)
+    assert wide[0] <= t <= wide[1]
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]  # a model that ranks worse is less sure where to cut
+    assert threshold_band(y, overlapping, groups) == wide  # seeded
+    few = np.r_[0:4, n:n + 4]
+    assert threshold_band(y[few], overlapping[few], np.r_[0, 0, 1, 1, 2, 2, 3, 3]) is None  # 4 women: no band
+
+
+def test_a_run_records_its_threshold_band_and_its_fit_on_the_bundle_card(tmp_path, monkeypatch):
+    import yaml
+
+    from mammolens.cli import main
+    from mammolens.evaluate import calibration
+    from mammolens.deploy.spec import ModelSpec
+    from mammolens.train import load_bundle
+
+    cfg = {"name": "tiny", "cache_dir": str(tmp_path / "cache"), "image_size": 32, "workers": 1,
+           "data": {"source": "synthetic", "task": "benign-malignant",
+                    "synthetic": {"n_per_class": 30, "size": 64, "seed": 1}, "split": {"val": 0.4, "test": 0.2}},
+           "model": {"name": "scratch-cnn", "options": {"depth": 2, "width": 4}},
+           "train": {"epochs": 1, "batch_size": 8, "patience": 0, "progress": False}}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    # whatever this tiny model's validation outputs are, its fit ends on the upper bound
+    monkeypatch.setattr(calibration, "fit_temperature", lambda proba, y: T_BOUNDS[1])
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    failure = summary["temperature_fit"]["failure"]
+    assert failure.startswith("temperature fit failed: it ended on its upper bound") and failure in summary["notes"]
+    spec = ModelSpec.from_bundle(load_bundle(tmp_path / "run" / "bundle"))
+    assert spec.temperature == 1.0 and spec.warnings()[-1] == failure  # T = 1 shipped, and the card says why
+    band = summary["metrics"]["val"]["threshold_band"]
+    assert band is not None and band[0] <= spec.threshold <= band[1]
+    assert list(spec.threshold_band) == band

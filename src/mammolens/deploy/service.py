@@ -255,7 +255,7 @@ def create_app(bundle: str | Path | Predictor, config: ServiceConfig | None = No
         job.add_done_callback(workers.leave)  # the place is free when the thread is, not when the client gave up
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(job), timeout=config.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:  # asyncio.wait_for
             stop.set()
             log.info("predict %s: timed out after %g s", upload[1], config.timeout_s)
             raise HTTPException(504, f"prediction took longer than {config.timeout_s:g} s") from None
@@ -329,7 +329,7 @@ def _predict(predictor: Predictor, upload: tuple[bytes, str], other: tuple[bytes
         raise
     except MammolensError as exc:  # our words, about the input
         raise HTTPException(422, str(exc)) from None
-    except Exception as exc:  # a bug: the log names its type only (a library's text can quote the file)
+    except Exception as exc:  # noqa: BLE001 - a bug: the log names its type only (a library's text can quote the file)
         log.error("predict %s: failed with %s", upload[1], type(exc).__name__)
         raise HTTPException(500, "the service failed on this image; the service log names the error type") from None
 

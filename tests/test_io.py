@@ -415,6 +415,10 @@ def test_corrupt_and_truncated_dicom(tmp_path):
     assert_read_error(tmp_path / "short_pixels.dcm", "cannot decode the pixel data")
     (tmp_path / "short_header.dcm").write_bytes(data[:200])
     assert_read_error(tmp_path / "short_header.dcm")
+    # an odd cut: numpy's "buffer size must be a multiple of element size" is not what the user reads
+    (tmp_path / "odd_pixels.dcm").write_bytes(data[:-3001])
+    error = str(assert_read_error(tmp_path / "odd_pixels.dcm", "cannot decode the pixel data", "truncated", "64x64"))
+    assert "buffer size" not in error and "Error" not in error
 
     rle = write_dicom(tmp_path / "rle.dcm", ramp(maxval=65535, dtype=np.uint16, shape=(64, 64)), rle=True)
     data = rle.read_bytes()

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import select
+import shutil
 import socket
 import statistics
 import tempfile
@@ -98,7 +99,7 @@ def upload(predictor: Predictor, megabytes: int) -> dict:
         stop.set()
         watcher.join()
     tempfile.tempdir = None
-    os.rmdir(folder)
+    shutil.rmtree(folder, ignore_errors=True)
     return {"status": answer.split(b"\r\n")[0].decode(), "limit_bytes": limit, "upload_bytes": megabytes * MiB,
             "sent_before_answer_over_limit": round(sent / limit, 2), "most_spooled_over_limit": round(most[0] / limit, 3),
             "seconds_to_answer": round(seconds, 3)}  # fmt: skip

@@ -184,7 +184,7 @@ def test_slow_heatmaps_beyond_the_cap_are_refused_and_health_always_answers(bund
         assert statuses == [503] * 16 + [504] * 4, statuses
         assert {ra for s, ra, _ in results if s == 503} == {"7"}
         assert all("busy" in d for s, _, d in results if s == 503)
-        assert max(health_times) < 1.0, health_times
+        assert max(health_times) < 2.0, health_times  # stuck behind the CAMs it would wait ~2.5 s or more
         with httpx.Client(timeout=30) as client:
             # the timed-out requests' threads still hold their places: no fifth piece of work starts
             busy = client.get(f"{url}/health").json()["busy"]

@@ -114,4 +114,4 @@ def threshold_band(y_val: Any, p_val: Any, groups: Any, method: str = "fbeta", b
     if len(chosen) < MIN_DEFINED * n_boot:
         return None
     tail = 100 * (1 - level) / 2
-    return [float(v) for v in np.percentile(chosen, [tail, 100 - tail])]
+    return [round(float(v), 6) for v in np.percentile(chosen, [tail, 100 - tail])]

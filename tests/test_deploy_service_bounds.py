@@ -26,7 +26,7 @@ import uvicorn
 from deploy_fixtures import PATIENT_ID, PATIENT_NAME, film, make_bundle, write_dicom, write_png
 from mammolens.deploy.predictor import Predictor
 from mammolens.deploy.service import ServiceConfig, check_exposure, create_app
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 MiB = 1 << 20
 

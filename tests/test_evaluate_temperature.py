@@ -52,16 +52,25 @@ def test_a_saturated_threshold_takes_the_middle_of_the_tied_interval():
 
 
 def test_temperature_failure_is_recorded_for_the_summary_and_the_card():
+    from types import SimpleNamespace
+
     from mammolens.deploy.spec import ModelSpec
-    from mammolens.experiment import OperatingPointConfig, temperature_failure
+    from mammolens.engine.config import OperatingPointConfig
+    from mammolens.engine.trainers import record_operating_point
 
     y, p = _inverted()
     proba = np.c_[1 - p, p]
-    record = temperature_failure(OperatingPointConfig(), y, proba)
+    groups = np.arange(len(y)) // 2
+    bundle = SimpleNamespace(provenance={}, metrics={"val": {}}, temperature=1.0)
+    record_operating_point(bundle, OperatingPointConfig(), y, proba, groups, seed=0)
+    record = bundle.provenance["temperature_fit"]
     assert record["applied"] == 1.0 and record["fitted"] == pytest.approx(20, rel=1e-3)
     assert "failed" in record["failure"]
+    assert len(bundle.metrics["val"]["threshold_band"]) == 2
     json.dumps(record)  # it goes into bundle.json and summary.json
-    assert temperature_failure(OperatingPointConfig(temperature=False), y, proba) is None
+    unscaled = SimpleNamespace(provenance={}, metrics={"val": {}}, temperature=1.0)
+    record_operating_point(unscaled, OperatingPointConfig(temperature=False), y, proba, groups, seed=0)
+    assert "temperature_fit" not in unscaled.provenance  # no fit, nothing failed
     spec = ModelSpec(model_id="m", architecture="a", classes=["n", "a"], task="t", preprocess={}, normalisation={},
                      threshold=0.5, temperature=1.0, provenance={"temperature_fit": record, "source": "/home/x"})
     card = spec.public()
@@ -89,10 +98,10 @@ def test_threshold_band_is_the_bootstrap_spread_of_the_chosen_threshold():
 def test_a_run_records_its_threshold_band_and_its_fit_on_the_bundle_card(tmp_path, monkeypatch):
     import yaml
 
+    from mammolens.bundle import load_bundle
     from mammolens.cli import main
-    from mammolens.evaluate import calibration
     from mammolens.deploy.spec import ModelSpec
-    from mammolens.train import load_bundle
+    from mammolens.evaluate import calibration
 
     cfg = {"name": "tiny", "cache_dir": str(tmp_path / "cache"), "image_size": 32, "workers": 1,
            "data": {"source": "synthetic", "task": "benign-malignant",

@@ -38,8 +38,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mammolens.deploy.page import PAGE
 from mammolens.deploy.predictor import Predictor
-from mammolens.errors import ConfigError, MammolensError
 from mammolens.io.guards import DEFAULT_MAX_PIXELS
+from mammolens.utils.errors import ConfigError, MammolensError
 
 log = logging.getLogger("mammolens.deploy.service")
 DISPLAY_SIDE = 1024  # previews and overlays sent to the page are at most this many pixels a side

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.errors import ConfigError, DataError
 from mammolens.evaluate.metrics import as_proba
-from mammolens.registry import Registry
+from mammolens.utils.errors import ConfigError, DataError
+from mammolens.utils.registry import Registry
 
 METHODS: Registry[Any] = Registry("threshold method")
 
@@ -114,4 +114,5 @@ def threshold_band(y_val: Any, p_val: Any, groups: Any, method: str = "fbeta", b
     if len(chosen) < MIN_DEFINED * n_boot:
         return None
     tail = 100 * (1 - level) / 2
-    return [round(float(v), 6) for v in np.percentile(chosen, [tail, 100 - tail])]
+    low, high = np.percentile(chosen, [tail, 100 - tail])
+    return [float(np.floor(low * 1e6) / 1e6), float(np.ceil(high * 1e6) / 1e6)]  # 6 decimals, rounded outwards

@@ -156,7 +156,6 @@ def test_slow_heatmaps_beyond_the_cap_are_refused_and_health_always_answers(bund
         return real(*args, **kwargs)
 
     monkeypatch.setattr(predictor, "predict", slow)
-    monkeypatch.setattr(type(predictor), "explains", property(lambda self: True))
     png = write_png(tmp_path / "a.png", film(1)).read_bytes()
     app = create_app(predictor, ServiceConfig(max_in_flight=4, timeout_s=0.5, retry_after_s=7))
     with serving(app) as port:

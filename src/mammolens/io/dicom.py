@@ -186,7 +186,7 @@ def _pixel_fault(meta: ImageMeta) -> str:
     if syntax and syntax.is_compressed:
         return f"{syntax.name} data that is corrupt or truncated, or no decoder for it is installed"
     return (f"its length does not match {meta.frames} frame(s) of Rows x Columns = {meta.shape[0]}x{meta.shape[1]} "
-            f"at {meta.bits_stored} bits: the file is truncated or corrupt")
+            f"{meta.dtype} samples: the file is truncated or corrupt")
 
 
 def _field(err: Exception) -> str:

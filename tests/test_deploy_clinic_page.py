@@ -26,7 +26,7 @@ def clinic_bundle(out, p_film: float | None = None):
     manifest = json.loads((path / "bundle.json").read_text())
     low, high = (0.38, 0.42) if p_film is None else (min(p_film, 0.4) - 0.01, max(p_film, 0.4) + 0.01)
     manifest["metrics"] = {"val": {"auc": 0.431, "n": 40, "threshold": 0.4, "threshold_band": [low, high]},
-                           "test": {"auc": 0.612, "n": 40}}  # fmt: skip
+                           "test": {"auc": 0.612, "auc_ci": [0.45, 0.77], "n": 40}}  # fmt: skip
     manifest["provenance"]["temperature_fit"] = FAILED_FIT
     (path / "bundle.json").write_text(json.dumps(manifest))
     return path
@@ -42,9 +42,11 @@ def test_card_warnings_threshold_band_and_heatmap_labels(tmp_path, p_film):
     client = TestClient(create_app(clinic_bundle(tmp_path / "b", p_film)))
     card = client.get("/v1/model").json()
     assert card["threshold_band"] == pytest.approx([min(p_film, 0.4) - 0.01, max(p_film, 0.4) + 0.01])
-    assert len(card["warnings"]) == 2
+    assert len(card["warnings"]) == 3
     assert "held-out val AUC 0.431 does not clear chance" in card["warnings"][0]
-    assert card["warnings"][1] == FAILED_FIT["failure"]  # the bundle's record, on its card
+    # above 0.5, but its interval over women reaches it: not clear of chance either
+    assert "held-out test AUC 0.612 (95 % CI 0.450\u20130.770 over women) does not clear chance" in card["warnings"][1]
+    assert card["warnings"][2] == FAILED_FIT["failure"]  # the bundle's record, on its card
     png = write_png(tmp_path / "a.png", film(1)).read_bytes()
     r = client.post("/v1/predict", files={"file": ("a.png", png, "image/png")}, data={"heatmap": "true"}).json()
     assert r["close_to_threshold"] is True

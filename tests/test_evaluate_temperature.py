@@ -120,3 +120,6 @@ def test_a_run_records_its_threshold_band_and_its_fit_on_the_bundle_card(tmp_pat
     band = summary["metrics"]["val"]["threshold_band"]
     assert band is not None and band[0] <= spec.threshold <= band[1]
     assert list(spec.threshold_band) == band
+    for part in ("val", "test"):  # each held-out AUC with its interval over women, for the card's chance check
+        low, high = summary["metrics"][part]["auc_ci"]
+        assert low <= summary["metrics"][part]["auc"] <= high

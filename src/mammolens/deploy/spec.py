@@ -90,12 +90,20 @@ class ModelSpec:
         return bool(band[0] <= float(probs[1]) <= band[1])
 
     def warnings(self) -> list[str]:
-        """What the card's reader must know before trusting a result: held-out figures at or below chance,
+        """What the card's reader must know before trusting a result: held-out AUCs that do not clear
+        chance (their 95 % interval over women reaches 0.5; without one, the AUC itself is at most 0.5),
         a temperature fit that failed."""
-        out = [f"held-out {part} AUC {m['auc']:.3f} does not clear chance (0.5): this model does not separate "
-               "the classes on films it was not trained on"
-               for part, m in self.metrics.items() if isinstance(m, dict) and isinstance(m.get("auc"), (int, float))
-               and m["auc"] <= 0.5]  # fmt: skip
+        out = []
+        for part, m in self.metrics.items():
+            if not (isinstance(m, dict) and isinstance(m.get("auc"), (int, float))):
+                continue
+            low, high = m.get("auc_ci") or (None, None)
+            if low is not None and low <= 0.5:
+                out.append(f"held-out {part} AUC {m['auc']:.3f} (95 % CI {low:.3f}\u2013{high:.3f} over women) does not "
+                           "clear chance (0.5): the model may not separate the classes on films it was not trained on")  # fmt: skip
+            elif low is None and m["auc"] <= 0.5:
+                out.append(f"held-out {part} AUC {m['auc']:.3f} does not clear chance (0.5): this model does not "
+                           "separate the classes on films it was not trained on")  # fmt: skip
         fit = self.provenance.get("temperature_fit")
         if isinstance(fit, dict) and fit.get("failure"):
             out.append(str(fit["failure"]))

@@ -86,9 +86,10 @@ def train_lightning_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.
     y_val, proba_val = labels[parts["val"]], predict("val")
     bundle.temperature, bundle.threshold = choose_operating_point(cfg.operating_point, y_val, proba_val)
     probas = {part: predict(part) for part, idx in parts.items() if part != "train" and len(idx)}
-    bundle.metrics = {part: part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
-    record_operating_point(bundle, cfg.operating_point, y_val, proba_val, manifest.df["group"].to_numpy()[parts["val"]],
-                           cfg.data.split.seed)  # fmt: skip
+    groups = manifest.df["group"].to_numpy()
+    bundle.metrics = {part: part_metrics(bundle, labels[parts[part]], proba, groups[parts[part]])
+                      for part, proba in probas.items()}  # fmt: skip
+    record_operating_point(bundle, cfg.operating_point, y_val, proba_val, groups[parts["val"]], cfg.data.split.seed)
     save_bundle(bundle.path, bundle.model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,
                 metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config, tta=bundle.tta,

@@ -17,6 +17,7 @@ from mammolens.bundle import Bundle
 from mammolens.data.manifest import Manifest
 from mammolens.data.tasks import Task
 from mammolens.engine.config import ExperimentConfig, OperatingPointConfig
+from mammolens.evaluate.bootstrap import bootstrap_cis, fast_auc
 from mammolens.evaluate.calibration import apply_temperature, calibrate_temperature
 from mammolens.evaluate.metrics import roc_auc
 from mammolens.evaluate.thresholds import choose_threshold, operating_point, threshold_band
@@ -80,12 +81,17 @@ def record_operating_point(bundle: Bundle, op: OperatingPointConfig, y_val: np.n
             op.target_sensitivity, seed=seed)  # fmt: skip
 
 
-def part_metrics(bundle: Bundle, y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+def part_metrics(bundle: Bundle, y: np.ndarray, proba: np.ndarray, groups: np.ndarray | None = None) -> dict[str, Any]:
     """Threshold-free AUC plus accuracy (and, for two classes, sensitivity/specificity) at the bundle's
-    threshold / argmax; None where a metric is undefined (a class absent from the part)."""
+    threshold / argmax; None where a metric is undefined (a class absent from the part). With the
+    part's patient ``groups``: ``auc_ci``, the AUC's 95 % bootstrap interval over women ([None, None]
+    where too few), which the model card reads to say whether the AUC clears chance."""
     binary = proba.shape[1] == 2
     pred = (proba[:, 1] >= bundle.threshold).astype(int) if binary else proba.argmax(1)
     out: dict[str, Any] = {"auc": roc_auc(y, proba), "accuracy": float((pred == y).mean()), "n": int(len(y))}
+    if groups is not None and out["auc"] is not None:
+        ci = bootstrap_cis({"auc": fast_auc}, y, proba, groups)["auc"]
+        out["auc_ci"] = [ci["low"], ci["high"]]
     if binary:
         pos, neg = y == 1, y == 0
         out["sensitivity"] = float((pred[pos] == 1).mean()) if pos.any() else None

@@ -67,6 +67,9 @@ def held(folder: str) -> int:
 
 def upload(predictor: Predictor, megabytes: int) -> dict:
     limit = 2 * MiB
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    cache_dir()  # torch pins its inductor cache folder under the temp folder of the moment: before ours
     folder = tempfile.mkdtemp(dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
     tempfile.tempdir = folder
     most, stop = [0], threading.Event()

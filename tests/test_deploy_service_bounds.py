@@ -4,6 +4,7 @@ beyond the cap are refused while /health answers, and no patient name or library
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import select
@@ -94,6 +95,10 @@ def temp(tmp_path, monkeypatch):
     space moves with every other process's writes)."""
     shm = Path("/dev/shm")
     folder = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() and os.access(shm, os.W_OK) else tmp_path
+    # torch's inductor pins its cache folder (an environment variable) under the temp folder of the
+    # moment it first asks: keep it where it was, not in this folder
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+                       or str(Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"))  # fmt: skip
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     yield folder
     shutil.rmtree(folder, ignore_errors=True)

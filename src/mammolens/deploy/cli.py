@@ -65,7 +65,7 @@ def predict(
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Bilateral bundles: CSV of file, other (the same woman's other film; empty for none); lists the images instead of INPUT."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for heatmap overlay PNGs."),
     force: bool = typer.Option(False, "--force", help="Score every image again instead of resuming."),
-    backend: str = BackendOpt,
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch (runs a bundle folder) or onnxruntime (an exported .onnx file, or the bundle's model.onnx / model.int8.onnx); default: onnxruntime for an .onnx file, torch otherwise."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, local Ray)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -102,7 +102,7 @@ def predict(
     else:
         raise ConfigError(f"--engine: unknown engine {engine!r}; known engines: local, ray")
     typer.echo(f"{report.total} {'images' if lesions is None else 'lesions'}: {report.scored} scored, {report.failed} failed, "
-               f"{report.skipped} already done -> {report.out} ({report.seconds} s)")  # fmt: skip
+               f"{report.skipped} already done -> {report.out} ({report.seconds} s; model {report.model})")  # fmt: skip
 
 
 def serve(

@@ -3,11 +3,13 @@
 The child's batches are made to take a known time (``seconds_per_batch``, a sleep before each batch
 is scored, through a ``sitecustomize`` that Ray's worker processes load too), so that "mid-run"
 is a moment the test can reach on a busy machine; the kill itself is a real ``SIGKILL`` of the
-child's whole process group (a Ray driver's local cluster included).
+child and every process of its session: a Ray driver's local cluster, whose workers sit in process
+groups of their own (left alone, an orphaned actor finishes its batch and writes one more shard).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -65,6 +67,37 @@ def kill_when(child: subprocess.Popen, ready: Callable[[], bool], *, after: floa
     os.killpg(child.pid, signal.SIGKILL)
     assert child.wait(timeout=30) == -signal.SIGKILL
     child.stdout.close()
+    _kill_session(child.pid)
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL what is left of the session ``sid`` (the child started it: these are its descendants)."""
+    for _ in range(100):
+        alive = [pid for pid in _session(sid) if not _zombie(pid)]
+        if not alive:
+            return
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    raise AssertionError(f"processes of the killed run survive: {alive}")
+
+
+def _session(sid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getsid(int(name)) == sid:
+                    found.append(int(name))
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True  # gone
 
 
 def journal_rows(path: Path) -> int:

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from deploy_fixtures import film, make_bundle, write_dicom, write_png
+from deploy_fixtures import film, make_bundle, source, write_dicom, write_png  # noqa: F401 - source is a fixture
 from mammolens.cli import main
 from mammolens.deploy import batch
 from mammolens.deploy.batch import list_images, predict_files, read_rois
@@ -261,3 +261,31 @@ def test_rois_are_checked(bundle_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert re.search(message, err) and err.count("\n") == 1, (args, err)
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_the_backend_follows_the_model_file_and_the_file_found_is_named(tmp_path, source, capsys):
+    from mammolens.deploy.export import export_onnx
+
+    bundle = make_bundle(tmp_path / "bundle")
+    int8 = export_onnx(bundle, None, int8=True, calibration=source, calibration_samples=4, exporter="torchscript").path
+    assert int8 == bundle / "model.int8.onnx"  # the bundle holds only the int8 file
+    png = write_png(tmp_path / "f.png", film(0))
+    by_file, by_folder = tmp_path / "file.csv", tmp_path / "folder.csv"
+    assert main(["predict", str(int8), str(png), "--out", str(by_file), "--no-progress"]) == 0  # no --backend
+    assert f"model {int8} (onnxruntime-int8)" in capsys.readouterr().out
+    assert main(["predict", str(bundle), str(png), "--out", str(by_folder), "--backend", "onnxruntime",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert f"model {int8} (onnxruntime-int8)" in capsys.readouterr().out
+    assert _rows(by_file) == _rows(by_folder) and _rows(by_file)[0]["engine"] == "onnxruntime-int8"
+    assert main(["predict", str(bundle), str(png), "--out", str(tmp_path / "t.csv"), "--no-progress"]) == 0
+    assert f"model {bundle} (torch)" in capsys.readouterr().out  # a folder: torch unless told
+    refusals = [
+        ([str(int8), "--backend", "torch"], ("model.int8.onnx: is an ONNX export: the torch backend runs a bundle "
+                                             "folder; use backend onnxruntime")),
+        ([str(tmp_path), "--backend", "onnxruntime"], "no ONNX model here (looked for model.onnx and model.int8.onnx)"),
+    ]  # fmt: skip
+    for args, message in refusals:
+        assert main(["predict", *args, str(png), "--out", str(tmp_path / "no.csv"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "no.csv").exists()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mammolens.atomic import atomic_open, fsync_dir
-from mammolens.deploy.journal import Journal, journal_path
+from mammolens.deploy.journal import Journal, journal_path, remove_journal
 from mammolens.errors import ConfigError, DataError, MammolensError
 
 # What a screening export holds; '.npy' is read_image's too, but is not an image a scanner writes.
@@ -263,7 +263,7 @@ def finish(out: str | Path, header: list[str], rows: dict[tuple[str, ...], dict[
 
 
 def _remove_leftovers(out: Path) -> None:
-    journal_path(out).unlink(missing_ok=True)
+    remove_journal(journal_path(out))
     _legacy_journal(out).unlink(missing_ok=True)
     shutil.rmtree(shards_dir(out), ignore_errors=True)
     if out.parent.is_dir():

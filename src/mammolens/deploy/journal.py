@@ -5,7 +5,9 @@ line then merges with the half line into one valid-looking bogus row. SQLite com
 as one transaction (rolled back on the next open if the process died inside it), so a journal
 holds whole batches or nothing of them; a journal killed before its first commit is an empty
 database that the next run simply fills. ``synchronous=FULL``: a committed batch survives a
-power cut too.
+power cut too. The rollback journal is kept between commits (``journal_mode=PERSIST``): a third of
+the per-batch cost of creating and deleting it (benchmarks/batch_journal_bench.py); WAL would be
+cheaper still but needs shared memory, which a network file system does not give.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ def journal_path(out: str | Path) -> Path:
     return out.with_name(out.name + SUFFIX)
 
 
+def remove_journal(path: str | Path) -> None:
+    """Delete a journal and SQLite's rollback file beside it."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + "-journal").unlink(missing_ok=True)
+
+
 class Journal:
     """The finished rows of one output CSV; ``add`` commits a batch at once (use as a context manager)."""
 
@@ -40,6 +49,7 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit below
         try:
+            self._db.execute("PRAGMA journal_mode=PERSIST")
             self._db.execute("PRAGMA synchronous=FULL")
             self._transaction(self._initialise)
             written = json.loads(self._db.execute("SELECT value FROM meta WHERE name = 'header'").fetchone()[0])

@@ -13,7 +13,7 @@ import typer
 
 from mammolens.errors import ConfigError
 
-BackendOpt = typer.Option("torch", "--backend", help="torch, or onnxruntime (runs BUNDLE/model.onnx from `export`).")
+BackendOpt = typer.Option(None, "--backend", help="torch (runs a bundle folder) or onnxruntime (an exported .onnx file, or the bundle's model.onnx, else model.int8.onnx); default: onnxruntime for an .onnx file, torch otherwise.")
 GuardBandOpt = typer.Option(None, "--guard-band", help="int8 ONNX (BUNDLE = its .onnx file, --backend onnxruntime): re-score in fp32 the films within this factor x the export's calibration error of the threshold.")
 
 
@@ -65,7 +65,7 @@ def predict(
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Bilateral bundles: CSV of file, other (the same woman's other film; empty for none); lists the images instead of INPUT."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for heatmap overlay PNGs."),
     force: bool = typer.Option(False, "--force", help="Score every image again instead of resuming."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="torch (runs a bundle folder) or onnxruntime (an exported .onnx file, or the bundle's model.onnx / model.int8.onnx); default: onnxruntime for an .onnx file, torch otherwise."),
+    backend: Optional[str] = BackendOpt,
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, local Ray)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -112,7 +112,7 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", envvar="MAMMOLENS_TOKEN", help="Require 'Authorization: Bearer TOKEN'."),
     max_upload_mb: float = typer.Option(64.0, "--max-upload-mb"),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Per-request time limit (seconds)."),
-    backend: str = BackendOpt,
+    backend: Optional[str] = BackendOpt,
     guard_band: Optional[float] = GuardBandOpt,
 ) -> None:
     """Serve the bundle over HTTP: a REST API and a web page for clinicians."""

@@ -172,6 +172,23 @@ def test_a_journal_killed_before_its_first_commit_or_foreign_is_handled(bundle_d
     assert main([*args, "--force"]) == 0 and not journal_path(out).exists()
 
 
+def test_the_local_engine_resumes_from_ray_shards_and_force_drops_them(bundle_dir, images, tmp_path):
+    from mammolens.deploy.ray_engine import write_shard  # no Ray needed to write one
+
+    out, shards = tmp_path / "r.csv", batch.shards_dir(tmp_path / "r.csv")
+    predictor = Predictor.load(bundle_dir)
+    files = list_images([images])
+    predict_files(predictor, files, tmp_path / "ref.csv", progress=False)
+    ref = _rows(tmp_path / "ref.csv")
+    write_shard(shards, list(ref[0]), ref[:2])
+    write_shard(shards, list(ref[0]), ref[2:3])  # an interrupted Ray run's two batches
+    report = predict_files(predictor, files, out, progress=False)
+    assert (report.skipped, report.scored, report.failed) == (3, 3, 1)
+    assert _rows(out) == ref and not shards.exists()
+    write_shard(shards, list(ref[0]), ref[:2])
+    assert predict_files(predictor, files, out, force=True, progress=False).skipped == 0 and not shards.exists()
+
+
 def test_other_models_results_are_refused(bundle_dir, images, tmp_path):
     out = tmp_path / "r.csv"
     files = list_images([images])

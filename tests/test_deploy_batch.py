@@ -306,3 +306,20 @@ def test_the_backend_follows_the_model_file_and_the_file_found_is_named(tmp_path
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "no.csv").exists()
+
+
+def test_a_journal_another_run_is_writing_is_one_line(bundle_dir, images, tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    out = tmp_path / "r.csv"
+    with Journal(journal_path(out), batch.columns(["benign", "malignant"])):
+        pass
+    monkeypatch.setattr(Journal, "busy_seconds", 0.2)
+    other = sqlite3.connect(journal_path(out), isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another predict, mid-commit
+    try:
+        assert main(["predict", str(bundle_dir), str(images), "--out", str(out), "--no-progress"]) == 2
+    finally:
+        other.close()
+    err = capsys.readouterr().err
+    assert "r.csv.journal.sqlite: cannot be written: another run is writing it" in err and err.count("\n") == 1

@@ -22,6 +22,15 @@ from mammolens.errors import ConfigError
 
 SUFFIX = ".journal.sqlite"
 
+# SQLite's failures, said in the project's words (the library's messages can name internals)
+_WHY = {
+    "SQLITE_BUSY": "another run is writing it (two predicts into one --out?); wait for it, or --out another file",
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_READONLY": "it is read-only",
+    "SQLITE_CANTOPEN": "it cannot be created or opened (is the folder writable?)",
+}
+_FOREIGN = "is not a journal this version can read (an SQLite database of finished rows); pass --force to start over"
+
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS rows (unit TEXT PRIMARY KEY, row TEXT NOT NULL)",
@@ -43,20 +52,24 @@ def remove_journal(path: str | Path) -> None:
 class Journal:
     """The finished rows of one output CSV; ``add`` commits a batch at once (use as a context manager)."""
 
+    busy_seconds = 30.0  # how long to wait for another connection's transaction
+
     def __init__(self, path: str | Path, header: Sequence[str]) -> None:
         self.path = Path(path)
         self.header = list(header)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit below
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_seconds)  # explicit transactions
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
         try:
             self._db.execute("PRAGMA journal_mode=PERSIST")
             self._db.execute("PRAGMA synchronous=FULL")
             self._transaction(self._initialise)
             written = json.loads(self._db.execute("SELECT value FROM meta WHERE name = 'header'").fetchone()[0])
-        except sqlite3.DatabaseError:
+        except (sqlite3.Error, ConfigError) as exc:
             self._db.close()
-            raise ConfigError("is not a journal this version can read (an SQLite database of finished rows); "
-                              "pass --force to start over", path=self.path) from None  # fmt: skip
+            raise (exc if isinstance(exc, ConfigError) else self._error(exc)) from None
         if written != self.header:
             self._db.close()
             raise ConfigError(f"was written for other columns ({', '.join(written)}); "
@@ -68,14 +81,22 @@ class Journal:
             db.execute(statement)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('header', ?)", (json.dumps(self.header),))
 
+    def _error(self, exc: sqlite3.Error) -> ConfigError:
+        why = _WHY.get(getattr(exc, "sqlite_errorname", ""))
+        return ConfigError(f"cannot be written: {why}" if why else _FOREIGN, path=self.path)
+
     def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            work(self._db)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                work(self._db)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
 
     def add(self, keyed_rows: Iterable[tuple[Sequence[str], dict[str, str]]]) -> None:
         """Record rows (a row already there for the same unit, e.g. a failed one retried, is replaced)."""

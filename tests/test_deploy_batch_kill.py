@@ -39,10 +39,10 @@ def test_a_run_killed_when_its_journal_appears_and_mid_run_resumes_to_the_uninte
     journal = journal_path(out)
     args = [str(bundle), str(root), "--out", str(out), "--batch-size", "2", "--no-progress"]
     # 1. the moment the journal file appears: nothing committed yet
-    kill_when(start_predict(args, tmp_path / "site", 0.5), journal.exists)
+    kill_when(start_predict(args, tmp_path / "site", 1.0), journal.exists)
     assert not out.exists() and journal_rows(journal) == 0
     # 2. resumed in a child, killed half-way through its third batch (5 batches of 2, 2, 2, 2, 1 films)
-    kill_when(start_predict(args, tmp_path / "site", 0.5), lambda: journal_rows(journal) >= 4, after=0.25)
+    kill_when(start_predict(args, tmp_path / "site", 1.0), lambda: journal_rows(journal) >= 4, after=0.5)
     assert not out.exists()
     with Journal(journal, list(expected[0])) as kept:
         committed = kept.rows()

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mammolens.atomic import write_json
+from mammolens.utils.atomic import write_json
 from mammolens.deploy.batch import columns, row_key
 from mammolens.deploy.journal import Journal
 

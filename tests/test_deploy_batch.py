@@ -8,14 +8,14 @@ import csv
 import re
 
 import pytest
-
 from deploy_fixtures import film, make_bundle, source, write_dicom, write_png  # noqa: F401 - source is a fixture
+
 from mammolens.cli import main
 from mammolens.deploy import batch
 from mammolens.deploy.batch import list_images, predict_files, read_rois
 from mammolens.deploy.journal import Journal, journal_path
 from mammolens.deploy.predictor import Predictor
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 SUFFIX = ".journal.sqlite"
 

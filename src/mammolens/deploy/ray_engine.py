@@ -26,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mammolens.atomic import atomic_open
 from mammolens.deploy.batch import (
     OTHER,
     ROI_COLUMNS,
@@ -41,7 +40,8 @@ from mammolens.deploy.batch import (
     shards_dir,
     unit_key,
 )
-from mammolens.errors import ConfigError
+from mammolens.utils.atomic import atomic_open
+from mammolens.utils.errors import ConfigError
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """`mammolens predict` in a child process, sent SIGKILL at a chosen moment (the hard-kill tests).
 
 The child's batches are made to take a known time (``seconds_per_batch``, a sleep before each batch
-is scored, through a ``sitecustomize`` that Ray's worker processes load too), so that "mid-run"
-is a moment the test can reach on a busy machine; the kill itself is a real ``SIGKILL`` of the
+is scored, through a ``sitecustomize`` that Ray's worker processes load too), and the final CSV can
+wait a while after the last batch, so that "mid-run" and "all batches done, no CSV yet" are moments
+the test can reach on a busy machine; the kill itself is a real ``SIGKILL`` of the
 child and every process of its session: a Ray driver's local cluster, whose workers sit in process
 groups of their own (left alone, an orphaned actor finishes its batch and writes one more shard).
 """
@@ -36,16 +37,32 @@ if os.environ.get("MAMMOLENS_TEST_SECONDS_PER_BATCH"):
         return _score(*args, **kwargs)
 
     batch._score = _slow_score
+
+if os.environ.get("MAMMOLENS_TEST_SECONDS_BEFORE_FINISH"):
+    import time
+
+    from mammolens.deploy import batch
+
+    _finish = batch.finish
+
+    def _late_finish(*args, **kwargs):
+        time.sleep(float(os.environ["MAMMOLENS_TEST_SECONDS_BEFORE_FINISH"]))
+        return _finish(*args, **kwargs)
+
+    batch.finish = _late_finish
 """
 
 
-def start_predict(args: Sequence[str], site: Path, seconds_per_batch: float) -> subprocess.Popen:
-    """``mammolens predict ARGS`` in a new process group; ``site``: a folder for the sitecustomize."""
+def start_predict(args: Sequence[str], site: Path, seconds_per_batch: float, seconds_before_finish: float = 0.0
+                  ) -> subprocess.Popen:  # fmt: skip
+    """``mammolens predict ARGS`` in a new process group; ``site``: a folder for the sitecustomize.
+    ``seconds_before_finish``: a pause (local engine) between the last batch and the final CSV."""
     site.mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(_SLOW_BATCHES)
     src = str(Path(mammolens.__file__).parents[1])
     path = os.pathsep.join(p for p in (str(site), src, os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "MAMMOLENS_TEST_SECONDS_PER_BATCH": str(seconds_per_batch)}
+    env = {**os.environ, "PYTHONPATH": path, "MAMMOLENS_TEST_SECONDS_PER_BATCH": str(seconds_per_batch),
+           "MAMMOLENS_TEST_SECONDS_BEFORE_FINISH": str(seconds_before_finish or "")}  # fmt: skip
     code = "import sys; from mammolens.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen([sys.executable, "-c", code, "predict", *args], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip

@@ -1,5 +1,6 @@
 """`mammolens predict` survives `kill -9`: a child process is sent SIGKILL at the moment its journal
-appears and again mid-run, then resumed: every file exactly once, rows equal to an uninterrupted run."""
+appears, again mid-run, and again after its last batch but before its CSV, then resumed: every file
+exactly once, rows equal to an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -48,10 +49,13 @@ def test_a_run_killed_when_its_journal_appears_and_mid_run_resumes_to_the_uninte
         committed = kept.rows()
     assert len(committed) in (4, 6, 8)  # whole batches only
     assert all(r == expected[[e["file"] for e in expected].index(r["file"])] for r in committed.values())
-    # 3. resumed to the end
+    # 3. resumed in a child, killed after its last batch, before the final CSV
+    kill_when(start_predict(args, tmp_path / "site", 1.0, seconds_before_finish=30),
+              lambda: journal_rows(journal) == 9, after=0.5)  # fmt: skip
+    assert not out.exists()
+    # 4. resumed to the end: only the broken film is tried again
     report = predict_files(predictor, files, out, progress=False)
-    assert report.skipped == sum(not r["error"] for r in committed.values())
-    assert report.skipped + report.scored + report.failed == len(files) == 9
+    assert (report.skipped, report.scored, report.failed) == (8, 0, 1)
     rows = _rows(out)
     assert collections.Counter(r["file"] for r in rows) == collections.Counter(str(f) for f in files)  # each once
     assert rows == expected

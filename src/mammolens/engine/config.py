@@ -42,6 +42,7 @@ class SplitConfig:
     fold: int = 0
     seed: int = 0
     file: str | None = None  # reuse a saved split (checked against the manifest)
+    official: bool = False  # the source's own train/test split (VinDr-Mammo, CBIS-DDSM); val from its training part
 
 
 @dataclass

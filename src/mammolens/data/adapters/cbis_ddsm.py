@@ -81,21 +81,27 @@ def _lesion(row: dict[str, str], where: str, csv_name: str, n: int) -> dict[str,
     lesion = LESION_TYPES[row["abnormality type"]]
     patient, side, view = row["patient_id"], row["left or right breast"], row["image view"]
     abnormality = int(row["abnormality id"])
+    grades = {c: _grade(row.get(c, ""), c, where) for c in ("breast density", "assessment", "subtlety")}
+    if grades["breast density"] not in (None, 1, 2, 3, 4):
+        raise DataError(f"breast density {grades['breast density']} is not a BI-RADS density 1-4", path=where)
     return {
         "sample_id": f"cbis-{lesion.capitalize()}-{split or 'NA'}_{patient}_{side}_{view}_{abnormality}",
         "source": "cbis-ddsm",
         "patient_id": patient,
+        "exam_id": patient,  # the CSVs name no study: one exam per woman
         "group": patient,
         "view": view,
         "laterality": SIDES[side],
         "pathology": PATHOLOGIES[row["pathology"]],
         "lesion_type": lesion,
+        "density": " ABCD"[grades["breast density"] or 0].strip(),
+        "birads": "" if grades["assessment"] is None else str(grades["assessment"]),
         "meta": {
             "official_split": split,
             "full_film": True,  # the image is the whole mammogram: the lesion is where its mask says
             "pathology_original": row["pathology"],
             "abnormality_id": abnormality,
-            **{c.replace(" ", "_"): _grade(row.get(c, ""), c, where) for c in ("breast density", "assessment", "subtlety")},
+            **{c.replace(" ", "_"): grade for c, grade in grades.items()},
             **{c.replace(" ", "_"): (None if row[c] in ("", "N/A") else row[c]) for c in DESCRIPTORS if c in row},
             "csv": csv_name,
             "csv_row": n,
@@ -156,8 +162,9 @@ def _series_kind(path: Path) -> str:
         if "crop" in description:
             return "crop"
         pixels = pydicom.dcmread(path).pixel_array
-    except Exception as exc:  # noqa: BLE001 - unreadable DICOM is the user's file
-        raise DataError(f"cannot read DICOM ({type(exc).__name__}: {exc})", path=path) from None
+    except Exception:  # noqa: BLE001 - unreadable DICOM is the user's file
+        # pydicom's own words can quote the header, which holds the patient's name
+        raise DataError("cannot read DICOM: corrupt or truncated header or pixel data", path=path) from None
     return "mask" if np.unique(pixels).size <= 2 else "crop"
 
 
@@ -300,8 +307,8 @@ def cbis_from_dicom_files(csv_path: str | Path, dicom_paths: Iterable[str | Path
     for dicom in map(Path, dicom_paths):
         try:
             tag = pydicom.dcmread(dicom, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", "")
-        except Exception as exc:  # noqa: BLE001 - unreadable DICOM is the user's file
-            raise DataError(f"cannot read DICOM ({type(exc).__name__}: {exc})", path=dicom) from None
+        except Exception:  # noqa: BLE001 - unreadable DICOM is the user's file
+            raise DataError("cannot read DICOM: corrupt or truncated header", path=dicom) from None
         match = CASE.fullmatch(str(tag).strip())
         if match is None:
             raise DataError("PatientID does not hold a CBIS-DDSM case name (like Mass-Test_P_00001_LEFT_CC)", path=dicom)

@@ -68,10 +68,14 @@ def evaluate_bundle(
     bundle_path: Path, source: str, *, task: str | None = None, kind: str | None = None,
     options: dict[str, Any] | None = None, cache_dir: str | Path, workers: int | None = None,
     threshold: float | None = None, n_boot: int = 2000, seed: int = 0, progress: bool = True, command: str = "",
+    strict: bool = False,
 ) -> tuple[dict[str, Any], Any, str]:
-    """(metrics, predictions table, report HTML) of a bundle on every labelled sample of ``source``."""
+    """(metrics, predictions table, report HTML) of a bundle on every labelled sample of ``source``;
+    ``metrics["warnings"]`` says when those samples or women are the bundle's own training data
+    (``strict``: refused instead)."""
     from mammolens.bundle import load_bundle
     from mammolens.data.adapters.base import load_source
+    from mammolens.evaluate.overlap import refuse_if_strict, training_overlap
     from mammolens.evaluate.predict import bundle_cache, predict_manifest
     from mammolens.evaluate.predictions import predictions_frame
     from mammolens.evaluate.report import render_report
@@ -82,13 +86,15 @@ def evaluate_bundle(
     _check_task(bundle, task)
     manifest = load_source(source, kind, **(options or {})).manifest
     manifest, y = label_source(manifest, task)
-    proba = predict_manifest(bundle, manifest, cache_dir, workers=workers, progress=progress)
-    fixed, threshold = threshold, bundle.threshold if threshold is None else threshold
     groups = manifest.df["group"].astype(str).tolist()
     sample_ids = manifest.df["sample_id"].astype(str).tolist()
+    warnings = training_overlap(bundle, sample_ids, groups)
+    refuse_if_strict(warnings, strict)  # before any scoring
+    proba = predict_manifest(bundle, manifest, cache_dir, workers=workers, progress=progress)
+    fixed, threshold = threshold, bundle.threshold if threshold is None else threshold
     metrics = evaluate_predictions(y, proba, groups, bundle.classes, threshold, n_boot=n_boot, seed=seed)
     metrics.update(task=task, bundle=str(Path(bundle_path).resolve()), source=str(source),
-                   threshold_from="bundle" if fixed is None else f"fixed {fixed:g}")
+                   threshold_from="bundle" if fixed is None else f"fixed {fixed:g}", warnings=warnings)
     table = predictions_frame(sample_ids, groups, y, proba, bundle.classes, threshold)
     cache = bundle_cache(bundle, cache_dir)
     name = "/".join(Path(bundle_path).resolve().parts[-2:])
@@ -98,7 +104,9 @@ def evaluate_bundle(
                  f"{threshold:.3f} ({metrics['threshold_from']})",
         thumbnails=lambda sid: (cache.load(sid), cache.load_rois(sid)), command=command or None,
         config=getattr(bundle, "config", None) or None,
-        provenance={"bundle": metrics["bundle"], "bundle_provenance": getattr(bundle, "provenance", {})},
+        provenance={"bundle": metrics["bundle"], "bundle_provenance": {
+            k: v for k, v in getattr(bundle, "provenance", {}).items() if k not in ("fitted_on", "held_out")}},
+        warnings=warnings,
     )
     return metrics, table, html
 
@@ -119,6 +127,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Bootstrap seed."),
         workers: Optional[int] = typer.Option(None, help="Preprocessing worker processes."),
         cache_dir: Optional[str] = typer.Option(None, help="Preprocessing cache (default $MAMMOLENS_CACHE or .cache/mammolens)."),
+        strict: bool = typer.Option(False, "--strict", help="Refuse SOURCE when it holds samples or women the bundle was trained or validated on (default: warn)."),
     ) -> None:
         """Score every sample of SOURCE with BUNDLE: metrics.json, predictions.csv, report.html."""
         import os
@@ -138,8 +147,10 @@ def register(app: typer.Typer) -> None:
             "seed": seed, "workers": workers, "cache-dir": cache})
         metrics, table, html = evaluate_bundle(
             bundle, source, task=task, kind=kind, options=parse_options(option), cache_dir=cache, workers=workers,
-            threshold=fixed, n_boot=n_boot, seed=seed, command=command,
+            threshold=fixed, n_boot=n_boot, seed=seed, command=command, strict=strict,
         )
+        for line in metrics["warnings"]:
+            typer.echo(f"mammolens: WARNING: {line}", err=True)
         # Everything is computed before anything is written: a failure leaves --out untouched.
         open_output(out_dir, "evaluate", fresh=fresh)
         write_predictions(out_dir / "predictions.csv", table)

@@ -43,7 +43,8 @@ def _bomb_png(side: int = 30000) -> bytes:
 
 
 def test_health_model_card_and_schema(client, predictor):
-    assert client.get("/health").json() == {"status": "ok", "model_id": predictor.spec.model_id}
+    assert client.get("/health").json() == {"status": "ok", "model_id": predictor.spec.model_id, "busy": 0,
+                                            "max_in_flight": 4}
     card = client.get("/v1/model").json()
     assert card["classes"] == ["benign", "malignant"] and card["threshold"] == 0.4
     assert card["input"]["model_input"] == [1, 32, 32] and card["input"]["needs_roi"] is False
@@ -77,7 +78,7 @@ def test_dicom_identifiers_are_never_logged_or_returned(client, tmp_path, caplog
     assert r.status_code == 200, r.text
     assert r.json()["image"]["format"] == "dcm"
     logged = caplog.text + " ".join(str(rec.args) for rec in caplog.records)
-    assert "predict dcm 96x96" in logged  # the service did log this request...
+    assert f"predict dcm {len(data)} bytes 96x96 " in logged  # the service did log this request...
     for secret in (PATIENT_NAME, PATIENT_ID, "Secretname", "9931"):
         assert secret not in r.text and secret not in logged  # ...without who it was
 
@@ -155,7 +156,8 @@ def test_lesion_model_asks_for_its_roi(tmp_path, png_bytes):
     assert outside.status_code == 422 and "outside" in outside.text
 
 
-def test_one_model_serves_concurrent_requests(client, predictor, tmp_path):
+def test_one_model_serves_concurrent_requests(predictor, tmp_path):
+    client = TestClient(create_app(predictor, ServiceConfig(max_in_flight=8)))  # all 8 admitted at once
     uploads = [write_png(tmp_path / f"{i}.png", film(i)).read_bytes() for i in range(6)]
     expected = [client.post("/v1/predict", files={"file": ("a.png", u, "image/png")}).json() for u in uploads]
     with ThreadPoolExecutor(8) as pool:
@@ -171,3 +173,17 @@ def test_sniffing_ignores_names():
     assert sniff(b"P5\n12 12\n255\n") == "pgm"
     assert sniff(b"II*\x00" + b"\x00" * 128) == "tif"
     assert sniff(b"GIF89a" + b"\x00" * 128) is None
+
+
+def test_the_model_card_publishes_held_out_figures_only_and_says_so(tmp_path):
+    """A validation part chose the operating point (and a patch classifier's C and aggregation): its figures
+    are not shown beside the test part's."""
+    import json as _json
+
+    bundle = make_bundle(tmp_path / "b")
+    manifest = tmp_path / "b" / "bundle.json"
+    data = _json.loads(manifest.read_text())
+    data["metrics"] = {"val": {"auc": 0.97, "n": 20}, "test": {"auc": 0.71, "n": 40}}
+    manifest.write_text(_json.dumps(data))
+    card = TestClient(create_app(Predictor.load(bundle))).get("/v1/model").json()
+    assert card["metrics"] == {"test part": {"auc": 0.71, "n": 40}}  # the page: "held-out test part AUC"

@@ -52,6 +52,7 @@ def test_cv_reports_exam_figures_with_each_folds_fitted_aggregator(tmp_path: Pat
     assert metrics["auc"]["value"] == pytest.approx(roc_auc(pooled["y"], pooled["p_abnormal"]), abs=1e-9)
     ensemble = json.loads((out / "ensemble" / "bundle.json").read_text())["aggregator"]
     assert ensemble["method"] == "fitted" and ensemble["level"] == "exam"
+    assert "<h2>Exam level</h2>" in (out / "report.html").read_text()
 
 
 def _film_threshold(out: Path, fold: int) -> float:

@@ -199,3 +199,22 @@ def test_woman_level_confounding_shows_in_the_within_patient_auc():
     within = metrics["within_group_auc"]
     assert within["value"] == 0.0 and within["n_groups"] == 20 and within["high"] == 0.0
     assert "within-patient AUC (20 patient groups holding both classes): 0.000" in render_table(metrics)
+
+
+def test_linear_kappa_matches_sklearn_and_only_ordinal_tasks_report_it(multi):
+    y, proba = multi
+    expected = skm.cohen_kappa_score(y, proba.argmax(1), weights="linear")
+    assert m.linear_kappa(y, proba) == pytest.approx(expected)
+    assert b.fast_linear_kappa(y, proba) == pytest.approx(expected)
+    # one grade off costs half of two grades off: predicting 1 for a true 0 beats predicting 2
+    y3 = np.array([0, 0, 1, 1, 2, 2])
+    near, far = np.eye(3)[[1, 0, 1, 1, 2, 2]], np.eye(3)[[2, 0, 1, 1, 2, 2]]
+    assert m.linear_kappa(y3, near) > m.linear_kappa(y3, far)
+    assert m.linear_kappa(np.zeros(4, int), np.eye(3)[[0, 0, 0, 0]]) is None  # one class: undefined
+    groups = [f"g{i // 2}" for i in range(len(y))]
+    ordinal = evaluate_predictions(y, proba, groups, list("abcd"), n_boot=200, ordinal=True)
+    assert ordinal["kappa_linear"]["value"] == pytest.approx(expected)
+    assert ordinal["kappa_linear"]["low"] <= expected <= ordinal["kappa_linear"]["high"]
+    assert "linearly weighted kappa" in render_table(ordinal)
+    nominal = evaluate_predictions(y, proba, groups, list("abcd"), n_boot=0)
+    assert "kappa_linear" not in nominal and "kappa" not in render_table(nominal)

@@ -107,7 +107,7 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     # Threshold-free metrics of the pooled rows (and their figures at 0.5); the operating point that
     # counts is each fold model's own, validation-chosen one: the decisions column.
     metrics = evaluate_predictions(y, proba, first["group"].astype(str).tolist(), classes,
-                                   threshold=0.5, n_boot=n_boot, seed=cfg.data.split.seed)
+                                   threshold=0.5, n_boot=n_boot, seed=cfg.data.split.seed, ordinal=task.ordinal)
     metrics["at_fold_thresholds"] = _decision_metrics(first, classes)
     metrics["folds"] = per_fold
     if repeats > 1:
@@ -117,7 +117,8 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     temperature, threshold = choose_operating_point(op, y, proba)
     members = [out / "repeat0" / f"fold{i}" / "bundle" for i in range(folds)]
     save_mean_ensemble(out / "ensemble", members, threshold=threshold, temperature=temperature,
-                       metrics={"pooled_oof": {k: metrics.get(k) for k in ("auc", "macro_f1")}},
+                       metrics={"pooled_oof": {k: metrics.get(k) for k in ("auc", "macro_f1", "kappa_linear")
+                                            if k != "kappa_linear" or k in metrics}},
                        provenance={"cv": str(out), "folds": folds, "manifest_hash": record["manifest_hash"]})
     metrics["ensemble"] = {"path": str(out / "ensemble"), "threshold": threshold, "temperature": temperature}
     metrics["seconds"] = round(time.perf_counter() - t0, 1)

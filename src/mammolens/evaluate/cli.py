@@ -94,7 +94,10 @@ def evaluate_bundle(
     threshold = 0.5 if half_threshold else bundle.threshold
     groups = manifest.df["group"].astype(str).tolist()
     sample_ids = manifest.df["sample_id"].astype(str).tolist()
-    metrics = evaluate_predictions(y, proba, groups, bundle.classes, threshold, n_boot=n_boot, seed=seed)
+    from mammolens.data.tasks import TASKS
+
+    metrics = evaluate_predictions(y, proba, groups, bundle.classes, threshold, n_boot=n_boot, seed=seed,
+                                   ordinal=TASKS.get(task).ordinal)
     metrics.update(task=task, bundle=str(Path(bundle_path).resolve()), source=str(source),
                    threshold_from="fixed 0.5" if half_threshold else "bundle")
     table = predictions_frame(sample_ids, groups, y, proba, bundle.classes, threshold)

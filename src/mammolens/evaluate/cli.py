@@ -76,8 +76,10 @@ def evaluate_bundle(
     bundle_path: Path, source: str, *, task: str | None = None, kind: str | None = None,
     options: dict[str, Any] | None = None, cache_dir: str | Path, workers: int | None = None,
     half_threshold: bool = False, n_boot: int = 2000, seed: int = 0, progress: bool = True, command: str = "",
+    split: str | Path | None = None, part: str = "test",
 ) -> tuple[dict[str, Any], Any, str]:
-    """(metrics, predictions table, report HTML) of a bundle on every labelled sample of ``source``."""
+    """(metrics, predictions table, report HTML) of a bundle on every labelled sample of ``source``, or
+    only on part ``part`` of the saved ``split`` (made for this source and task, e.g. held-out women)."""
     from mammolens.data.adapters.base import load_source
     from mammolens.evaluate.load import load_any_bundle
     from mammolens.evaluate.predict import bundle_cache, predict_manifest
@@ -90,6 +92,11 @@ def evaluate_bundle(
     _check_task(bundle, task)
     manifest = load_source(source, kind, **(options or {})).manifest
     manifest, y = label_source(manifest, task)
+    if split is not None:
+        from mammolens.data.splits import load_split
+
+        rows = load_split(split, manifest).indices(manifest, part)
+        manifest, y = manifest.subset(rows.tolist()), y[rows]
     proba = predict_manifest(bundle, manifest, cache_dir, workers=workers, progress=progress)
     threshold = 0.5 if half_threshold else bundle.threshold
     groups = manifest.df["group"].astype(str).tolist()
@@ -99,13 +106,15 @@ def evaluate_bundle(
     metrics = evaluate_predictions(y, proba, groups, bundle.classes, threshold, n_boot=n_boot, seed=seed,
                                    ordinal=TASKS.get(task).ordinal)
     metrics.update(task=task, bundle=str(Path(bundle_path).resolve()), source=str(source),
-                   threshold_from="fixed 0.5" if half_threshold else "bundle")
+                   threshold_from="fixed 0.5" if half_threshold else "bundle",
+                   split=None if split is None else {"file": str(split), "part": part})
     table = predictions_frame(sample_ids, groups, y, proba, bundle.classes, threshold)
     cache = bundle_cache(bundle, cache_dir)
     name = "/".join(Path(bundle_path).resolve().parts[-2:])
     html = render_report(
         metrics, table, title=f"{name} on {Path(str(source)).name}", history=training_history(bundle_path),
-        subtitle=f"task {task}; every labelled sample of {source} scored (no split); threshold "
+        subtitle=f"task {task}; " + (f"part {part!r} of split {split} scored" if split is not None else
+                                      f"every labelled sample of {source} scored (no split)") + "; threshold "
                  f"{threshold:.3f} ({metrics['threshold_from']})",
         thumbnails=lambda sid: (cache.load(sid), cache.load_rois(sid)), command=command or None,
         config=getattr(bundle, "config", None) or None,
@@ -128,6 +137,9 @@ def register(app: typer.Typer) -> None:
             help="Decide at the bundle's validation-chosen threshold (default) or at 0.5."),
         n_boot: int = typer.Option(2000, "--n-boot", help="Patient-bootstrap resamples."),
         seed: int = typer.Option(0, help="Bootstrap seed."),
+        split: Optional[Path] = typer.Option(
+            None, "--split", help="Score only one part of this saved split (made by `data split` for SOURCE and the task)."),
+        part: str = typer.Option("test", "--part", help="The split part scored with --split."),
         workers: Optional[int] = typer.Option(None, help="Preprocessing worker processes."),
         cache_dir: Optional[str] = typer.Option(None, help="Preprocessing cache (default $MAMMOLENS_CACHE or .cache/mammolens)."),
     ) -> None:
@@ -146,12 +158,12 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--out exists and is not a directory", path=out_dir)
         command = _command("evaluate", [bundle, source], {
             "task": task, "kind": kind, "option": option, "out": out_dir, "n-boot": n_boot, "seed": seed,
-            "workers": workers, "cache-dir": cache})
+            "workers": workers, "cache-dir": cache, "split": split, "part": part if split else None})
         if not threshold_from_bundle:
             command += " --half-threshold"
         metrics, table, html = evaluate_bundle(
             bundle, source, task=task, kind=kind, options=_options(option), cache_dir=cache, workers=workers,
-            half_threshold=not threshold_from_bundle, n_boot=n_boot, seed=seed, command=command,
+            half_threshold=not threshold_from_bundle, n_boot=n_boot, seed=seed, command=command, split=split, part=part,
         )
         # Everything is computed before anything is written: a failure leaves --out untouched.
         write_predictions(out_dir / "predictions.csv", table)

@@ -23,11 +23,13 @@ from mammolens.configuration import from_dict, to_dict
 from mammolens.errors import ConfigError
 from mammolens.preprocess.sample import Sample
 from mammolens.preprocess.steps import STEPS
+from mammolens.preprocess import breast as _breast  # noqa: F401 - registers breast_descriptors in STEPS
 from mammolens.preprocess import lesion as _lesion  # noqa: F401 - registers the lesion steps in STEPS
 
 # The code a preprocessed array depends on (a package stands for all its modules) ...
 _CODE = ("mammolens.preprocess.steps", "mammolens.preprocess.sample", "mammolens.preprocess.pipeline",
-         "mammolens.preprocess.lesion", "mammolens.preprocess.descriptors", "mammolens.io")
+         "mammolens.preprocess.lesion", "mammolens.preprocess.descriptors", "mammolens.preprocess.breast",
+         "mammolens.io")
 # ... and the libraries that code calls into.
 _LIBRARIES = ("mammolens", "numpy", "opencv-python-headless", "pydicom", "pillow", "pylibjpeg", "pylibjpeg-libjpeg",
               "pylibjpeg-openjpeg", "scikit-image")

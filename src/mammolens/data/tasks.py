@@ -62,15 +62,6 @@ def _meta_value(key: str) -> Callable[[Mapping[str, Any]], str]:
     return read
 
 
-def density_grade(value: Any) -> str:
-    """A BI-RADS density grade as a letter a-d from how sources write it ("B", "DENSITY B", "2", 2.0);
-    "" for anything else (unknown, 0, empty)."""
-    text = str(value).strip().lower().removeprefix("density").strip()
-    if text in ("1", "2", "3", "4", "1.0", "2.0", "3.0", "4.0"):
-        return "abcd"[int(float(text)) - 1]
-    return text if text in ("a", "b", "c", "d") else ""
-
-
 _column_task(
     "benign-malignant", "pathology", ("benign", "malignant"),
     {"benign": "benign", "malignant": "malignant"},
@@ -99,15 +90,13 @@ _column_task(
     value_of=_meta_value("tissue"), ordinal=True,
 )
 _column_task(
-    "density", "density", ("a", "b", "c", "d"), {g: g for g in "abcd"},
-    "BI-RADS breast density a-d (almost entirely fatty .. extremely dense)",
-    value_of=lambda row: density_grade(row.get("density", "")), ordinal=True,
+    "density", "density", ("A", "B", "C", "D"), {g: g for g in "ABCD"},
+    "BI-RADS breast density A-D (almost entirely fatty .. extremely dense)", ordinal=True,
 )
 _column_task(
     "dense", "density", ("non-dense", "dense"),
-    {"a": "non-dense", "b": "non-dense", "c": "dense", "d": "dense"},
-    "dense breasts (BI-RADS c or d) vs not (a or b): the binary call screening reports carry",
-    value_of=lambda row: density_grade(row.get("density", "")),
+    {"A": "non-dense", "B": "non-dense", "C": "dense", "D": "dense"},
+    "dense breasts (BI-RADS C or D) vs not (A or B): the binary call screening reports carry",
 )
 _column_task(
     "mass-calc", "lesion_type", ("mass", "calc"),

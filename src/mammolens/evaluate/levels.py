@@ -7,7 +7,7 @@ the woman as its ``group``, so ``evaluate_predictions`` scores it and bootstraps
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,15 +62,57 @@ def level_predictions(table: pd.DataFrame, classes: Sequence[str], level: str, m
     return out
 
 
+def unit_threshold(aggregator: Mapping[str, Any] | None, film_threshold: float) -> float:
+    """Where a breast or exam is called positive: the aggregator's validation-chosen threshold, else the film one."""
+    chosen = (aggregator or {}).get("threshold")
+    return film_threshold if chosen is None else float(chosen)
+
+
+def folded_level_predictions(table: pd.DataFrame, classes: Sequence[str], level: str,
+                             folds: Mapping[int, tuple[Mapping[str, Any] | None, float]]) -> pd.DataFrame:
+    """Pooled out-of-fold films at ``level``: each fold's films combined by its own model's aggregator and
+    decided at its threshold (``folds[fold] = (aggregator, film threshold)``); a ``fold`` column is kept.
+    An exam never spans folds (its woman is in one), which is checked."""
+    spans = table.groupby("exam_id")["fold"].nunique() if "exam_id" in table.columns else None
+    if spans is not None and (spans > 1).any():
+        raise DataError(f"exam {spans[spans > 1].index[0]!r} has films in several folds; its woman was split")
+    parts = []
+    for fold, part in table.groupby("fold", sort=True):
+        aggregator, film_threshold = folds[int(fold)]
+        aggregator = aggregator or {"method": "max"}
+        units = level_predictions(part, classes, level, aggregator["method"], aggregator.get("params"),
+                                  unit_threshold(aggregator, film_threshold))
+        parts.append(units.assign(fold=int(fold)))
+    return pd.concat(parts, ignore_index=True)
+
+
 def fit_level_aggregator(validation: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:
     """``fit_aggregator`` on a film-level predictions table of VALIDATION samples."""
     return fit_aggregator(_views(validation, classes))
 
 
+def choose_aggregator(validation: pd.DataFrame, classes: Sequence[str], level: str, method: str,
+                      choose: Callable[[np.ndarray, np.ndarray], float]) -> dict[str, Any]:
+    """What a bundle stores as its ``aggregator``, from its VALIDATION films only (a predictions table
+    with exam columns): the method, the ``fitted`` parameters, and for a binary task at breast or exam
+    level the decision threshold ``choose(y, proba)`` (the config's operating point) picks on the
+    validation breasts or exams (None: the film threshold applies)."""
+    check_level(level)
+    params = fit_level_aggregator(validation, classes) if method == "fitted" else None
+    threshold = None
+    if level != "film" and len(classes) == 2:
+        units = level_predictions(validation, classes, level, method, params)
+        units = units[units["label_index"] >= 0]
+        if units["label_index"].nunique() == 2:
+            threshold = float(choose(units["label_index"].to_numpy(), units[[f"p_{c}" for c in classes]].to_numpy()))
+    return {"method": method, "params": params, "level": level, "threshold": threshold}
+
+
 def level_metrics(table: pd.DataFrame, classes: Sequence[str], level: str, *, method: str = "max",
                   params: Mapping[str, Any] | None = None, threshold: float = 0.5, n_boot: int = 2000,
-                  seed: int = 0) -> tuple[dict[str, Any], pd.DataFrame]:
-    """(metrics, level table) of the labelled units; the CIs resample women."""
+                  seed: int = 0, ordinal: bool = False) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(metrics, level table) of the labelled units; the CIs resample women. ``ordinal``: ordered
+    classes (density), which add the weighted kappa."""
     from mammolens.evaluate.summary import evaluate_predictions
 
     units = level_predictions(table, classes, level, method, params, threshold)
@@ -79,7 +121,7 @@ def level_metrics(table: pd.DataFrame, classes: Sequence[str], level: str, *, me
         raise DataError(f"no labelled {level} to evaluate")
     proba = labelled[[f"p_{c}" for c in classes]].to_numpy()
     metrics = evaluate_predictions(labelled["label_index"].to_numpy(), proba, labelled["group"].tolist(), classes,
-                                   threshold, n_boot=n_boot, seed=seed)
+                                   threshold, n_boot=n_boot, seed=seed, ordinal=ordinal)
     metrics.update(level=level, aggregate=method, n_films=int(len(table)),
                    label_rule=f"a {level} takes its most severe film's label (binary: positive if any film is)")
     return metrics, units

@@ -13,7 +13,7 @@ from mammolens.cli import main
 from mammolens.data import replicas
 from mammolens.data.adapters.base import detect_kind, load_source
 from mammolens.data.splits import check_no_leakage, make_holdout
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 from mammolens.io import read_meta
 
 
@@ -112,7 +112,8 @@ def test_missing_laterality_names_the_file(replica, tmp_path):
 def test_bad_or_missing_locations(replica, tmp_path):
     root = _copy(replica, tmp_path)
     meta = root / "metadata.csv"
-    rows = list(csv.DictReader(open(meta, newline="")))
+    with open(meta, newline="") as fh:
+        rows = list(csv.DictReader(fh))
     rows[1]["File Location"] = "..\\elsewhere"
     with open(meta, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

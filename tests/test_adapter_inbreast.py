@@ -14,7 +14,7 @@ from mammolens.cli import main
 from mammolens.data import replicas
 from mammolens.data.adapters.base import detect_kind, load_source
 from mammolens.data.splits import check_no_leakage, make_holdout
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 from mammolens.preprocess.sample import default_loader, sample_from_row
 
 

@@ -13,7 +13,7 @@ from mammolens.data import replicas
 from mammolens.data.adapters.base import detect_kind, load_source
 from mammolens.data.splits import check_no_leakage, make_kfold
 from mammolens.data.units import lesion_rows
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 from mammolens.io import read_image
 
 

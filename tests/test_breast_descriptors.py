@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 from mammolens.preprocess import Pipeline, PreprocessConfig, Sample
 from mammolens.preprocess.breast import BreastDescriptors
 

@@ -9,7 +9,7 @@ import pytest
 
 from deploy_fixtures import bundle_dir, film, make_bundle, write_dicom  # noqa: F401 - bundle_dir is a fixture
 from mammolens.deploy.predictor import Predictor
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 SIDES = ["L", "L", "R", "R"]
 VIEWS = ["CC", "MLO", "CC", "MLO"]

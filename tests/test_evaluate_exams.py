@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 from mammolens.evaluate.bootstrap import bootstrap_cis, fast_auc
 from mammolens.evaluate.exams import AGGREGATORS, aggregate, derive_exam_ids, fit_aggregator
 from mammolens.evaluate.metrics import roc_auc
@@ -44,6 +44,8 @@ def test_exam_level_auc_equals_a_hand_computation():
     # the film-level AUC on the same views is another number: aggregation is not a no-op
     views = toy_views()
     assert roc_auc(views["y"], views["p_malignant"]) != pytest.approx(3 / 4)
+    # sides unknown: the views go straight to the exam, same max
+    assert aggregate(views.drop(columns=["laterality"]), "exam")["p_malignant"].tolist() == [0.3, 0.6, 0.5, 0.4]
 
 
 def test_breast_level_rows_labels_and_passthrough():
@@ -222,7 +224,7 @@ def test_folded_levels_use_each_folds_own_aggregator_and_threshold(tmp_path):
 
 def test_config_names_the_known_aggregators_and_levels():
     from mammolens.evaluate.levels import LEVELS
-    from mammolens.experiment_config import ExamsConfig
+    from mammolens.engine.config import ExamsConfig
 
     for name in AGGREGATORS.names():
         ExamsConfig(aggregate=name)

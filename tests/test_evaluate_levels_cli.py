@@ -12,7 +12,7 @@ from mammolens.cli import main
 from mammolens.data.synthetic import generate
 from mammolens.models import create_model
 from mammolens.preprocess.pipeline import default_steps
-from mammolens.train.bundle import save_bundle
+from mammolens.bundle import save_bundle
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from mammolens.data import rois as R
 from mammolens.data.manifest import Manifest
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 from mammolens.explain.localisation import finding_mask
 from mammolens.explain.overlay import overlay_rgb
 from mammolens.preprocess import STEPS, Pipeline
@@ -93,7 +93,7 @@ def test_crops_follow_a_polygon_through_the_pipeline(tmp_path):
     out = STEPS.get("crop_roi")(context=2.0, min_size=16)(sample)
     assert out.mask is not None and out.mask.shape == out.pixels.shape
     ys, xs = np.nonzero(out.mask)
-    x, y, r = out.rois[0]
+    x, y, _ = out.rois[0]
     assert xs.mean() == pytest.approx(x, abs=1) and ys.mean() == pytest.approx(y, abs=1)
     resized = Pipeline({"steps": [{"name": "crop_roi", "context": 2.0, "min_size": 16}, {"name": "resize", "size": 32}]})(sample)
     assert resized.mask.shape == (32, 32) and resized.mask.any()

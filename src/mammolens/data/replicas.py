@@ -45,13 +45,14 @@ def film(rng: np.random.Generator, height: int, width: int, laterality: str, *, 
     small = rng.random((max(2, height // 32), max(2, width // 32))).astype(np.float32)
     texture = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
     rows, cols = np.ogrid[:height, :width]
+    rows, cols = rows.astype(np.float32), cols.astype(np.float32)
     depth = cols if laterality == "L" else (width - 1 - cols)
     breast = (depth / (0.8 * width)) ** 2 + ((rows - height / 2) / (0.48 * height)) ** 2 <= 1
-    img = np.where(breast, 0.25 + 0.35 * np.clip(texture, 0, 1), 0.0)
+    img = np.where(breast, np.float32(0.25) + np.float32(0.35) * np.clip(texture, 0, 1), np.float32(0))
     if lesion is not None:
         x0, y0, x1, y1 = lesion
         cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, max(1.0, (x1 - x0) / 2), max(1.0, (y1 - y0) / 2)
-        img = np.where(((cols - cx) / rx) ** 2 + ((rows - cy) / ry) ** 2 <= 1, 0.9, img)
+        img = np.where(((cols - cx) / rx) ** 2 + ((rows - cy) / ry) ** 2 <= 1, np.float32(0.9), img)
     return np.round(img * top).astype(np.uint16)
 
 
@@ -92,7 +93,7 @@ def write_dicom(path: Path, pixels: np.ndarray, *, compression: str = "none", bi
         ds.ViewCodeSequence = DicomSequence(items)
     ds.set_pixel_data(np.ascontiguousarray(pixels), photometric, bits)
     if compression == "rle":
-        ds.compress(RLELossless, encoding_plugin="pydicom")
+        ds.compress(RLELossless)  # pylibjpeg-rle when installed (much faster), else pydicom's own encoder
     elif compression == "j2k":
         ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 
 KINDS = ("circle", "box", "polygon", "mask")
 

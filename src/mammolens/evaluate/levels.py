@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 from mammolens.evaluate.exams import aggregate, derive_exam_ids, fit_aggregator
 from mammolens.evaluate.predictions import EXAM_COLUMNS, predictions_frame
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from mammolens.data.rois import outlines_of_mask
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 _ROI_COLOUR = (60, 220, 60)  # RGB
 _CONTOUR_COLOUR = (255, 255, 255)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 from mammolens.preprocess.lesion import _pixel_mm
 from mammolens.preprocess.sample import Sample
 from mammolens.preprocess.steps import STEPS

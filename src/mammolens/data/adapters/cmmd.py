@@ -20,7 +20,7 @@ from typing import Any
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.adapters.tables import header_of, read_table, require_columns, summary
 from mammolens.data.manifest import Manifest
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 
 CLINICAL = "CMMD_clinicaldata_revision.xlsx"
 METADATA = "metadata.csv"

@@ -24,7 +24,7 @@ from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.adapters.tables import birads_value, density_letter, read_table, require_columns, summary
 from mammolens.data.manifest import Manifest
 from mammolens.data.rois import Roi, circle, dump_rois, polygon
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 
 TABLE = "INbreast.xls"
 DICOMS, XMLS = "AllDICOMs", "AllXML"

@@ -20,10 +20,16 @@ from typing import Any
 
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.adapters.tables import (
-    birads_value, check_image, density_letter, header, read_table, require_columns, summary,
+    birads_value,
+    check_image,
+    density_letter,
+    header,
+    read_table,
+    require_columns,
+    summary,
 )
 from mammolens.data.manifest import Manifest
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 
 CSV_NAME = "train.csv"
 IMAGES = "train_images"
@@ -65,12 +71,12 @@ def load(path: str | Path, *, require_images: bool = True) -> SourceResult:
     if not records:
         raise DataError("lists no images", path=csv_path)
     manifest = Manifest.from_records(records, name="rsna")
-    cancer = sum(json.loads(m)["cancer"] for m in manifest.df["meta"])
-    breasts = manifest.df.assign(c=[json.loads(m)["cancer"] for m in manifest.df["meta"]]).groupby(["exam_id", "laterality"])["c"].max()
+    cancer = manifest.df.assign(cancer=[json.loads(m)["cancer"] for m in manifest.df["meta"]])
+    breasts = cancer.groupby(["exam_id", "laterality"])["cancer"].max()
     notes = [summary(manifest),
-             f"cancer: {cancer} images, {int(breasts.sum())} of {len(breasts)} breasts",
-             "pathology: malignant = cancer, benign = biopsied without cancer, normal = neither with BIRADS 1 or empty; "
-             "BIRADS 0/2 without biopsy left ''"]
+             f"cancer: {int(cancer['cancer'].sum())} images, {int(breasts.sum())} of {len(breasts)} breasts",
+             ("pathology: malignant = cancer, benign = biopsied without cancer, normal = neither with BIRADS 1 or empty; "
+              "BIRADS 0/2 without biopsy left ''")]
     if missing:
         notes.append(f"{len(missing)} image file(s) listed in {CSV_NAME} are missing")
     return SourceResult(manifest=manifest, notes=notes, missing_files=missing)

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from mammolens.data.manifest import BIRADS, Manifest
-from mammolens.errors import DataError, MammolensError
+from mammolens.utils.errors import DataError, MammolensError
 
 _NUMBER = re.compile(r"\d+(\.0+)?")
 

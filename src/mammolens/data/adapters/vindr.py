@@ -25,7 +25,7 @@ from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.adapters.tables import birads_value, check_image, density_letter, read_table, require_columns, summary
 from mammolens.data.manifest import Manifest
 from mammolens.data.rois import box, dump_rois
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 
 BREAST_CSV = "breast-level_annotations.csv"
 FINDING_CSV = "finding_annotations.csv"

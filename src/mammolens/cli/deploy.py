@@ -13,7 +13,7 @@ import typer
 
 from mammolens.utils.errors import ConfigError
 
-BackendOpt = typer.Option("torch", "--backend", help="torch, or onnxruntime (runs BUNDLE/model.onnx from `export`).")
+BackendOpt = typer.Option(None, "--backend", help="torch (runs a bundle folder) or onnxruntime (an exported .onnx file, or the bundle's model.onnx, else model.int8.onnx); default: onnxruntime for an .onnx file, torch otherwise.")
 GuardBandOpt = typer.Option(None, "--guard-band", help="int8 ONNX (BUNDLE = its .onnx file, --backend onnxruntime): re-score in fp32 the films within this factor x the export's calibration error of the threshold.")
 
 
@@ -65,7 +65,7 @@ def predict(
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Bilateral bundles: CSV of file, other (the same woman's other film; empty for none); lists the images instead of INPUT."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for heatmap overlay PNGs."),
     force: bool = typer.Option(False, "--force", help="Score every image again instead of resuming."),
-    backend: str = BackendOpt,
+    backend: Optional[str] = BackendOpt,
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, local Ray)."),
     actors: Optional[int] = typer.Option(None, "--actors", min=1, help="--engine ray: actors, each with its own model copy (default 2)."),
@@ -105,7 +105,7 @@ def predict(
     else:
         raise ConfigError(f"--engine: unknown engine {engine!r}; known engines: local, ray")
     typer.echo(f"{report.total} {'images' if lesions is None else 'lesions'}: {report.scored} scored, {report.failed} failed, "
-               f"{report.skipped} already done -> {report.out} ({report.seconds} s)")  # fmt: skip
+               f"{report.skipped} already done -> {report.out} ({report.seconds} s; model {report.model})")  # fmt: skip
 
 
 def serve(
@@ -116,7 +116,7 @@ def serve(
     max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", help="Limit on one request's files together."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Per-request time limit (seconds)."),
     max_in_flight: int = typer.Option(4, "--max-in-flight", min=1, help="Predictions at once; beyond: 503 with Retry-After."),
-    backend: str = BackendOpt,
+    backend: Optional[str] = BackendOpt,
     guard_band: Optional[float] = GuardBandOpt,
 ) -> None:
     """Serve the bundle over HTTP: a REST API and a web page for clinicians."""

@@ -31,6 +31,7 @@ from mammolens.utils.errors import ConfigError, DataError
 Backend = Literal["torch", "onnxruntime"]
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 ONNX_NAME = "model.onnx"  # where `mammolens export` puts the fp32 file inside a bundle by default
+INT8_NAME = "model.int8.onnx"  # and the int8 one
 
 
 @dataclass
@@ -107,6 +108,7 @@ class _OrtRunner:
     def __init__(self, path: Path, threads: int | None) -> None:
         import onnxruntime as ort
 
+        self.path = path
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -162,18 +164,26 @@ class Predictor:
         self._explain_lock = threading.Lock()
 
     @classmethod
-    def load(cls, bundle_path: str | Path, backend: Backend = "torch", *, onnx_path: str | Path | None = None,
+    def load(cls, bundle_path: str | Path, backend: Backend | None = None, *, onnx_path: str | Path | None = None,
              threads: int | None = None, batch_size: int = 16, guard_band: float | None = None) -> Predictor:  # fmt: skip
         """``bundle_path``: a bundle directory, or for ``onnxruntime`` also an exported ``.onnx`` file
-        (default: ``model.onnx`` inside the bundle). ``threads`` caps intra-op threads. ``guard_band``
-        (int8 files exported with an fp32 fallback): the safety factor on the export's calibration
-        max |delta p| within which a film's decision is re-scored in fp32 (see the module docstring)."""
+        (in a bundle: ``model.onnx``, else ``model.int8.onnx``; the int8 one first with a guard band).
+        ``backend`` None: onnxruntime for an ``.onnx`` file, torch for a bundle. ``threads`` caps intra-op
+        threads. ``guard_band`` (int8 files exported with an fp32 fallback): the safety factor on the
+        export's calibration max |delta p| within which a film's decision is re-scored in fp32 (see the
+        module docstring)."""
+        path = Path(bundle_path)
+        is_onnx = path.suffix == ".onnx" and not path.is_dir()
+        if backend is None:
+            backend = "onnxruntime" if is_onnx or onnx_path is not None else "torch"
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
         if guard_band is not None and not (math.isfinite(guard_band) and guard_band > 0):
             raise ConfigError(f"guard band: the safety factor must be a number > 0, got {guard_band!r}")
-        path = Path(bundle_path)
         if backend == "torch":
+            if is_onnx:
+                raise ConfigError("is an ONNX export: the torch backend runs a bundle folder; use backend onnxruntime "
+                                  "(--backend onnxruntime, or leave --backend out)", path=path)  # fmt: skip
             if onnx_path is not None:
                 raise ConfigError("onnx_path is only for backend='onnxruntime'")
             if guard_band is not None:
@@ -188,17 +198,20 @@ class Predictor:
             return cls(ModelSpec.from_bundle(bundle), _TorchRunner(bundle), backend=backend, bundle_path=path,
                        bundle=bundle, batch_size=batch_size)  # fmt: skip
         if onnx_path is None:
-            onnx_path = path if path.suffix == ".onnx" else path / ONNX_NAME
+            onnx_path = path if path.suffix == ".onnx" else _onnx_in(path, int8_first=guard_band is not None)
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
-            raise ConfigError(
-                f"no ONNX model here; run `mammolens export {path} --format onnx` first", path=onnx_path
-            )
+            raise ConfigError(f"no ONNX model here; run `mammolens export {path} --format onnx` first", path=onnx_path)
         runner = _OrtRunner(onnx_path, threads)
         guard = _guard_band(runner, onnx_path, guard_band, threads) if guard_band is not None else None
         bundle_dir = path if path.is_dir() else None
         return cls(runner.spec, runner, backend=backend, bundle_path=bundle_dir, batch_size=batch_size,
                    engine=f"onnxruntime-{runner.precision}", guard=guard)  # fmt: skip
+
+    @property
+    def model_file(self) -> Path | None:
+        """The ONNX file that scores (None: the bundle's torch model)."""
+        return getattr(self._run, "path", None)
 
     # -- input ---------------------------------------------------------------------------------
     def read(self, source: str | Path | np.ndarray | Any) -> Film:
@@ -434,6 +447,16 @@ class Predictor:
             rois = check_rois(roi, film.pixels.shape) or None
             return explain.explain_image(self._bundle, film.pixels, rois=rois, laterality=laterality,
                                          pixel_mm=film.pixel_mm)  # fmt: skip
+
+
+def _onnx_in(folder: Path, *, int8_first: bool) -> Path:
+    """The export inside a bundle folder, as `mammolens export` names it (the first of the two there)."""
+    names = (INT8_NAME, ONNX_NAME) if int8_first else (ONNX_NAME, INT8_NAME)
+    found = [folder / name for name in names if (folder / name).is_file()]
+    if not found:
+        raise ConfigError(f"no ONNX model here (looked for {' and '.join(names)}); "
+                          f"run `mammolens export {folder} --format onnx` first", path=folder)  # fmt: skip
+    return found[0]
 
 
 def _guard_band(int8: _OrtRunner, path: Path, factor: float, threads: int | None) -> GuardBand:

@@ -49,9 +49,8 @@ def _column_task(
     """A task whose label is ``classes.index(values[value])``, the value being ``row[column]`` (or what
     ``value_of`` reads); values not listed are excluded."""
     index = {value: classes.index(cls) for value, cls in values.items()}
-    read = value_of or (lambda row: row.get(column, ""))
-    return TASKS.add(name, Task(name, classes, lambda row: index.get(read(row)), description, column, unit,
-                                value_of, ordinal))
+    task = Task(name, classes, lambda row: index.get(task.value(row)), description, column, unit, value_of, ordinal)
+    return TASKS.add(name, task)
 
 
 def _meta_value(key: str) -> Callable[[Mapping[str, Any]], str]:

@@ -70,7 +70,7 @@ def test_rerun_skips_what_is_done_unless_forced(bundle_dir, images, tmp_path, mo
     assert (first.scored, first.failed, first.skipped) == (6, 1, 0)
     again = predict_files(predictor, files, out, progress=False)
     assert again.skipped == 6 and again.failed == 1  # the broken file is tried again, the rest skipped
-    forced = predict_files(predictor, files, out, force=True, progress=False)
+    forced = predict_files(predictor, files, out, fresh=True, progress=False)
     assert forced.skipped == 0 and forced.scored == 6
     assert len(_rows(out)) == 7
 
@@ -160,7 +160,7 @@ def test_a_journal_killed_before_its_first_commit_or_foreign_is_handled(bundle_d
     journal_path(out).write_bytes(b"")  # created, killed before SQLite wrote a page
     assert predict_files(predictor, files, out, progress=False).scored == 6
     journal_path(out).write_bytes(b"\x00" * 4096)  # not SQLite
-    args = ["predict", str(bundle_dir), str(images), "--out", str(out), "--no-progress"]
+    args = ["predict", str(bundle_dir), str(images), "--out", str(out), "--no-progress", "--resume"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "r.csv.journal.sqlite: is not a journal this version can read" in err and err.count("\n") == 1
@@ -168,8 +168,8 @@ def test_a_journal_killed_before_its_first_commit_or_foreign_is_handled(bundle_d
     with Journal(journal_path(out), ["file", "x", "y", "r", "p_benign"]):
         pass  # a journal of a lesion run
     assert main(args) == 2
-    assert "was written for other columns (file, x, y, r, p_benign); pass --force" in capsys.readouterr().err
-    assert main([*args, "--force"]) == 0 and not journal_path(out).exists()
+    assert "was written for other columns (file, x, y, r, p_benign); pass --fresh" in capsys.readouterr().err
+    assert main([*args[:-1], "--fresh"]) == 0 and not journal_path(out).exists()
 
 
 def test_the_local_engine_resumes_from_ray_shards_and_force_drops_them(bundle_dir, images, tmp_path):
@@ -186,7 +186,7 @@ def test_the_local_engine_resumes_from_ray_shards_and_force_drops_them(bundle_di
     assert (report.skipped, report.scored, report.failed) == (3, 3, 1)
     assert _rows(out) == ref and not shards.exists()
     write_shard(shards, list(ref[0]), ref[:2])
-    assert predict_files(predictor, files, out, force=True, progress=False).skipped == 0 and not shards.exists()
+    assert predict_files(predictor, files, out, fresh=True, progress=False).skipped == 0 and not shards.exists()
 
 
 def test_other_models_results_are_refused(bundle_dir, images, tmp_path):
@@ -194,7 +194,7 @@ def test_other_models_results_are_refused(bundle_dir, images, tmp_path):
     files = list_images([images])
     predict_files(Predictor.load(bundle_dir), files, out, progress=False)
     other = make_bundle(tmp_path / "other", seed=1)
-    with pytest.raises(ConfigError, match="holds results of model scratch-cnn-.* pass --force"):
+    with pytest.raises(ConfigError, match="holds results of model scratch-cnn-.* pass --fresh"):
         predict_files(Predictor.load(other), files, out, progress=False)
 
 
@@ -318,7 +318,7 @@ def test_a_journal_another_run_is_writing_is_one_line(bundle_dir, images, tmp_pa
     other = sqlite3.connect(journal_path(out), isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")  # another predict, mid-commit
     try:
-        assert main(["predict", str(bundle_dir), str(images), "--out", str(out), "--no-progress"]) == 2
+        assert main(["predict", str(bundle_dir), str(images), "--out", str(out), "--no-progress", "--resume"]) == 2
     finally:
         other.close()
     err = capsys.readouterr().err

@@ -43,14 +43,14 @@ def test_a_run_killed_when_its_journal_appears_and_mid_run_resumes_to_the_uninte
     kill_when(start_predict(args, tmp_path / "site", 1.0), journal.exists)
     assert not out.exists() and journal_rows(journal) == 0
     # 2. resumed in a child, killed half-way through its third batch (5 batches of 2, 2, 2, 2, 1 films)
-    kill_when(start_predict(args, tmp_path / "site", 1.0), lambda: journal_rows(journal) >= 4, after=0.5)
+    kill_when(start_predict([*args, "--resume"], tmp_path / "site", 1.0), lambda: journal_rows(journal) >= 4, after=0.5)
     assert not out.exists()
     with Journal(journal, list(expected[0])) as kept:
         committed = kept.rows()
     assert len(committed) in (4, 6, 8)  # whole batches only
     assert all(r == expected[[e["file"] for e in expected].index(r["file"])] for r in committed.values())
     # 3. resumed in a child, killed after its last batch, before the final CSV
-    kill_when(start_predict(args, tmp_path / "site", 1.0, seconds_before_finish=30),
+    kill_when(start_predict([*args, "--resume"], tmp_path / "site", 1.0, seconds_before_finish=30),
               lambda: journal_rows(journal) == 9, after=0.5)  # fmt: skip
     assert not out.exists()
     # 4. resumed to the end: only the broken film is tried again

@@ -65,7 +65,7 @@ def test_ray_rows_equal_single_process_rows(tmp_path, source, capsys):
     assert not shards_dir(ray_csv).exists()  # the shards, merged into the CSV, are gone
 
     good = [str(f) for f in files if f.name != "bad.png"]  # (a failed file would be tried again)
-    assert main([*args[:2], *good, *args[3:]]) == 0  # all done: skipped, no actor started
+    assert main([*args[:2], *good, *args[3:], "--resume"]) == 0  # all done: skipped, no actor started
     assert "7 images: 0 scored, 0 failed, 7 already done" in capsys.readouterr().out
     assert _rows(ray_csv) == [r for r in local_rows if not r["error"]]
     assert {r["engine"] for r in local_rows} == {"torch", ""}  # the error row has none

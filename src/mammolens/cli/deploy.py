@@ -64,7 +64,8 @@ def predict(
     rois: Optional[Path] = typer.Option(None, "--rois", help="Lesion bundles: CSV of file, x, y, r (original-image pixels), one row per lesion; lists the images instead of INPUT."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Bilateral bundles: CSV of file, other (the same woman's other film; empty for none); lists the images instead of INPUT."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for heatmap overlay PNGs."),
-    force: bool = typer.Option(False, "--force", help="Score every image again instead of resuming."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an earlier run into --out: what is done is skipped, failed rows are tried again."),
+    fresh: bool = typer.Option(False, "--fresh", help="Score every image again, replacing an earlier run's results in --out."),
     backend: Optional[str] = BackendOpt,
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, local Ray)."),
@@ -72,10 +73,17 @@ def predict(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     guard_band: Optional[float] = GuardBandOpt,
 ) -> None:
-    """Score images into a CSV; resumes an interrupted run, skips what is done unless --force."""
-    from mammolens.deploy.batch import list_images, predict_files, read_pairs, read_rois
+    """Score images into a CSV; --resume continues an interrupted run (what is done is skipped)."""
+    from mammolens.deploy.batch import leftovers, list_images, predict_files, read_pairs, read_rois
     from mammolens.deploy.predictor import Predictor
 
+    if resume and fresh:
+        raise ConfigError("--resume continues the run in --out and --fresh replaces it: choose one")
+    held = leftovers(out)
+    if held and not (resume or fresh):
+        raise ConfigError(f"already holds results ({', '.join(p.name for p in held)}); pass --resume to continue "
+                          "(what is done is skipped), --fresh to score every image again, or --out another file",
+                          path=out)
     listed = [flag for flag, value in (("--rois", rois), ("--pairs", pairs)) if value is not None]
     if len(listed) > 1:
         raise ConfigError("--rois (lesion bundles) and --pairs (bilateral bundles) do not go together")
@@ -95,12 +103,12 @@ def predict(
         from mammolens.deploy.ray_engine import predict_ray
 
         report = predict_ray(bundle, files, out, rois=lesions, others=others, heatmaps=heatmaps, backend=backend,
-                             batch_size=batch_size, force=force, guard_band=guard_band, actors=actors)  # fmt: skip
+                             batch_size=batch_size, fresh=fresh, guard_band=guard_band, actors=actors)  # fmt: skip
     elif engine == "local":
         if actors is not None:
             raise ConfigError("--actors is for --engine ray")
         predictor = Predictor.load(bundle, backend=backend, batch_size=batch_size, guard_band=guard_band)  # type: ignore[arg-type]
-        report = predict_files(predictor, files, out, rois=lesions, others=others, heatmaps=heatmaps, force=force,
+        report = predict_files(predictor, files, out, rois=lesions, others=others, heatmaps=heatmaps, fresh=fresh,
                                progress=progress)  # fmt: skip
     else:
         raise ConfigError(f"--engine: unknown engine {engine!r}; known engines: local, ray")

@@ -5,7 +5,7 @@ While it runs, each finished batch of rows is committed to ``<out>.journal.sqlit
 shard file in ``<out>.shards/`` instead. The final CSV is written atomically and durably (fsynced,
 file and folder) at the end, then journal and shards are removed. A re-run reads all of them (and
 the CSV journal ``<out>.partial`` of older versions), so an interrupted run resumes where it stopped,
-with either engine, and a finished one skips every image already scored (``force`` starts over).
+with either engine, and a finished one skips every image already scored (``fresh`` starts over).
 Rows that failed are tried again on a re-run: the file may have been fixed.
 
 The ``file`` column is the path as given, made absolute: a symlink is not replaced by its target.
@@ -202,7 +202,7 @@ def read_rows(path: Path, header: list[str]) -> dict[tuple[str, ...], dict[str, 
         if reader.fieldnames != header and reader.fieldnames != [c for c in header if c != ENGINE]:
             raise ConfigError(
                 f"was written for other columns ({', '.join(reader.fieldnames or [])}); "
-                "pass --force to start over, or --out another file",
+                "pass --fresh to start over, or --out another file",
                 path=path,
             )
         rows = {}
@@ -223,17 +223,17 @@ def _legacy_journal(out: Path) -> Path:
     return out.with_name(out.name + ".partial")  # the CSV journal of versions before the SQLite one
 
 
-def finished(out: str | Path, header: list[str], units: Sequence[Unit], model_id: str, *, force: bool = False
+def finished(out: str | Path, header: list[str], units: Sequence[Unit], model_id: str, *, fresh: bool = False
              ) -> dict[tuple[str, ...], dict[str, str]]:  # fmt: skip
     """Rows an earlier run into ``out`` finished: its CSV, and what an interrupted run left (the journal,
-    the Ray shards, an older version's CSV journal). ``force``: none, and those leftovers are removed.
+    the Ray shards, an older version's CSV journal). ``fresh``: none, and those leftovers are removed.
 
     An older CSV journal was appended after a possibly torn line, so a half row and the next could
     read as one valid-looking row with a bogus file name: only its whole rows for units of this run
     are kept (the bogus name is no unit; the file it hid is scored again).
     """
     out = Path(out)
-    if force:
+    if fresh:
         _remove_leftovers(out)
         return {}
     done = read_rows(out, header)
@@ -246,7 +246,7 @@ def finished(out: str | Path, header: list[str], units: Sequence[Unit], model_id
             done.update(journal.rows())
     other = {r["model_id"] for r in done.values()} - {model_id}
     if other:
-        raise ConfigError(f"holds results of model {sorted(other)[0]}, not {model_id}; pass --force", path=out)
+        raise ConfigError(f"holds results of model {sorted(other)[0]}, not {model_id}; pass --fresh", path=out)
     return done
 
 
@@ -260,6 +260,12 @@ def finish(out: str | Path, header: list[str], rows: dict[tuple[str, ...], dict[
         writer.writeheader()
         writer.writerows({c: r.get(c, "") for c in header} for r in in_order(rows, units))
     _remove_leftovers(out)
+
+
+def leftovers(out: str | Path) -> list[Path]:
+    """What an earlier run into ``out`` left: its CSV, journal, Ray shards, an older version's CSV journal."""
+    out = Path(out)
+    return [p for p in (out, journal_path(out), shards_dir(out), _legacy_journal(out)) if p.exists()]
 
 
 def _remove_leftovers(out: Path) -> None:
@@ -306,7 +312,7 @@ def check_heatmaps(predictor: Any) -> None:
 
 
 def predict_files(predictor: Any, files: Sequence[Path], out: str | Path, *, rois: Sequence[Any] | None = None,
-                  others: Sequence[Any] | None = None, heatmaps: str | Path | None = None, force: bool = False,
+                  others: Sequence[Any] | None = None, heatmaps: str | Path | None = None, fresh: bool = False,
                   progress: bool = True) -> BatchReport:  # fmt: skip
     """Score ``files`` into the CSV ``out`` (see the module docstring for resuming).
 
@@ -320,7 +326,7 @@ def predict_files(predictor: Any, files: Sequence[Path], out: str | Path, *, roi
     header, units = plan(spec, files, rois, others)
     if heatmaps is not None:
         check_heatmaps(predictor)
-    done = finished(out, header, units, spec.model_id, force=force)
+    done = finished(out, header, units, spec.model_id, fresh=fresh)
     keep = {k: r for k, r in done.items() if not r["error"]}
     todo = [u for u in units if unit_key(*u) not in keep]
     start = time.perf_counter()

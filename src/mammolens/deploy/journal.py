@@ -29,7 +29,7 @@ _WHY = {
     "SQLITE_READONLY": "it is read-only",
     "SQLITE_CANTOPEN": "it cannot be created or opened (is the folder writable?)",
 }
-_FOREIGN = "is not a journal this version can read (an SQLite database of finished rows); pass --force to start over"
+_FOREIGN = "is not a journal this version can read (an SQLite database of finished rows); pass --fresh to start over"
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -73,7 +73,7 @@ class Journal:
         if written != self.header:
             self._db.close()
             raise ConfigError(f"was written for other columns ({', '.join(written)}); "
-                              "pass --force to start over, or --out another file", path=self.path)  # fmt: skip
+                              "pass --fresh to start over, or --out another file", path=self.path)  # fmt: skip
 
     def _initialise(self, db: sqlite3.Connection) -> None:
         """Tables and header in one transaction: a journal is empty (0 bytes) or whole, never half set up."""

@@ -65,11 +65,11 @@ def ray_session(num_cpus: int = 2) -> Iterator[Any]:
 
 def predict_ray(bundle: str | Path, files: Sequence[Path], out: str | Path, *, rois: Sequence[Any] | None = None,
                 others: Sequence[Any] | None = None, heatmaps: str | Path | None = None, backend: str | None = None,
-                batch_size: int = 16, force: bool = False, num_cpus: int = 2, actors: int | None = None,
+                batch_size: int = 16, fresh: bool = False, num_cpus: int = 2, actors: int | None = None,
                 threads_per_actor: int = 1, guard_band: float | None = None) -> BatchReport:  # fmt: skip
     """Score ``files`` (with one ``rois`` entry each for a lesion bundle, one ``others`` entry each for
     a bilateral one) into the CSV ``out`` with Ray Data; skips what is already scored there, or in the
-    shards or journal of an interrupted run, unless ``force``. ``heatmaps``: each actor writes its
+    shards or journal of an interrupted run, unless ``fresh``. ``heatmaps``: each actor writes its
     overlay PNGs there (atomically, so never half a file). ``guard_band``: as ``Predictor.load``'s;
     every actor loads the int8 file and its fp32 twin."""
     import functools
@@ -89,7 +89,7 @@ def predict_ray(bundle: str | Path, files: Sequence[Path], out: str | Path, *, r
         check_heatmaps(predictor)
     lesions, pairs = rois is not None, others is not None
     heatmap_dir = None if heatmaps is None else str(heatmaps)
-    done = finished(out, header, units, spec.model_id, force=force)
+    done = finished(out, header, units, spec.model_id, fresh=fresh)
     keep = {k: r for k, r in done.items() if not r["error"]}
     todo = [u for u in units if unit_key(*u) not in keep]
     shards = str(shards_dir(out))

@@ -63,6 +63,9 @@ class DataConfig:
     # among lesion crops and the kind of input would predict the label (needs crop_roi on_missing: full).
     keep_unlocated_lesions: bool = False
     dedup: bool = False  # merge near-duplicate images into one split group
+    # A saved split (``mammolens data split --val 0 --test F``) whose 'test' part is set aside before
+    # anything else: train and cv never see those patients; ``evaluate --split`` scores them once.
+    holdout: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
@@ -96,6 +99,22 @@ class OperatingPointConfig:
 
 
 @dataclass
+class ExamsConfig:
+    """Exams as a unit (``evaluate.exams``): the level ``cv`` and ``evaluate`` also report, and how a
+    bundle combines films into breasts and exams. A ``fitted`` combination and the breast/exam
+    threshold are chosen on the validation part only, and stored in the bundle."""
+
+    level: str = "film"  # film | breast | exam
+    aggregate: str = "max"  # max | mean | fitted
+
+    def __post_init__(self) -> None:
+        if self.level not in ("film", "breast", "exam"):
+            raise ConfigError(f"exams.level: {self.level!r} is not film, breast or exam")
+        if self.aggregate not in ("max", "mean", "fitted"):
+            raise ConfigError(f"exams.aggregate: unknown aggregator {self.aggregate!r}; known: fitted, max, mean")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     data: DataConfig = field(default_factory=DataConfig)
@@ -105,6 +124,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
     operating_point: OperatingPointConfig = field(default_factory=OperatingPointConfig)
+    exams: ExamsConfig = field(default_factory=ExamsConfig)
     cache_dir: str = field(default_factory=lambda: os.environ.get("MAMMOLENS_CACHE", ".cache/mammolens"))
     workers: int | None = None  # preprocessing worker processes (default: one per core)
 
@@ -153,6 +173,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         split = section.get("split")
         if isinstance(split, dict) and split.get("file"):
             split["file"] = rel(split["file"])
+        if section.get("holdout"):
+            section["holdout"] = rel(section["holdout"])
         options = section.get("options")
         if isinstance(options, dict):
             for key in ("images_root", "dicom_dir"):

@@ -39,6 +39,7 @@ from mammolens.engine.config import ExperimentConfig, first_difference, preproce
 from mammolens.engine.run_dir import claim_output, clear_run_dir, open_output, training_history
 from mammolens.engine.sources import task_samples
 from mammolens.engine.trainers import choose_operating_point, train_on_parts
+from mammolens.evaluate.levels import exam_columns
 from mammolens.evaluate.metrics import roc_auc
 from mammolens.evaluate.predict import predict_manifest
 from mammolens.evaluate.predictions import predictions_frame, read_predictions, write_predictions
@@ -120,20 +121,21 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
             pooled.append(df)
             bundle = json.loads((fold_dir / "bundle" / "bundle.json").read_text())
             per_fold.append(_fold_row(r, i, parts, df, classes, bundle))
-    everything = pd.concat(pooled, ignore_index=True)
+    everything = _with_exams(pd.concat(pooled, ignore_index=True), manifest)
     first = everything[everything["repeat"] == 0]
     y, proba = first["label_index"].to_numpy(), _proba(first, classes)
     # Threshold-free metrics of the pooled rows (and their figures at 0.5); the operating point that
     # counts is each fold model's own, validation-chosen one: the decisions column.
     metrics = evaluate_predictions(y, proba, first["group"].astype(str).tolist(), classes,
-                                   threshold=0.5, n_boot=n_boot, seed=cfg.data.split.seed)
+                                   threshold=0.5, n_boot=n_boot, seed=cfg.data.split.seed, ordinal=task.ordinal)
     metrics["at_fold_thresholds"] = _decision_metrics(first, classes)
     metrics["folds"] = per_fold
     if repeats > 1:
         metrics["repeats"] = _repeat_summary(everything, classes, n_boot=0)
     members = [out / "repeat0" / f"fold{i}" / "bundle" for i in range(folds)]
     provenance = {"cv": str(out), "folds": folds, "manifest_hash": record["manifest_hash"]}
-    ens_metrics = {"pooled_oof": {k: metrics.get(k) for k in ("auc", "macro_f1")}}
+    ens_metrics = {"pooled_oof": {k: metrics.get(k) for k in ("auc", "macro_f1", "kappa_linear")
+                                  if k != "kappa_linear" or k in metrics}}
     if len(reserved):  # the ensemble's own output on women no fold model saw
         save_mean_ensemble(out / "ensemble", members, threshold=0.5, temperature=1.0, provenance=provenance)
         part = manifest.subset(reserved.tolist())
@@ -143,21 +145,30 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
         fitted_on = (f"the ensemble's own output on {len(reserved)} samples of {len(set(groups[reserved]))} women set "
                      "aside before the folds (--ensemble-part)")  # fmt: skip
         ens_metrics["ensemble_part"] = {"n": int(len(reserved)), "auc": roc_auc(labels[reserved], served)}
+        aggregated_on = predictions_frame(part.df["sample_id"].tolist(), part.df["group"].tolist(), labels[reserved],
+                                          served, classes, exams=exam_columns(part))
     else:
         point = choose_operating_point(cfg.operating_point, y, proba)
         fitted_on = ("pooled out-of-fold outputs of single fold models: an approximation, the mean of the fold "
                      "models is never out of fold (--ensemble-part fits it on the ensemble's own output)")  # fmt: skip
+        aggregated_on = first
     save_mean_ensemble(out / "ensemble", members, threshold=point.threshold, temperature=point.temperature,
-                       metrics=ens_metrics, provenance={**provenance, "operating_point_fitted_on": fitted_on})
+                       metrics=ens_metrics, provenance={**provenance, "operating_point_fitted_on": fitted_on},
+                       aggregator=_ensemble_aggregator(cfg, task, aggregated_on, classes, point.temperature))
     metrics["ensemble"] = {"path": str(out / "ensemble"), "threshold": point.threshold,
                            "temperature": point.temperature, "operating_point_fitted_on": fitted_on,
                            **({"ensemble_part": ens_metrics["ensemble_part"]} if len(reserved) else {})}  # fmt: skip
+    level_table = None
+    if cfg.exams.level != "film":
+        metrics["levels"], level_table = _level_metrics(cfg, task, first, classes, out, n_boot)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     metrics["notes"] = list(manifest.notes)
     cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", preprocess_config(cfg))  # built by the folds
     write_predictions(out / "predictions.csv", first)
     if repeats > 1:
         write_predictions(out / "predictions-all.csv", everything)
+    if level_table is not None:
+        write_predictions(out / f"predictions-{cfg.exams.level}.csv", level_table)
     atomic.write_json(out / "metrics.json", metrics)
     write_report(out / "report.html", metrics, first, title=f"mammolens cv: {cfg.name}",
                  subtitle=f"{folds}-fold patient-grouped cross-validation, {task.name} ({task.unit} level), "
@@ -262,6 +273,54 @@ def _check_resume(out: Path, record: dict[str, Any]) -> None:
                           "continue it with the same settings, or pass --fresh", path=path)
 
 
+def _with_exams(df: pd.DataFrame, manifest) -> pd.DataFrame:  # noqa: ANN001
+    """The films' ``exam_id, laterality, view`` from the manifest (folds finished before these columns
+    existed lack them; the manifest is the same, as ``cv.json``'s hash checks)."""
+    exams = exam_columns(manifest).set_index(manifest.df["sample_id"].to_numpy())
+    df = df.drop(columns=[c for c in exams.columns if c in df.columns])
+    return df.join(exams, on="sample_id")
+
+
+def _level_metrics(cfg: ExperimentConfig, task, first: pd.DataFrame, classes: list[str], out: Path,  # noqa: ANN001
+                   n_boot: int) -> tuple[dict[str, Any], pd.DataFrame]:
+    """``exams.level`` figures of the pooled out-of-fold films: each fold's films combined by its own
+    model's aggregator, decided at its own threshold; the CIs resample women."""
+    from mammolens.evaluate.levels import folded_level_predictions
+
+    level = cfg.exams.level
+    if task.unit != "film":
+        raise ConfigError(f"exams.level: {level} figures combine films; task {task.name} is at {task.unit} level")
+    folds = {}
+    for i in sorted(first["fold"].unique()):
+        bundle = json.loads((out / "repeat0" / f"fold{int(i)}" / "bundle" / "bundle.json").read_text())
+        folds[int(i)] = (bundle.get("aggregator") or {"method": cfg.exams.aggregate}, float(bundle["threshold"]))
+    units = folded_level_predictions(first, classes, level, folds)
+    labelled = units[units["label_index"] >= 0]
+    metrics = evaluate_predictions(labelled["label_index"].to_numpy(), _proba(labelled, classes),
+                                   labelled["group"].astype(str).tolist(), classes, threshold=0.5, n_boot=n_boot,
+                                   seed=cfg.data.split.seed, ordinal=task.ordinal)
+    metrics.update(level=level, aggregate=sorted({a["method"] for a, _ in folds.values()}),
+                   at_fold_thresholds=_decision_metrics(labelled, classes))
+    return {level: metrics}, units
+
+
+def _ensemble_aggregator(cfg: ExperimentConfig, task, table: pd.DataFrame, classes: list[str],  # noqa: ANN001
+                         temperature: float) -> dict[str, Any] | None:
+    """The ensemble's aggregator, from the films its operating point was fitted on (``table``: the
+    reserved part's ensemble outputs, or the pooled out-of-fold films), at its temperature."""
+    from mammolens.evaluate.calibration import apply_temperature
+    from mammolens.evaluate.levels import choose_aggregator
+    from mammolens.evaluate.thresholds import choose_threshold
+
+    if task.unit != "film":
+        return None
+    scaled = table.copy()
+    scaled[[f"p_{c}" for c in classes]] = apply_temperature(_proba(table, classes), temperature)
+    op = cfg.operating_point
+    return choose_aggregator(scaled, classes, cfg.exams.level, cfg.exams.aggregate,
+                             lambda y, p: choose_threshold(y, p, op.threshold, op.beta, op.target_sensitivity))
+
+
 def _proba(df: pd.DataFrame, classes: list[str]) -> np.ndarray:
     from mammolens.evaluate.predictions import proba_of
 
@@ -339,6 +398,11 @@ def render_cv(metrics: dict[str, Any]) -> str:
         rep = metrics["repeats"]
         lines.append("over repeats: " + "  ".join(
             f"{k} {format_value(v['mean'])} ± {format_value(v['sd'])}" for k, v in rep.items() if k != "per_repeat"))
+    for level, m in (metrics.get("levels") or {}).items():
+        lines.append(f"{level} level (pooled out-of-fold films combined by {', '.join(m['aggregate'])}):")
+        lines.append(render_table(m, threshold_label="the pooled rows' threshold"))
+        lines.append(f"at each fold's validation-chosen {level} threshold: "
+                     + "  ".join(f"{k} {format_value(v)}" for k, v in m["at_fold_thresholds"].items()))
     lines.append(f"ensemble bundle: {metrics['ensemble']['path']}  ({metrics['seconds']} s); its operating point "
                  f"fitted on {metrics['ensemble']['operating_point_fitted_on']}")
     return "\n".join(lines)

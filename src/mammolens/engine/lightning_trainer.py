@@ -17,6 +17,7 @@ from mammolens.engine.config import ExperimentConfig, preprocess_config, train_c
 from mammolens.engine.trainers import (
     TRAINERS,
     TrainedParts,
+    choose_bundle_aggregator,
     choose_operating_point,
     part_metrics,
     record_operating_point,
@@ -90,10 +91,11 @@ def train_lightning_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.
     bundle.metrics = {part: part_metrics(bundle, labels[parts[part]], proba, groups[parts[part]])
                       for part, proba in probas.items()}  # fmt: skip
     record_operating_point(bundle, cfg.operating_point, y_val, proba_val, groups[parts["val"]], cfg.data.split.seed)
+    bundle.aggregator = choose_bundle_aggregator(cfg, manifest, labels, task, parts["val"], probas.get("val"))
     save_bundle(bundle.path, bundle.model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,
                 metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config, tta=bundle.tta,
-                descriptor_head=bundle.descriptor_head)
+                descriptor_head=bundle.descriptor_head, aggregator=bundle.aggregator)
     return TrainedParts(bundle=bundle, fit=result, build=build, metrics=bundle.metrics, probas=probas)
 
 

@@ -39,6 +39,7 @@ from mammolens.engine.config import (
 from mammolens.engine.trainers import (
     TRAINERS,
     TrainedParts,
+    choose_bundle_aggregator,
     choose_operating_point,
     part_metrics,
     record_operating_point,
@@ -219,9 +220,11 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
     bundle.metrics = {part: part_metrics(bundle, labels[parts[part]], proba, groups[parts[part]])
                       for part, proba in probas.items()}  # fmt: skip
     record_operating_point(bundle, cfg.operating_point, y_val, proba_val, groups[parts["val"]], cfg.data.split.seed)
+    bundle.aggregator = choose_bundle_aggregator(cfg, manifest, labels, task, parts["val"], probas.get("val"))
     save_bundle(bundle.path, model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,
-                metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config)
+                metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config,
+                aggregator=bundle.aggregator)
     history = [{"epoch": k + 1, **row} for k, row in enumerate(table)]
     atomic.write_json(out_dir / "training" / "selection.json",
                       {"table": table, "chosen": chosen, "patches": counts, "seconds": round(time.perf_counter() - t0, 1),

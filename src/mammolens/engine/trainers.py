@@ -69,6 +69,24 @@ def choose_operating_point(op: OperatingPointConfig, y_val: np.ndarray, proba_va
     return operating_point(y_val, proba_val, op.threshold, op.beta, op.target_sensitivity)
 
 
+def choose_bundle_aggregator(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray, task: Task,
+                             val: np.ndarray, proba_val: np.ndarray) -> dict[str, Any] | None:
+    """The bundle's views -> breast -> exam aggregator (``evaluate.exams``: ``exams.aggregate``, its fitted
+    parameters and the ``exams.level`` threshold), chosen on the validation part's films only; None
+    for a lesion task, whose samples are findings, not films."""
+    from mammolens.evaluate.levels import choose_aggregator, exam_columns
+    from mammolens.evaluate.predictions import predictions_frame
+
+    if task.unit != "film" or not len(val):
+        return None
+    part = manifest.subset(val.tolist())
+    table = predictions_frame(part.df["sample_id"].tolist(), part.df["group"].tolist(), labels[val], proba_val,
+                              list(task.classes), exams=exam_columns(part))
+    op = cfg.operating_point
+    return choose_aggregator(table, list(task.classes), cfg.exams.level, cfg.exams.aggregate,
+                             lambda y, p: choose_threshold(y, p, op.threshold, op.beta, op.target_sensitivity))
+
+
 def record_operating_point(bundle: Bundle, op: OperatingPointConfig, y_val: np.ndarray, proba_val: np.ndarray,
                            groups_val: np.ndarray, seed: int) -> None:  # fmt: skip
     """What the bundle's card must say about its operating point, from the validation part it was chosen on

@@ -1,0 +1,5 @@
+import sys
+
+from mammolens.pacs.command import main
+
+sys.exit(main())

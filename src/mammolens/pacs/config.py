@@ -95,7 +95,7 @@ def _mistakes(config: NodeConfig) -> list[str]:
     for i, bundle in enumerate(config.bundles):
         if not bundle.name:
             out.append(f"bundles[{i}].name: missing")
-        elif names.count(bundle.name) > 1:
+        elif bundle.name in names[:i]:
             out.append(f"bundles[{i}].name: {bundle.name!r} is used twice")
         if not bundle.path.is_dir():
             out.append(f"bundles[{i}].path: {bundle.path} is not a bundle folder")

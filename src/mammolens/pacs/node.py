@@ -161,8 +161,9 @@ class Node:
         status, reason, problems, timings, n_views = outcome
         timings["total"] = time.perf_counter() - started
         self.state.finish(uid, status, reason=reason, problems=problems, timings=timings, n_views=n_views)
-        log.info("study %s %s: %d views, %d skipped, %.2f s (%s)", tag, status, n_views, len(problems),
-                 timings["total"], ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k in STAGES))  # fmt: skip
+        log.info("study %s %s: %d views, %d skipped, %.2f s (%s)%s", tag, status, n_views, len(problems),
+                 timings["total"], ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k in STAGES),
+                 f"; {reason}" if reason else "")  # fmt: skip
         return True
 
     def _failed(self, uid: str, tag: str, attempt: int, reason: str) -> None:

@@ -45,7 +45,7 @@ class Study:
 
 class State:
     def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)

@@ -167,23 +167,28 @@ def _with_plane(source: Dataset) -> Dataset:
     return copy
 
 
-def heatmap_capture(source: Dataset, pixels: np.ndarray, heatmap: np.ndarray, *, bundles_key: str) -> hd.sc.SCImage:
-    """The view in grey with the heatmap blended in (jet-like colour where it is high), 8-bit RGB."""
+def heatmap_capture(source: Dataset, pixels: np.ndarray, heatmap: np.ndarray, *, bundles_key: str,
+                    max_side: int = 2048) -> hd.sc.SCImage:  # fmt: skip
+    """The view in grey with the heatmap blended in (jet-like colour where it is high), 8-bit RGB,
+    shrunk by a whole factor to at most ``max_side`` pixels a side: a picture for the eye, not
+    for measuring (the parametric map keeps the full grid)."""
     study = source.StudyInstanceUID
-    grey = np.clip(pixels, 0, 1)[..., None]
-    h = np.clip(heatmap, 0, 1)
+    step = max(1, -(-max(pixels.shape) // max_side))
+    grey = np.clip(pixels[::step, ::step], 0, 1)[..., None]
+    h = np.clip(heatmap[::step, ::step], 0, 1)
     colour = np.stack([np.clip(1.5 - np.abs(4 * h - 3), 0, 1), np.clip(1.5 - np.abs(4 * h - 2), 0, 1),
                        np.clip(1.5 - np.abs(4 * h - 1), 0, 1)], axis=-1)  # fmt: skip
     alpha = (0.5 * h)[..., None]
     rgb = np.round(255 * ((1 - alpha) * grey + alpha * colour)).astype(np.uint8)
     spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+    spacing = [float(v) * step for v in spacing] if spacing else None
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=result_uid(study, "capture-series", bundles_key),
         series_number=SERIES_NUMBERS["capture"],
         sop_instance_uid=result_uid(study, "capture", bundles_key, source.SOPInstanceUID),
         instance_number=int(source.get("InstanceNumber", 1) or 1) + 10 * _view_index(source),
-        manufacturer=MANUFACTURER, pixel_spacing=tuple(float(v) for v in spacing) if spacing else None,
+        manufacturer=MANUFACTURER, pixel_spacing=tuple(spacing) if spacing else None,
         laterality=source.get("ImageLaterality") or None,
         patient_orientation=tuple(source.PatientOrientation) if source.get("PatientOrientation") else None,
     )  # fmt: skip

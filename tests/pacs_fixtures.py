@@ -3,6 +3,7 @@ synthetic four-view studies for the PACS node tests."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -16,6 +17,16 @@ from mammolens.pacs.local_orthanc import LocalOrthanc, orthanc_missing
 from mammolens.pacs.synthetic import four_view_exam
 
 needs_orthanc = pytest.mark.skipif(orthanc_missing() is not None, reason=str(orthanc_missing()))
+DICOM_TOOLS = ("dciodvfy", "dsrdump")  # dicom3tools and dcmtk: someone else's checks of what the node writes
+needs_dicom_tools = pytest.mark.skipif(not all(shutil.which(t) for t in DICOM_TOOLS),
+                                       reason="dciodvfy (dicom3tools) and dsrdump (dcmtk) not installed: `make setup`")
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    import subprocess
+
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
 @pytest.fixture(scope="module")

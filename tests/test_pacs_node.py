@@ -11,8 +11,10 @@ import pydicom
 import pytest
 from pacs_fixtures import (  # noqa: F401 - fixtures
     bundle,
+    dciodvfy_errors,
     exam,
     instance_file,
+    needs_dicom_tools,
     needs_orthanc,
     orthanc,
     study_instances,
@@ -25,7 +27,7 @@ from mammolens.pacs.client import Pacs
 from mammolens.pacs.config import load_config
 from mammolens.pacs.node import Node
 
-pytestmark = needs_orthanc
+pytestmark = [needs_orthanc, needs_dicom_tools]
 
 
 def _node(tmp_path, orthanc, bundle, **extra) -> Node:
@@ -63,9 +65,7 @@ def test_four_view_study_gets_sr_maps_and_overlays_in_the_same_study(tmp_path, o
     # someone else's tools: dciodvfy without errors, dsrdump prints the tree
     results = [f for f, o in zip(files, objects) if o.Modality != "MG"]
     for path in results:
-        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-        assert errors == [], (path, errors)
+        assert dciodvfy_errors(path) == [], path
     sr_file = next(f for f, o in zip(files, objects) if o.Modality == "SR")
     tree = subprocess.run(["dsrdump", str(sr_file)], capture_output=True, text=True, check=True).stdout
     assert "Imaging Measurement Report" in tree and "Probability of malignant" in tree
@@ -77,6 +77,7 @@ def test_four_view_study_gets_sr_maps_and_overlays_in_the_same_study(tmp_path, o
     for path, obj in zip(files, objects):
         if obj.Modality == "MG":
             expected[obj.SOPInstanceUID] = predictor.predict(path).probabilities["malignant"]
+    objects_by_uid = {o.SOPInstanceUID: o for o in objects}
     got = {}
     for group in sr.content.get_image_measurement_groups():
         refs = group.source_images
@@ -86,6 +87,16 @@ def test_four_view_study_gets_sr_maps_and_overlays_in_the_same_study(tmp_path, o
     assert set(got) == set(expected)
     for uid, p in expected.items():
         assert got[uid] == pytest.approx(p, abs=1e-6)
+    # breasts and exam: the exam room's max of the views, decided at the bundle's threshold
+    units = {g.tracking_identifier: g for g in sr.content.get_image_measurement_groups()}
+    by_side = {s: max(p for u, p in expected.items() if objects_by_uid[u].ImageLaterality == s) for s in "LR"}
+    for side, p in by_side.items():
+        group = units[f"abnormality {side} breast"]
+        assert group.get_measurements()[0].value == pytest.approx(p, abs=1e-6)
+    exam_group = units["abnormality exam"]
+    assert exam_group.get_measurements()[0].value == pytest.approx(max(expected.values()), abs=1e-6)
+    decision = exam_group.get_qualitative_evaluations()[0].value.meaning
+    assert decision == ("malignant" if max(expected.values()) >= 0.5 else "benign")
     # the evidence names every source image
     evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}  # fmt: skip

@@ -19,14 +19,12 @@ import time
 from collections.abc import Callable
 
 import torch
+from models_bench import cpu_name, matmul_flops  # noqa: E402 - benchmarks/ is the script's folder
 from torch import nn
-
-from mammolens.atomic import write_json
-from mammolens.models import create_model
-
 from torch.utils.flop_counter import FlopCounterMode
 
-from models_bench import cpu_name, matmul_flops  # noqa: E402 - benchmarks/ is the script's folder
+from mammolens.models import create_model
+from mammolens.utils.atomic import write_json
 
 LAYOUTS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
 

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models_bench import forward_flops, matmul_flops, timings  # noqa: E402
 
-from mammolens.atomic import write_json  # noqa: E402
+from mammolens.utils.atomic import write_json  # noqa: E402
 
 MODELS = ["mobilenetv2_100", "tf_efficientnet_lite0", "resnet50", "densenet121", "hybrid", "hybrid-lite"]
 SIZE = 224
@@ -112,10 +112,10 @@ def file_size(path: Path) -> int:
 
 
 def bench(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from mammolens.bundle.model import save_bundle
     from mammolens.deploy.export import export_onnx
     from mammolens.models import create_model
     from mammolens.preprocess.pipeline import default_steps
-    from mammolens.train.bundle import save_bundle
 
     torch.manual_seed(0)
     model = create_model(name, 2).eval()

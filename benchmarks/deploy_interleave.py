@@ -65,10 +65,10 @@ def main() -> None:
 
     import onnx
 
+    from mammolens.bundle.model import save_bundle
     from mammolens.deploy.export import export_onnx
     from mammolens.models import create_model
     from mammolens.preprocess.pipeline import default_steps
-    from mammolens.train.bundle import save_bundle
 
     options = {} if args.adapter is None else {"input_adapter": args.adapter}
     x = np.random.default_rng(0).random((args.batch, 1, SIZE, SIZE), dtype=np.float32)

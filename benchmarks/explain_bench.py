@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM
 
-from mammolens.atomic import write_json
+from mammolens.bundle.model import Bundle
 from mammolens.explain.api import explain_preprocessed
 from mammolens.explain.geometry import InputGeometry
 from mammolens.explain.methods import CAM_METHODS, CamRequest, ClassTarget
 from mammolens.models import create_model
-from mammolens.train.bundle import Bundle
+from mammolens.utils.atomic import write_json
 
 
 def _seconds(fn) -> tuple[float, float]:

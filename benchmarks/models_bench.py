@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mammolens.atomic import write_json
 from mammolens.models import create_model
+from mammolens.utils.atomic import write_json
 
 DEFAULT_MODELS = [
     "hybrid", "hybrid-lite", "densenet121", "resnet50", "mobilenetv2_100",

@@ -19,15 +19,15 @@ import torch
 
 
 def main(config: str, cv_dir: str) -> None:
-    from mammolens.crossval import fold_parts
-    from mammolens.datasets import task_samples
+    from mammolens.bundle.model import load_model_bundle
+    from mammolens.engine.config import preprocess_config
+    from mammolens.engine.crossval import fold_parts
+    from mammolens.engine.config import load_config
+    from mammolens.engine.patch_trainer import training_patches
+    from mammolens.engine.sources import task_samples
     from mammolens.evaluate.metrics import roc_auc
-    from mammolens.experiment import load_config
-    from mammolens.experiment_config import preprocess_config
     from mammolens.patches.features import PatchFeatureStore
-    from mammolens.patches.trainer import training_patches
     from mammolens.preprocess import PreprocessCache
-    from mammolens.train.bundle import load_bundle
 
     cfg = load_config(config)
     record = json.loads((Path(cv_dir) / "cv.json").read_text())
@@ -36,7 +36,7 @@ def main(config: str, cv_dir: str) -> None:
     folds = fold_parts(manifest, labels, folds=record["folds"], seed=cfg.data.split.seed,
                        inner_val=record["inner_val"], task=task.name)
     for i, parts in enumerate(folds):
-        bundle = load_bundle(Path(cv_dir) / "repeat0" / f"fold{i}" / "bundle")
+        bundle = load_model_bundle(Path(cv_dir) / "repeat0" / f"fold{i}" / "bundle")
         model = bundle.model
         tuned = bundle.provenance.get("finetune_epoch") is not None  # a fold's own encoder: features in memory
         store = PatchFeatureStore(None if tuned else Path(cfg.cache_dir) / "features", model)

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.atomic import write_json
 from mammolens.data.manifest import Manifest
 from mammolens.preprocess import PreprocessCache, default_config
+from mammolens.utils.atomic import write_json
 
 
 def _decode(path: str) -> int:

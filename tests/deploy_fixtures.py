@@ -15,10 +15,10 @@ import torch
 from dicom_fixtures import PATIENT_ID, PATIENT_NAME  # noqa: F401 - the deploy tests search for them
 from PIL import Image
 
+from mammolens.bundle.model import save_bundle
 from mammolens.data.synthetic import generate
 from mammolens.models import create_model
 from mammolens.preprocess.pipeline import default_steps
-from mammolens.train.bundle import save_bundle
 
 SIZE = 32
 

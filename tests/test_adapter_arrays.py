@@ -5,7 +5,7 @@ import pytest
 
 from mammolens.data.adapters import arrays
 from mammolens.data.adapters.base import ADAPTERS, detect_kind, load_source
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 
 @pytest.fixture

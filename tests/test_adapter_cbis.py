@@ -7,11 +7,11 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from realdata import import_or_absent, shared_folder
 
 from mammolens.data.adapters import cbis_ddsm
 from mammolens.data.adapters.base import ADAPTERS, detect_kind, load_source
-from mammolens.errors import ConfigError, DataError
-from realdata import import_or_absent, shared_folder
+from mammolens.utils.errors import ConfigError, DataError
 
 MASS_HEADER = ("patient_id,breast_density,left or right breast,image view,abnormality id,abnormality type,"
                "mass shape,mass margins,assessment,pathology,subtlety,image file path,cropped image file path,ROI mask file path")

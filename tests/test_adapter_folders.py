@@ -6,7 +6,7 @@ from PIL import Image
 
 from mammolens.data.adapters import folders
 from mammolens.data.adapters.base import ADAPTERS, detect_kind, load_source
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 
 def img(path):

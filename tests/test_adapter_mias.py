@@ -3,11 +3,11 @@ import os
 
 import numpy as np
 import pytest
+from realdata import shared_folder
 
 from mammolens.data.adapters import mias
 from mammolens.data.adapters.base import ADAPTERS, detect_kind, load_source
-from mammolens.errors import ConfigError, DataError, MammolensError
-from realdata import shared_folder
+from mammolens.utils.errors import ConfigError, DataError, MammolensError
 
 # Mirrors the real Info.txt: prose header, ===== separators, notes with numbered lines, trailing
 # spaces, NORM rows without severity, several rows for one image, benign + malignant on one image,

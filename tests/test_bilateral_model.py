@@ -13,12 +13,13 @@ import torch
 import yaml
 from bilateral_fixtures import paired_source
 
+from mammolens.bundle import load_model_bundle, save_bundle
 from mammolens.cli import main
 from mammolens.data.pairs import PairedLoader, pair_channels
-from mammolens.errors import ConfigError
 from mammolens.models import create_model
-from mammolens.train import ArrayDataModule, load_bundle, save_bundle
+from mammolens.train import ArrayDataModule
 from mammolens.train.features import part_features
+from mammolens.utils.errors import ConfigError
 
 FILM = {"film_model": "scratch-cnn", "film_options": {"depth": 2, "width": 4}}
 
@@ -100,7 +101,7 @@ def test_a_bundle_predicts_from_a_film_and_its_other_film(tmp_path: Path):
     model = _model()
     path = save_bundle(tmp_path / "b", model, classes=["normal", "abnormal"], task="normal-abnormal",
                        preprocess={"steps": []}, normalisation=None, metrics={}, provenance={}, config={})
-    bundle = load_bundle(path)
+    bundle = load_model_bundle(path)
     assert bundle.model.config["in_chans"] == 2 and bundle.model.config["film_model"] == "scratch-cnn"
     film, other = np.random.default_rng(1).random((2, 32, 32)).astype(np.float32)
     batch = np.stack([pair_channels(film, other), pair_channels(film, None)])
@@ -132,14 +133,15 @@ def _config(tmp_path: Path, source: str, **data) -> Path:
 def test_training_scores_held_out_films_as_the_bundle_does_from_the_pairs(tmp_path: Path):
     from mammolens.data.adapters.base import load_source
     from mammolens.data.pairs import find_partners
-    from mammolens.experiment import load_config, run_experiment
-    from mammolens.experiment_config import preprocess_config
+    from mammolens.engine.config import preprocess_config
+    from mammolens.engine.config import load_config
+    from mammolens.engine.experiment import run_experiment
     from mammolens.preprocess import PreprocessCache
 
     source = paired_source(tmp_path / "src", women=14, unpaired=2)
     cfg = load_config(_config(tmp_path, str(source)))
     summary = run_experiment(cfg, tmp_path / "run", progress=False)
-    bundle = load_bundle(summary["bundle"])
+    bundle = load_model_bundle(summary["bundle"])
     manifest = load_source(source).manifest
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     test_ids = split["parts"]["test"]
@@ -147,10 +149,10 @@ def test_training_scores_held_out_films_as_the_bundle_does_from_the_pairs(tmp_pa
     partner = find_partners(manifest).as_dict()
     batch = np.stack([pair_channels(cache.load(s), cache.load(partner[s]) if partner[s] != s else None)
                       for s in test_ids])
-    from mammolens.experiment import _part_metrics
+    from mammolens.engine.trainers import part_metrics
 
     labels = np.array([int(p != "normal") for p in manifest.df.set_index("sample_id").loc[test_ids, "pathology"]])
-    metrics = _part_metrics(bundle, labels, bundle.predict_proba(batch))
+    metrics = part_metrics(bundle, labels, bundle.predict_proba(batch))
     for key in ("auc", "accuracy", "sensitivity", "specificity"):
         assert metrics[key] == pytest.approx(summary["metrics"]["test"][key], abs=1e-6)
 

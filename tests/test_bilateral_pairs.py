@@ -9,9 +9,9 @@ from bilateral_fixtures import paired_source
 
 from mammolens.data.manifest import Manifest
 from mammolens.data.pairs import PairedLoader, find_partners, has_orient, pair_channels
-from mammolens.errors import DataError
 from mammolens.preprocess import PreprocessCache
 from mammolens.preprocess.pipeline import default_steps
+from mammolens.utils.errors import DataError
 
 
 def _records(rows):

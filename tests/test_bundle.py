@@ -8,14 +8,13 @@ import torch
 import yaml
 
 import mammolens
-
-from mammolens.configuration import from_dict
-from mammolens.errors import ConfigError, DataError
+from mammolens.bundle.model import FORMAT_VERSION, load_model_bundle, save_bundle
 from mammolens.train import ArrayDataModule, TrainConfig, fit
-from mammolens.train.bundle import FORMAT_VERSION, load_bundle, save_bundle
 from mammolens.train.losses import probabilities
 from mammolens.train.normalisation import normalise
 from mammolens.train.tiny import TinyCNN
+from mammolens.utils.configuration import from_dict
+from mammolens.utils.errors import ConfigError, DataError
 
 PREPROCESS = {"size": [32, 32], "clahe": True}
 CONFIG = {"model": {"name": "tiny-cnn"}, "train": {"epochs": 1}}
@@ -55,7 +54,7 @@ def test_round_trip_predicts_bit_identically(trained, tmp_path):
     result, images = trained
     path = _save(tmp_path / "bundle", result)
     assert sorted(p.name for p in path.iterdir()) == ["bundle.json", "config.yaml", "model.safetensors"]
-    bundle = load_bundle(path, model_factory=TinyCNN)
+    bundle = load_model_bundle(path, model_factory=TinyCNN)
 
     with torch.no_grad():
         x = normalise(torch.from_numpy(images)[:, None], {"mean": 0.5, "std": 0.25})
@@ -97,10 +96,10 @@ def test_saving_again_replaces_the_bundle_and_a_failed_save_leaves_nothing(train
     result, _ = trained
     path = _save(tmp_path / "bundle", result)
     _save(path, result, threshold=0.9)
-    assert load_bundle(path, model_factory=TinyCNN).threshold == 0.9
+    assert load_model_bundle(path, model_factory=TinyCNN).threshold == 0.9
     with pytest.raises(ConfigError, match=r"config.when: a object cannot be saved"):
         _save(path, result, threshold=0.1, config={"when": object()})
-    assert load_bundle(path, model_factory=TinyCNN).threshold == 0.9  # the old bundle is intact
+    assert load_model_bundle(path, model_factory=TinyCNN).threshold == 0.9  # the old bundle is intact
     with pytest.raises(ConfigError):
         _save(tmp_path / "fresh", result, config={"when": object()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no half bundle, no temp dir
@@ -136,18 +135,18 @@ def test_damaged_bundles_fail_with_one_line(trained, tmp_path, damage, error, me
     path = _save(tmp_path / "bundle", result)
     damage(path)
     with pytest.raises(error) as info:
-        load_bundle(path, model_factory=TinyCNN)
+        load_model_bundle(path, model_factory=TinyCNN)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_missing_dir_and_mismatched_model(trained, tmp_path):
     with pytest.raises(ConfigError, match="bundle not found"):
-        load_bundle(tmp_path / "nowhere", model_factory=TinyCNN)
+        load_model_bundle(tmp_path / "nowhere", model_factory=TinyCNN)
     result, images = trained
     path = _save(tmp_path / "bundle", result)
     with pytest.raises(DataError, match="does not fit model 'tiny-cnn'"):
-        load_bundle(path, model_factory=lambda **config: TinyCNN(**(config | {"width": 8})))
-    bundle = load_bundle(path, model_factory=TinyCNN)
+        load_model_bundle(path, model_factory=lambda **config: TinyCNN(**(config | {"width": 8})))
+    bundle = load_model_bundle(path, model_factory=TinyCNN)
     with pytest.raises(DataError, match=r"\(N, H, W\)"):
         bundle.predict_proba(images[0])
 

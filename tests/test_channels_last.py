@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-from mammolens.configuration import from_dict
 from mammolens.train import ArrayDataModule, TrainConfig, fit
 from mammolens.train.features import extract_features
 from mammolens.train.tiny import TinyCNN
+from mammolens.utils.configuration import from_dict
 
 
 def _setup(channels_last: bool):

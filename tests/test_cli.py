@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from mammolens.bundle import load_model_bundle
 from mammolens.cli import main
-from mammolens.train import load_bundle
 
 TINY = {
     "name": "tiny",
@@ -39,7 +39,7 @@ def test_train_writes_a_bundle_that_reproduces_its_scores(tiny_config: Path, tmp
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"]["train"] + summary["samples"]["val"] + summary["samples"]["test"] == 24
     assert set(summary["metrics"]) == {"val", "test"}
-    bundle = load_bundle(out / "bundle")
+    bundle = load_model_bundle(out / "bundle")
     assert bundle.classes == ["benign", "malignant"]
     assert bundle.metrics == summary["metrics"]
     assert bundle.provenance["manifest_hash"] and bundle.provenance["split_file_hash"]
@@ -49,7 +49,7 @@ def test_train_writes_a_bundle_that_reproduces_its_scores(tiny_config: Path, tmp
 
     from mammolens.data.manifest import Manifest
     from mammolens.data.splits import load_split
-    from mammolens.experiment_config import load_config
+    from mammolens.engine.config import load_config
     from mammolens.preprocess import PreprocessCache, default_config
 
     manifest = Manifest.load(out / "manifest.csv")
@@ -69,8 +69,8 @@ def test_split_groups_patients_and_a_leaky_split_file_is_refused(tiny_config: Pa
     args = ["data", "split", "synthetic", "--out", str(out), "--task", "normal-abnormal"]
     assert main(args) == 0  # built-in synthetic source, cached under $MAMMOLENS_CACHE
     split = json.loads(out.read_text())
-    from mammolens.datasets import load_experiment_source
-    from mammolens.experiment_config import ExperimentConfig
+    from mammolens.engine.config import ExperimentConfig
+    from mammolens.engine.sources import load_experiment_source
 
     manifest, _ = load_experiment_source(ExperimentConfig())
     group = dict(zip(manifest.df["sample_id"], manifest.df["group"]))
@@ -100,7 +100,7 @@ def test_a_refused_run_leaves_the_old_run_byte_identical(tiny_config: Path, tmp_
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert main(["train", str(tiny_config), "--out", str(out), "--set", "data.split.seed=5"]) == 2
     err = capsys.readouterr().err
-    assert "already holds a run" in err and "--resume" in err and "--fresh" in err and "--out" in err
+    assert "already holds the output of `mammolens train`" in err and "--resume" in err and "--fresh" in err and "--out" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # Resuming with another split seed would train on what the run held out: refused, naming it.
     assert main(["train", str(tiny_config), "--out", str(out), "--resume", "--set", "data.split.seed=7"]) == 2
@@ -226,8 +226,8 @@ SHIPPED = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 def test_shipped_configs_find_their_data_and_make_the_documented_samples(path: str, shared_data: str) -> None:
     """Relative sources resolve against the config file, wherever the command runs; lesion
     configs have one sample per located finding and never keep whole films among crops."""
-    from mammolens.datasets import task_samples
-    from mammolens.experiment_config import load_config
+    from mammolens.engine.config import load_config
+    from mammolens.engine.sources import task_samples
 
     cfg = load_config(path)
     assert Path(cfg.data.source).resolve() == (Path(shared_data) / "mias").resolve()
@@ -243,7 +243,7 @@ def test_shipped_configs_find_their_data_and_make_the_documented_samples(path: s
 
 
 def test_builtin_demo_config_is_valid() -> None:
-    from mammolens.experiment_config import load_config
+    from mammolens.engine.config import load_config
 
     cfg = load_config("demo")
     assert cfg.model.name == "hybrid" and cfg.roi_crop

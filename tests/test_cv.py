@@ -32,8 +32,8 @@ def tiny_config(tmp_path: Path) -> Path:
 
 
 def test_inner_validation_never_holds_a_held_out_patient():
-    from mammolens.crossval import fold_parts
     from mammolens.data.manifest import Manifest
+    from mammolens.engine.crossval import fold_parts
 
     rng = np.random.default_rng(0)
     records = [{"sample_id": f"s{i}", "source": "arrays", "path": f"/x/{i}.png", "group": f"g{i // 3}",
@@ -74,11 +74,15 @@ def test_cv_writes_pooled_oof_metrics_an_ensemble_and_resumes(tiny_config: Path,
     # A finished fold is never trained again: re-running only re-pools.
     stamp = (out / "repeat0" / "fold1" / "oof.csv").stat().st_mtime_ns
     (out / "repeat0" / "fold2" / "oof.csv").unlink()  # as if interrupted during fold 2
-    assert main(["cv", str(tiny_config), "--folds", "3", "--out", str(out), "--n-boot", "50"]) == 0
+    capsys.readouterr()
+    assert main(["cv", str(tiny_config), "--folds", "3", "--out", str(out), "--n-boot", "50"]) == 2  # never silently
+    assert "pass --resume to continue it, --fresh to replace it" in capsys.readouterr().err
+    assert main(["cv", str(tiny_config), "--folds", "3", "--out", str(out), "--n-boot", "50", "--resume"]) == 0
     assert (out / "repeat0" / "fold1" / "oof.csv").stat().st_mtime_ns == stamp
     assert (out / "repeat0" / "fold2" / "oof.csv").is_file()
     # A second repeat (split seed + 1) trains only its own folds and reports mean ± sd over repeats.
-    assert main(["cv", str(tiny_config), "--folds", "3", "--repeats", "2", "--out", str(out), "--n-boot", "50"]) == 0
+    assert main(["cv", str(tiny_config), "--folds", "3", "--repeats", "2", "--out", str(out), "--n-boot", "50",
+                 "--resume"]) == 0
     assert (out / "repeat0" / "fold1" / "oof.csv").stat().st_mtime_ns == stamp
     repeated = json.loads((out / "metrics.json").read_text())
     assert [r["repeat"] for r in repeated["repeats"]["per_repeat"]] == [0, 1]
@@ -86,7 +90,7 @@ def test_cv_writes_pooled_oof_metrics_an_ensemble_and_resumes(tiny_config: Path,
     assert len((out / "predictions-all.csv").read_text().splitlines()) - 1 == 64
     # Continuing with other settings is refused.
     capsys.readouterr()
-    assert main(["cv", str(tiny_config), "--folds", "4", "--out", str(out)]) == 2
+    assert main(["cv", str(tiny_config), "--folds", "4", "--out", str(out), "--resume"]) == 2
     assert "folds" in capsys.readouterr().err
 
 
@@ -98,13 +102,13 @@ def test_too_many_folds_for_the_patient_groups_is_one_line(tiny_config: Path, tm
 
 def test_threshold_and_temperature_never_see_the_held_out_part(tiny_config: Path, tmp_path: Path) -> None:
     """Changing the test part's labels and images changes neither the temperature nor the threshold."""
-    from mammolens.datasets import task_samples
-    from mammolens.experiment import train_on_parts
-    from mammolens.experiment_config import load_config
+    from mammolens.engine.config import load_config
+    from mammolens.engine.sources import task_samples
+    from mammolens.engine.trainers import train_on_parts
 
     cfg = load_config(tiny_config)
     manifest, labels, task = task_samples(cfg, progress=False)
-    from mammolens.crossval import fold_parts
+    from mammolens.engine.crossval import fold_parts
 
     parts = fold_parts(manifest, labels, folds=3, seed=0, inner_val=0.3, task=task.name)[0]
     first = train_on_parts(cfg, manifest, labels, task, parts, tmp_path / "a", progress=False)

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     import torch
     from lightning.pytorch.callbacks import Callback
 
-    from mammolens.configuration import from_dict
+    from mammolens.utils.configuration import from_dict
     from mammolens.train import ArrayDataModule, TrainConfig, fit
     from mammolens.train.tiny import TinyCNN
 

@@ -7,7 +7,7 @@ import pytest
 from mammolens.data import dedup
 from mammolens.data.manifest import Manifest
 from mammolens.data.synthetic import generate_array
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 SIZE = 128
 

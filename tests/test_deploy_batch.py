@@ -6,13 +6,13 @@ import csv
 import re
 
 import pytest
-
 from deploy_fixtures import film, make_bundle, write_dicom, write_png
+
 from mammolens.cli import main
 from mammolens.deploy import batch
 from mammolens.deploy.batch import list_images, predict_files, read_rois
 from mammolens.deploy.predictor import Predictor
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

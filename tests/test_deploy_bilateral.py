@@ -17,12 +17,13 @@ from typer.testing import CliRunner
 
 from mammolens.cli import app, main
 from mammolens.deploy.predictor import Predictor
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    from mammolens.experiment import load_config, run_experiment
+    from mammolens.engine.config import load_config
+    from mammolens.engine.experiment import run_experiment
 
     tmp = tmp_path_factory.mktemp("bilateral")
     source = paired_source(tmp / "src", women=14, unpaired=2)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from deploy_fixtures import SIZE, make_bundle
+
+from mammolens.bundle.model import load_model_bundle
 from mammolens.deploy.export import export_onnx
 from mammolens.deploy.predictor import Predictor
-from mammolens.errors import ConfigError
-from mammolens.train.bundle import load_bundle
+from mammolens.utils.errors import ConfigError
 
 
 def _images(n: int = 6) -> np.ndarray:
@@ -21,7 +21,7 @@ def _images(n: int = 6) -> np.ndarray:
 
 def test_a_tta_bundle_is_served_and_exported_with_its_augmentation(tmp_path):
     path = make_bundle(tmp_path / "tta", tta=8)
-    bundle, images = load_bundle(path), _images()
+    bundle, images = load_model_bundle(path), _images()
     with_tta = bundle.predict_proba(images)
     bundle.tta = 1
     assert np.abs(with_tta - bundle.predict_proba(images)).max() > 1e-4  # the averaging changes scores

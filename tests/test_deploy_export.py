@@ -7,14 +7,14 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 from deploy_fixtures import SIZE, bundle_dir, film, source, write_png  # noqa: F401 - fixtures
+
 from mammolens.cli import main
 from mammolens.deploy.export import OPSETS, export_onnx
 
 FAST = {"exporter": "torchscript"}  # 10x faster to export; the default (dynamo) is tested once below
 from mammolens.deploy.predictor import Predictor
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
@@ -63,9 +63,9 @@ def test_hybrid_lite_exports_to_int8(source, tmp_path):
     (two symbolic batch dims at the Concat) until shape inference merged them."""
     import torch
 
+    from mammolens.bundle.model import save_bundle
     from mammolens.models import create_model
     from mammolens.preprocess.pipeline import default_steps
-    from mammolens.train.bundle import save_bundle
 
     torch.manual_seed(0)
     model = create_model("hybrid-lite", 2, hidden=16).eval()
@@ -88,7 +88,7 @@ def test_cli_export_and_its_errors(bundle_dir, tmp_path, capsys):
     assert "bundle not found" in capsys.readouterr().err
     assert main(["export", str(bundle_dir), "--int8", "--calibration", "synthetic", "--float-layers", "stem,neck"]) == 2
     assert "unknown float layer group 'neck'; known: stem, depthwise, head" in capsys.readouterr().err
-    assert main(["export", str(bundle_dir), "--int8", "--calibration", "synthetic", "--calibrate", "mse"]) == 2
+    assert main(["export", str(bundle_dir), "--int8", "--calibration", "synthetic", "--calibration-method", "mse"]) == 2
     assert "unknown calibration 'mse'; known: minmax, percentile, entropy" in capsys.readouterr().err
 
 
@@ -122,7 +122,7 @@ def test_quant_recipe_keeps_the_named_layers_in_float(bundle_dir, tmp_path):
 def test_export_cli_takes_the_int8_recipe(bundle_dir, source, tmp_path, capsys):
     args = ["export", str(bundle_dir), "--int8", "--calibration", str(source), "--calibration-samples", "4",
             "--exporter", "torchscript", "--out", str(tmp_path / "q.onnx")]  # fmt: skip
-    assert main([*args, "--float-layers", "head", "--calibrate", "percentile"]) == 0
+    assert main([*args, "--float-layers", "head", "--calibration-method", "percentile"]) == 0
     note = json.loads(capsys.readouterr().out)["notes"][0]
     assert "percentile 99.999 calibration" in note and "float layers: head" in note
     assert main([*args, "--float-layers", "none"]) == 0
@@ -134,10 +134,10 @@ def test_export_folds_a_replicating_adapter_into_the_stem(tmp_path, trained_adap
     """A frozen conv adapter leaves the graph (1-channel first conv, as timm's in_chans=1); a trained one stays."""
     import torch
 
+    from mammolens.bundle.model import save_bundle
     from mammolens.deploy.export import float_nodes
     from mammolens.models import create_model
     from mammolens.preprocess.pipeline import default_steps
-    from mammolens.train.bundle import save_bundle
 
     torch.manual_seed(0)
     model = create_model("mobilenetv2_100", 2).eval()

@@ -8,14 +8,14 @@ import json
 import numpy as np
 import onnx
 import pytest
+from deploy_fixtures import SIZE, bundle_dir, film, source, write_png  # noqa: F401 - fixtures
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy_fixtures import SIZE, bundle_dir, film, source, write_png  # noqa: F401 - fixtures
 from mammolens.cli import main
 from mammolens.deploy.export import QuantRecipe, export_onnx, quantize_onnx
 from mammolens.deploy.predictor import Predictor
 from mammolens.deploy.sensitivity import onnx_probabilities
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 FAST = {"exporter": "torchscript"}
 

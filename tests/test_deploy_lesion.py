@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mammolens.cli import app
 from mammolens.deploy.predictor import Predictor
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 SIZE = 16  # each multi-scale crop
 
@@ -23,7 +23,8 @@ SIZE = 16  # each multi-scale crop
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A tiny lesion experiment: descriptors, 1x/2x/4x crops, the logistic head over both, TTA."""
-    from mammolens.experiment import load_config, run_experiment
+    from mammolens.engine.config import load_config
+    from mammolens.engine.experiment import run_experiment
 
     tmp = tmp_path_factory.mktemp("lesion")
     config = {
@@ -55,11 +56,11 @@ def _roi(row: dict) -> tuple[float, float, float]:
 
 
 def test_the_predictor_gives_each_lesion_the_probability_evaluation_gave(run):
+    from mammolens.bundle.model import load_model_bundle
     from mammolens.data.manifest import Manifest
     from mammolens.evaluate.predict import predict_manifest
-    from mammolens.train.bundle import load_bundle
 
-    bundle = load_bundle(run / "run" / "bundle")
+    bundle = load_model_bundle(run / "run" / "bundle")
     assert bundle.model.config["in_chans"] == 3 and bundle.descriptor_head and bundle.tta == 8
     predictor = Predictor.load(run / "run" / "bundle")
     assert predictor.spec.channels == 3 and predictor.spec.descriptors == bundle.descriptor_head["names"]
@@ -123,13 +124,13 @@ def test_predict_rois_and_the_service_score_these_bundles(run, tmp_path):
 
 
 def test_explain_maps_the_crop_back_onto_the_film(run, tmp_path):
+    from mammolens.bundle.model import load_model_bundle
     from mammolens.explain import explain_image
     from mammolens.explain.api import preprocess_for
     from mammolens.preprocess import Pipeline, Sample
     from mammolens.preprocess.sample import default_loader
-    from mammolens.train.bundle import load_bundle
 
-    bundle = load_bundle(run / "run" / "bundle")
+    bundle = load_model_bundle(run / "run" / "bundle")
     predictor = Predictor.load(run / "run" / "bundle")
     row = _lesions(run)[0]
     roi = _roi(row)
@@ -152,24 +153,25 @@ def test_explain_maps_the_crop_back_onto_the_film(run, tmp_path):
     assert e.probabilities["malignant"] == pytest.approx(p.probabilities["malignant"], abs=1e-6)  # descriptors included
     np.testing.assert_allclose(p.heatmap, e.heatmap, atol=1e-6)
     out = tmp_path / "explain"
-    result = CliRunner().invoke(app, ["explain", str(run / "run" / "bundle"), row["path"], "--roi", ",".join(map(str, roi)),
-                                      "--out", str(out)])  # fmt: skip
+    rois = tmp_path / "rois.csv"
+    rois.write_text("file,x,y,r\n" + ",".join(map(str, [row["path"], *roi])) + "\n")
+    result = CliRunner().invoke(app, ["explain", str(run / "run" / "bundle"), "--rois", str(rois), "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "explanations.json").read_text())
-    assert summary[Path(row["path"]).name]["probabilities"]["malignant"] == pytest.approx(p.probabilities["malignant"], abs=1e-6)
+    assert summary[Path(row["path"]).stem]["probabilities"]["malignant"] == pytest.approx(p.probabilities["malignant"], abs=1e-6)
 
 
 def test_the_pixel_side_comes_from_the_file_as_in_training(tmp_path):
     """A radius-in-mm descriptor with no configured pixel_mm: DICOM PixelSpacing supplies it (through
     the Predictor and the service alike); a PNG, which has none, is refused in one line."""
+    import dicom_fixtures
+    from deploy_fixtures import SIZE as FILM_SIZE
+    from deploy_fixtures import film, make_bundle, write_png
     from fastapi.testclient import TestClient
 
-    from deploy_fixtures import SIZE as FILM_SIZE
-    import dicom_fixtures
-    from deploy_fixtures import film, make_bundle, write_png
     from mammolens.deploy.service import create_app
-    from mammolens.errors import DataError
     from mammolens.preprocess.pipeline import default_steps
+    from mammolens.utils.errors import DataError
 
     steps = [{"name": "lesion_descriptors", "intensity": False, "texture": False}, *default_steps(FILM_SIZE, roi=True)]
     head = {"names": ["radius_mm"], "mean": [1.0], "scale": [0.5], "coef": [[0.0], [1.0]]}

@@ -7,14 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from deploy_fixtures import film, make_bundle, write_dicom, write_png
 
 import mammolens.explain as explain
-from deploy_fixtures import film, make_bundle, write_dicom, write_png
+from mammolens.bundle.model import load_model_bundle
 from mammolens.deploy.predictor import Predictor
-from mammolens.errors import ConfigError, DataError
 from mammolens.preprocess import Pipeline, sample_from_row
 from mammolens.preprocess.sample import default_loader
-from mammolens.train.bundle import load_bundle
+from mammolens.utils.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def lesion_bundle_dir(tmp_path_factory):
 
 def _reference(bundle_dir, path, rois=()):
     """What training fed the model: sample_from_row + Pipeline(bundle.preprocess) + Bundle.predict_proba."""
-    bundle = load_bundle(bundle_dir)
+    bundle = load_model_bundle(bundle_dir)
     sample, _ = sample_from_row({"path": str(path), "rois": json.dumps([list(r) for r in rois])}, default_loader)
     return bundle.predict_proba(Pipeline(bundle.preprocess)(sample).pixels[None])[0]
 
@@ -125,7 +125,7 @@ def test_bad_backend_and_missing_files(bundle_dir, tmp_path):
         Predictor.load(bundle_dir, backend="tensorrt")
     with pytest.raises(ConfigError, match="run `mammolens export"):
         Predictor.load(bundle_dir, backend="onnxruntime", onnx_path=tmp_path / "none.onnx")
-    from mammolens.errors import ImageReadError
+    from mammolens.utils.errors import ImageReadError
 
     with pytest.raises(ImageReadError, match="file not found"):
         Predictor.load(bundle_dir).predict(tmp_path / "missing.png")

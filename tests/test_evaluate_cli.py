@@ -42,9 +42,9 @@ def _evaluate(bundle, source, out, cache, *extra) -> int:
 def test_evaluate_scores_every_sample_of_an_unseen_folder(trained, tmp_path, capsys):
     from sklearn.metrics import roc_auc_score
 
+    from mammolens.bundle import load_model_bundle
     from mammolens.data.adapters.base import load_source
     from mammolens.preprocess import PreprocessCache
-    from mammolens.train import load_bundle
 
     bundle_dir, root = trained
     unseen = generate(tmp_path / "unseen", n_per_class=6, size=64, seed=7)  # another seed: other films
@@ -61,7 +61,7 @@ def test_evaluate_scores_every_sample_of_an_unseen_folder(trained, tmp_path, cap
     assert list(preds.columns) == ["sample_id", "group", "label", "label_index", "p_benign", "p_malignant", "decision"]
     assert metrics["auc"]["value"] == pytest.approx(roc_auc_score(preds["label_index"], preds["p_malignant"]), abs=1e-5)
     # The probabilities are the bundle's on the bundle's own preprocessing of these films.
-    bundle = load_bundle(bundle_dir)
+    bundle = load_model_bundle(bundle_dir)
     cache = PreprocessCache(root / "cache" / "preprocessed", bundle.preprocess)
     proba = bundle.predict_proba(np.stack([cache.load(s) for s in preds["sample_id"]]))
     assert np.allclose(proba[:, 1], preds["p_malignant"], atol=1e-5)
@@ -103,7 +103,7 @@ def _copy(bundle_dir: Path, to: Path) -> Path:
     ("ensemble-tasks", "disagree on task"),
 ])  # fmt: skip
 def test_bad_inputs_fail_with_one_line_and_write_nothing(trained, tmp_path, capsys, damage, message):
-    from mammolens.evaluate.ensembles import save_mean_ensemble
+    from mammolens.bundle import save_mean_ensemble
 
     bundle_dir, root = trained
     source = generate(tmp_path / "data", n_per_class=2, size=64, seed=5)
@@ -135,14 +135,14 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(trained, tmp_path, caps
     out = tmp_path / "eval"
     out.mkdir()
     (out / "metrics.json").write_text("earlier")
-    assert _evaluate(bundle, source, out, root / "cache", *extra) == 2
+    assert _evaluate(bundle, source, out, root / "cache", "--fresh", *extra) == 2  # --fresh acts only on success
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("mammolens: error:")
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"] and (out / "metrics.json").read_text() == "earlier"
 
 
 def test_an_ensemble_bundle_is_evaluated_like_any_bundle(trained, tmp_path):
-    from mammolens.evaluate.ensembles import save_mean_ensemble
+    from mammolens.bundle import save_mean_ensemble
 
     bundle_dir, root = trained
     unseen = generate(tmp_path / "unseen", n_per_class=3, size=64, seed=11)

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 import mammolens
+from mammolens.bundle import EnsembleBundle, save_bundle, save_mean_ensemble
 from mammolens.cli import main
-from mammolens.errors import ConfigError, DataError
+from mammolens.engine.stacking import build_ensemble
 from mammolens.evaluate import ensembles as ens
 from mammolens.evaluate.calibration import apply_temperature
 from mammolens.evaluate.predict import predict_manifest
 from mammolens.evaluate.predictions import predictions_frame, write_predictions
-from mammolens.evaluate.stacking import build_ensemble
 from mammolens.models import create_model
-from mammolens.train import save_bundle
+from mammolens.utils.errors import ConfigError, DataError
 
 CLASSES = ["benign", "malignant"]
 
@@ -34,7 +34,7 @@ def make_bundle(path: Path, seed: int, *, size: int = 32, task: str = "benign-ma
 def fake_run(root: Path, seed: int, y: np.ndarray, groups: np.ndarray, p1: np.ndarray, **bundle_kw) -> Path:
     """A cv run directory as the cv verb writes it: ensemble/ and pooled out-of-fold predictions.csv."""
     member = make_bundle(root / "fold0" / "bundle", seed, **bundle_kw)
-    ens.save_mean_ensemble(root / "ensemble", [member], threshold=0.5, temperature=1.0)
+    save_mean_ensemble(root / "ensemble", [member], threshold=0.5, temperature=1.0)
     ids = [f"s{i:03d}" for i in range(len(y))]
     write_predictions(root / "predictions.csv", predictions_frame(ids, groups, y, np.stack([1 - p1, p1], 1), CLASSES))
     return root
@@ -52,7 +52,7 @@ def oof():
 
 def test_mean_ensemble_is_a_bundle_that_travels_alone(tmp_path):
     a, b = make_bundle(tmp_path / "a", 0), make_bundle(tmp_path / "b", 1)
-    out = ens.save_mean_ensemble(tmp_path / "ens", [a, b], threshold=0.3, temperature=1.5)
+    out = save_mean_ensemble(tmp_path / "ens", [a, b], threshold=0.3, temperature=1.5)
     batch = np.random.default_rng(0).random((4, 32, 32), dtype=np.float32)
     expected = apply_temperature((mammolens.load_bundle(a).predict_proba(batch)
                                   + mammolens.load_bundle(b).predict_proba(batch)) / 2, 1.5)
@@ -61,7 +61,7 @@ def test_mean_ensemble_is_a_bundle_that_travels_alone(tmp_path):
             f.unlink()
         path.rmdir()
     bundle = mammolens.load_bundle(out)
-    assert isinstance(bundle, ens.EnsembleBundle)
+    assert isinstance(bundle, EnsembleBundle)
     assert (bundle.classes, bundle.task, bundle.threshold, bundle.temperature) == (CLASSES, "benign-malignant", 0.3, 1.5)
     assert bundle.preprocess == {"steps": [{"name": "resize", "size": 32}]}
     assert np.allclose(bundle.predict_proba(batch), expected, atol=1e-6)
@@ -73,7 +73,7 @@ def test_members_with_different_preprocessing_are_scored_through_their_own_cache
 
     manifest = load_source(generate(tmp_path / "data", n_per_class=2, size=64, seed=3)).manifest
     a, b = make_bundle(tmp_path / "a", 0, size=32), make_bundle(tmp_path / "b", 1, size=48)
-    bundle = mammolens.load_bundle(ens.save_mean_ensemble(tmp_path / "ens", [a, b], threshold=0.5, temperature=1.0))
+    bundle = mammolens.load_bundle(save_mean_ensemble(tmp_path / "ens", [a, b], threshold=0.5, temperature=1.0))
     assert bundle.preprocess is None
     with pytest.raises(ConfigError, match="preprocess differently"):
         bundle.predict_proba(np.zeros((1, 32, 32), np.float32))
@@ -88,13 +88,13 @@ def test_members_that_disagree_are_refused(tmp_path):
     a = make_bundle(tmp_path / "a", 0)
     c = make_bundle(tmp_path / "c", 0, task="normal-abnormal", classes=["normal", "abnormal"])
     with pytest.raises(ConfigError, match="disagree on task"):
-        ens.save_mean_ensemble(tmp_path / "ens", [a, c], threshold=0.5, temperature=1.0)
+        save_mean_ensemble(tmp_path / "ens", [a, c], threshold=0.5, temperature=1.0)
     assert not (tmp_path / "ens").exists()
 
 
 def test_damaged_ensembles_fail_with_one_line(tmp_path):
     a = make_bundle(tmp_path / "a", 0)
-    out = ens.save_mean_ensemble(tmp_path / "ens", [a], threshold=0.5, temperature=1.0)
+    out = save_mean_ensemble(tmp_path / "ens", [a], threshold=0.5, temperature=1.0)
     member_json = out / "members" / "0" / "bundle.json"
     member_json.write_text(member_json.read_text().replace('"threshold": 0.5', '"threshold": 0.9'))
     with pytest.raises(DataError, match="does not match its checksum"):
@@ -146,7 +146,7 @@ def test_stacking_sees_only_the_out_of_fold_predictions(tmp_path, oof):
     assert 0 < stacked.threshold < 1 and metrics["n_samples"] == 80
     # Other member models (same out-of-fold files) give the same combiner, threshold and temperature...
     make_bundle(tmp_path / "other", 7)
-    ens.save_mean_ensemble(tmp_path / "r1" / "ensemble", [tmp_path / "other"], threshold=0.5, temperature=1.0)
+    save_mean_ensemble(tmp_path / "r1" / "ensemble", [tmp_path / "other"], threshold=0.5, temperature=1.0)
     again = mammolens.load_bundle(build_ensemble(tmp_path / "stack2", runs, "logreg", n_boot=50)[0])
     assert (again.combiner, again.threshold, again.temperature) == (stacked.combiner, stacked.threshold,
                                                                      stacked.temperature)
@@ -167,7 +167,7 @@ def test_ensemble_verb_and_its_errors(tmp_path, oof, capsys):
     assert main(["ensemble", str(r1), "--stack", "forest", "--out", str(tmp_path / "x")]) == 2
     assert "known: linear-svc, logreg, svc" in capsys.readouterr().err
     r3 = tmp_path / "r3"
-    ens.save_mean_ensemble(r3 / "ensemble", [make_bundle(r3 / "fold0" / "bundle", 2, task="normal-abnormal",
+    save_mean_ensemble(r3 / "ensemble", [make_bundle(r3 / "fold0" / "bundle", 2, task="normal-abnormal",
                                                          classes=["normal", "abnormal"])], 0.5, 1.0)
     (r3 / "predictions.csv").write_bytes((r1 / "predictions.csv").read_bytes())
     assert main(["ensemble", str(r1), str(r3), "--stack", "logreg", "--out", str(tmp_path / "bad")]) == 2

@@ -9,13 +9,18 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mammolens.errors import ConfigError, DataError
 from mammolens.evaluate import bootstrap as b
 from mammolens.evaluate import metrics as m
-from mammolens.evaluate.calibration import (apply_temperature, brier_score, expected_calibration_error,
-                                            fit_temperature, reliability)
+from mammolens.evaluate.calibration import (
+    apply_temperature,
+    brier_score,
+    expected_calibration_error,
+    fit_temperature,
+    reliability,
+)
 from mammolens.evaluate.summary import evaluate_predictions, render_table
 from mammolens.evaluate.thresholds import choose_threshold, operating_point
+from mammolens.utils.errors import ConfigError, DataError
 
 
 @pytest.fixture()

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
+from mammolens.bundle.model import save_bundle
 from mammolens.cli import main
 from mammolens.data.synthetic import generate
 from mammolens.explain.localisation import centre_prior, finding_mask, scores
 from mammolens.models import create_model
-from mammolens.train.bundle import save_bundle
 
 
 def _bundle(path: Path, steps: list[dict], classes=("benign", "malignant")) -> Path:
@@ -78,17 +78,20 @@ def test_explain_an_image_the_bundle_cannot_preprocess(tmp_path: Path, capsys) -
     err = capsys.readouterr().err.strip()
     assert "a.png: crop_roi: sample has no ROI" in err and "\n" not in err
     # the first image is fine, the second is not an image: nothing is written for either
-    assert main(["explain", str(lesion), str(good), str(broken), "--roi", "40,30,10", "--out", str(out)]) == 2
+    rois = tmp_path / "rois.csv"
+    rois.write_text(f"file,x,y,r\n{good},40,30,10\n{broken},40,30,10\n")
+    assert main(["explain", str(lesion), "--rois", str(rois), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "broken.png" in err and "\n" not in err
     assert not out.exists()
-    assert main(["explain", str(lesion), str(good), "--roi", "40,30,10", "--out", str(out)]) == 0
+    rois.write_text(f"file,x,y,r\n{good},40,30,10\n")
+    assert main(["explain", str(lesion), "--rois", str(rois), "--out", str(out)]) == 0
 
 
 def test_explain_eval_table_page_and_baselines(tmp_path: Path, films: Path, capsys) -> None:
     bundle = _bundle(tmp_path / "b", [{"name": "crop_breast"}, {"name": "resize", "size": 32}])
     out = tmp_path / "eval"
-    args = ["explain-eval", str(bundle), str(films), "--out", str(out), "--methods", "gradcam,occlusion", "--name", "tiny"]
+    args = ["explain-eval", str(bundle), str(films), "--out", str(out), "--method", "gradcam,occlusion", "--name", "tiny"]
     assert main(args) == 0
     with open(out / "localisation.csv") as fh:
         table = list(csv.DictReader(fh))
@@ -100,7 +103,7 @@ def test_explain_eval_table_page_and_baselines(tmp_path: Path, films: Path, caps
     page = (out / "localisation.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "http" not in page  # self-contained
     assert (out / "gallery.png").is_file() and (out / "localisation_per_image.csv").is_file()
-    assert main(["explain-eval", str(bundle), str(films), "--out", str(tmp_path / "e2"), "--methods", "nope"]) == 2
+    assert main(["explain-eval", str(bundle), str(films), "--out", str(tmp_path / "e2"), "--method", "nope"]) == 2
     assert "unknown CAM method 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "e2").exists()
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from test_explain_methods import blob_image, make_bundle
 
-from mammolens.errors import ConfigError
 from mammolens.explain import explain_image
 from mammolens.models.classifier import BackboneClassifier
+from mammolens.utils.errors import ConfigError
 
 BACKBONES = ["mobilenetv2_100", "tf_efficientnet_lite0"]
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from mammolens.errors import ConfigError
+from mammolens.bundle.model import Bundle
 from mammolens.explain import CAM_METHODS, explain_image
 from mammolens.models import create_model
 from mammolens.models.base import MammoModel
-from mammolens.train.bundle import Bundle
+from mammolens.utils.errors import ConfigError
 
 SIZE = 32
 BLOB = (70, 20)  # (x, y) of the bright blob on the 96 x 64 original

@@ -11,16 +11,16 @@ import pytest
 import torch
 import yaml
 
+from mammolens.bundle.model import load_model_bundle, save_bundle
 from mammolens.cli import main
-from mammolens.crossval import held_out_bundles
 from mammolens.data.adapters.base import load_source
 from mammolens.data.synthetic import generate
-from mammolens.errors import ConfigError
+from mammolens.engine.crossval import held_out_bundles
 from mammolens.explain.api import explain_image
 from mammolens.explain.evaluation import evaluate_localisation
 from mammolens.models import create_model
 from mammolens.patches.geometry import map_to_pixels
-from mammolens.train.bundle import load_bundle, save_bundle
+from mammolens.utils.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_each_film_is_scored_by_the_fold_that_held_it_out(cv_run, tmp_path: Path
     folds = held_out_bundles(cv)
     assert len(folds) == 2 and not set.intersection(*folds.values())
     out = tmp_path / "loc"
-    assert main(["explain-eval", str(cv), str(films), "--out", str(out), "--methods", "scoremap"]) == 0
+    assert main(["explain-eval", str(cv), str(films), "--out", str(out), "--method", "scoremap"]) == 0
     with open(out / "localisation_per_image.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["method"] == "scoremap"]
     records = {r["sample_id"]: r for r in load_source(str(films)).manifest.df.to_dict("records")}
@@ -55,8 +55,8 @@ def test_each_film_is_scored_by_the_fold_that_held_it_out(cv_run, tmp_path: Path
     (first, ids), (second, _) = folds.items()
     mine = sorted(s for s in ids if s in {r["sample_id"] for r in rows})
     assert mine
-    held = evaluate_localisation(load_bundle(first), [records[s] for s in mine], model_name="x", methods=["scoremap"])
-    other = evaluate_localisation(load_bundle(second), [records[s] for s in mine], model_name="x", methods=["scoremap"])
+    held = evaluate_localisation(load_model_bundle(first), [records[s] for s in mine], model_name="x", methods=["scoremap"])
+    other = evaluate_localisation(load_model_bundle(second), [records[s] for s in mine], model_name="x", methods=["scoremap"])
     got = {r["sample_id"]: float(r["energy_inside"]) for r in rows if r["sample_id"] in mine}
     own = {r["sample_id"]: r["energy_inside"] for r in held.rows if r["method"] == "scoremap"}
     wrong = {r["sample_id"]: r["energy_inside"] for r in other.rows if r["method"] == "scoremap"}
@@ -67,7 +67,7 @@ def test_each_film_is_scored_by_the_fold_that_held_it_out(cv_run, tmp_path: Path
 
 def test_scoremap_is_the_windows_target_probability(cv_run) -> None:
     cv, _ = cv_run
-    bundle = load_bundle(next(iter(held_out_bundles(cv))))
+    bundle = load_model_bundle(next(iter(held_out_bundles(cv))))
     rng = np.random.default_rng(0)
     film = np.zeros((32, 32), np.float32)
     film[4:28, 2:26] = rng.uniform(0.2, 0.9, (24, 24))
@@ -82,7 +82,7 @@ def test_scoremap_is_the_windows_target_probability(cv_run) -> None:
 
 def test_scoremap_on_another_model_is_one_line(tmp_path: Path) -> None:
     model = create_model("scratch-cnn", 2, depth=2, width=4, hidden=0, dropout=0.0)
-    bundle = load_bundle(save_bundle(tmp_path / "b", model, classes=("benign", "malignant"), task="benign-malignant",
+    bundle = load_model_bundle(save_bundle(tmp_path / "b", model, classes=("benign", "malignant"), task="benign-malignant",
                                      preprocess={"steps": [{"name": "resize", "size": 32}]}, normalisation=None,
                                      metrics={}, provenance={}, config={}))
     with pytest.raises(ConfigError, match="needs a patch-classifier"):

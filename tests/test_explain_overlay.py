@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 
-from mammolens.errors import ConfigError
 from mammolens.explain.overlay import (
     gallery_png,
     overlay_png,
@@ -14,6 +13,7 @@ from mammolens.explain.overlay import (
     panel_png,
     top_region,
 )
+from mammolens.utils.errors import ConfigError
 
 
 def _film_and_heat() -> tuple[np.ndarray, np.ndarray]:

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import mammolens.train.features as features
-from mammolens.configuration import from_dict
 from mammolens.train import ArrayDataModule, TrainConfig, fit
 from mammolens.train.features import feature_cache_key, part_features
 from mammolens.train.tiny import TinyCNN
+from mammolens.utils.configuration import from_dict
 
 PARTS = {"train": range(16), "val": range(16, 24)}
 

@@ -24,7 +24,6 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from mammolens.errors import ConfigError, ImageReadError
 from mammolens.io import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
@@ -33,6 +32,7 @@ from mammolens.io import (
     read_image,
     read_meta,
 )
+from mammolens.utils.errors import ConfigError, ImageReadError
 
 RNG = np.random.default_rng(0)
 

@@ -12,14 +12,15 @@ import pytest
 import torch
 import yaml
 
-from mammolens.configuration import from_dict
-from mammolens.errors import ConfigError, DataError
-from mammolens.train import ArrayDataModule, TrainConfig, fit, load_bundle, save_bundle
-from mammolens.train.bundle import Bundle, dihedral_views
+from mammolens.bundle import load_model_bundle, save_bundle
+from mammolens.bundle.model import Bundle, dihedral_views
+from mammolens.train import ArrayDataModule, TrainConfig, fit
 from mammolens.train.linear_head import fit_linear_head, install_linear_head
 from mammolens.train.losses import probabilities
 from mammolens.train.normalisation import normalise
 from mammolens.train.tiny import TinyCNN
+from mammolens.utils.configuration import from_dict
+from mammolens.utils.errors import ConfigError, DataError
 
 
 def _cfg(**kw):
@@ -81,7 +82,7 @@ def test_descriptor_head_travels_in_the_bundle(tmp_path):
     path = save_bundle(tmp_path / "b", model, classes=["benign", "malignant"], task="benign-malignant",
                        preprocess={"steps": []}, normalisation={"mean": 0.5, "std": 0.25}, metrics={},
                        provenance={}, config={}, tta=8, descriptor_head=extra)
-    bundle = load_bundle(path, model_factory=lambda **kw: TinyCNN(**{k: v for k, v in kw.items() if k != "pretrained"}))
+    bundle = load_model_bundle(path, model_factory=lambda **kw: TinyCNN(**{k: v for k, v in kw.items() if k != "pretrained"}))
     assert bundle.tta == 8 and bundle.descriptor_head["names"] == ["a", "b"]
     images = rng.random((40, 16, 16)).astype(np.float32)
     got = bundle.predict_proba(images, descriptors=desc)[:, 1]
@@ -93,7 +94,7 @@ def test_descriptor_head_travels_in_the_bundle(tmp_path):
     with pytest.raises(DataError, match="expected shape"):
         bundle.predict_proba(images, descriptors=desc[:, :1])
     # A cv ensemble of such bundles hands the descriptors on to its members.
-    from mammolens.evaluate.ensembles import EnsembleBundle
+    from mammolens.bundle import EnsembleBundle
 
     ensemble = EnsembleBundle(path=tmp_path, members=[bundle, bundle], classes=bundle.classes, task=bundle.task,
                               threshold=0.5, temperature=1.0, combiner={"method": "mean"}, metrics={}, provenance={})
@@ -149,8 +150,9 @@ def test_bad_head_settings_are_one_line(settings, message):
 def test_a_lesion_experiment_end_to_end(tmp_path):
     """Multi-scale crops + descriptors + logistic head + TTA through run_experiment: the bundle it saves
     scores the held-out part exactly as the run did."""
+    from mammolens.engine.config import load_config, preprocess_config
+    from mammolens.engine.experiment import run_experiment
     from mammolens.evaluate.metrics import roc_auc
-    from mammolens.experiment import load_config, preprocess_config, run_experiment
     from mammolens.preprocess import PreprocessCache
 
     config = {
@@ -168,7 +170,7 @@ def test_a_lesion_experiment_end_to_end(tmp_path):
     path.write_text(yaml.safe_dump(config))
     cfg = load_config(path)
     summary = run_experiment(cfg, tmp_path / "run", progress=False)
-    bundle = load_bundle(summary["bundle"])
+    bundle = load_model_bundle(summary["bundle"])
     assert bundle.model.config["in_chans"] == 3 and bundle.tta == 8
     names = bundle.descriptor_head["names"]
     assert names[0] == "radius_mm" and len(names) == len(bundle.descriptor_head["coef"][0])

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from mammolens.errors import ConfigError, DataError
 from mammolens.preprocess import Pipeline, Sample
 from mammolens.preprocess.lesion import LesionDescriptors, MultiscaleCrop, padded_crop
+from mammolens.utils.errors import ConfigError, DataError
 
 
 def _film(cx=150.0, cy=120.0, r=12.0, shape=(300, 400), value=0.8):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from mammolens.patches.trainer import _fit_linear
+from mammolens.engine.patch_trainer import _fit_linear
 from mammolens.train.linear_head import standardisation
 
 

@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 
-from mammolens.configuration import from_dict
-from mammolens.errors import ConfigError, DataError
 from mammolens.train.config import TrainConfig
 from mammolens.train.losses import ClassificationLoss, class_weights, num_outputs, probabilities
+from mammolens.utils.configuration import from_dict
+from mammolens.utils.errors import ConfigError, DataError
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ from typing import Literal
 
 import pytest
 
-from mammolens import atomic
-from mammolens.configuration import apply_overrides, from_dict, load_yaml
 from mammolens.data.manifest import Manifest
-from mammolens.errors import ConfigError, DataError
-from mammolens.registry import Registry
+from mammolens.utils import atomic
+from mammolens.utils.configuration import apply_overrides, from_dict, load_yaml
+from mammolens.utils.errors import ConfigError, DataError
+from mammolens.utils.registry import Registry
 
 
 def _rows(n: int = 3, root: str = "/data") -> list[dict]:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from mammolens.errors import ConfigError
 from mammolens.models import MammoModel, create_model, list_models
 from mammolens.models.adapters import ConvAdapter
 from mammolens.models.backbones import MIN_INPUT_SIZE
+from mammolens.utils.errors import ConfigError
 
 EXPECTED = {
     "attention", "densenet121", "hybrid", "hybrid-lite", "inception_v3", "mobilenetv2_100",

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_patches_train import _config
 
 from mammolens.cli import main
 from mammolens.models import create_model
-from mammolens.patches.finetune import PatchFinetune, PatchPixels, finetune_encoder, safe_shift, trainable
+from mammolens.patches.config import PatchFinetune
+from mammolens.patches.finetune import PatchPixels, finetune_encoder, safe_shift, trainable
 from mammolens.patches.geometry import touches_circle
-from test_patches_train import _config
 
 FINETUNE = {"epochs": 2, "lr": 0.01, "batch_size": 8, "shift": 2}
 
@@ -103,7 +104,7 @@ def test_a_stale_feature_cache_is_not_served_after_the_encoder_changes(tmp_path:
 
 @pytest.fixture(scope="module")
 def tuned_cv(tmp_path_factory) -> tuple[Path, list]:
-    import mammolens.patches.trainer as trainer
+    import mammolens.engine.patch_trainer as trainer
 
     tmp = tmp_path_factory.mktemp("patches-ft")
     seen = []
@@ -121,9 +122,9 @@ def tuned_cv(tmp_path_factory) -> tuple[Path, list]:
 
 
 def test_validation_patches_come_from_validation_films_only(tuned_cv) -> None:
-    from mammolens.crossval import fold_parts
-    from mammolens.datasets import task_samples
-    from mammolens.experiment import load_config
+    from mammolens.engine.crossval import fold_parts
+    from mammolens.engine.config import load_config
+    from mammolens.engine.sources import task_samples
 
     cv_dir, seen = tuned_cv
     cfg = load_config(cv_dir.parent / "tiny.yaml")
@@ -138,11 +139,11 @@ def test_validation_patches_come_from_validation_films_only(tuned_cv) -> None:
 
 
 def test_a_tuned_fold_bundle_reproduces_its_out_of_fold_scores(tuned_cv) -> None:
+    from mammolens.bundle.model import load_model_bundle
+    from mammolens.engine.config import preprocess_config
+    from mammolens.engine.config import load_config
     from mammolens.evaluate.predictions import proba_of, read_predictions
-    from mammolens.experiment import load_config
-    from mammolens.experiment_config import preprocess_config
     from mammolens.preprocess import PreprocessCache
-    from mammolens.train.bundle import load_bundle
 
     cv_dir, _ = tuned_cv
     fold = cv_dir / "repeat0" / "fold0"
@@ -154,7 +155,7 @@ def test_a_tuned_fold_bundle_reproduces_its_out_of_fold_scores(tuned_cv) -> None
     cfg = load_config(cv_dir.parent / "tiny.yaml")
     # no fold's tuned features went to the shared cache: only the frozen encoder's folder is there
     assert len(list((Path(cfg.cache_dir) / "features" / "patches").iterdir())) == 1
-    bundle = load_bundle(fold / "bundle")
+    bundle = load_model_bundle(fold / "bundle")
     df, classes = read_predictions(fold / "oof.csv")
     cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", preprocess_config(cfg))
     films = np.stack([cache.load(s) for s in df["sample_id"]])

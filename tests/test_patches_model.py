@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from mammolens.errors import ConfigError, DataError
 from mammolens.models import create_model
 from mammolens.patches.geometry import grid_positions
+from mammolens.utils.errors import ConfigError, DataError
 
 
 def _model(num_classes: int = 2, **options) -> torch.nn.Module:
@@ -71,13 +71,13 @@ def test_film_scores_aggregate_the_map() -> None:
 
 
 def test_it_round_trips_through_a_bundle(tmp_path) -> None:
-    from mammolens.train.bundle import load_bundle, save_bundle
+    from mammolens.bundle.model import load_model_bundle, save_bundle
 
     model, films = _model(2, aggregate="stage2"), _films()
     save_bundle(tmp_path / "b", model, classes=["normal", "abnormal"], task="normal-abnormal",
                 preprocess={"steps": [{"name": "resize", "size": 48}]}, normalisation={"mean": 0.0, "std": 1.0},
                 metrics={}, provenance={}, config={})
-    bundle = load_bundle(tmp_path / "b")
+    bundle = load_model_bundle(tmp_path / "b")
     with torch.inference_mode():
         expected = torch.softmax(model(films), dim=1).numpy()
     np.testing.assert_allclose(bundle.predict_proba(films[:, 0].numpy()), expected, rtol=1e-5, atol=1e-6)
@@ -125,14 +125,14 @@ def test_a_patch_larger_than_the_film_is_one_line() -> None:
 def test_onnx_export_matches_torch_on_films_with_background(tmp_path) -> None:
     """The export runs every window through the encoder and masks the background ones (shapes may not
     depend on the data); it must score films with background as torch does."""
+    from mammolens.bundle.model import load_model_bundle, save_bundle
     from mammolens.deploy.export import ModelSpec, compare_with_torch, export_onnx
-    from mammolens.train.bundle import load_bundle, save_bundle
 
     model = _model(3, aggregate="topk")
     save_bundle(tmp_path / "b", model, classes=["normal", "benign", "malignant"], task="normal-benign-malignant",
                 preprocess={"steps": [{"name": "resize", "size": 48}]}, normalisation={"mean": 0.0, "std": 1.0},
                 metrics={}, provenance={}, config={})
     report = export_onnx(tmp_path / "b", tmp_path / "m.onnx", exporter="torchscript", check_images=2)
-    bundle = load_bundle(tmp_path / "b")
+    bundle = load_model_bundle(tmp_path / "b")
     diff, agreement = compare_with_torch(bundle, ModelSpec.from_bundle(bundle), report.path, _films(4)[:, 0].numpy())
     assert diff < 1e-5 and agreement == 1.0

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from mammolens.data.tasks import TASKS
-from mammolens.errors import ConfigError
 from mammolens.patches.geometry import grid_positions, tissue_fraction, touches_circle
 from mammolens.patches.sampling import (
     FilmFindings,
@@ -18,6 +17,7 @@ from mammolens.patches.sampling import (
     normal_index,
     sample_film,
 )
+from mammolens.utils.errors import ConfigError
 
 
 def _film(size: int = 96) -> np.ndarray:

@@ -47,12 +47,12 @@ def cv_run(tmp_path_factory) -> Path:
 
 
 def test_patches_and_their_labels_stay_in_the_training_part(tmp_path: Path) -> None:
-    from mammolens.crossval import fold_parts
-    from mammolens.datasets import task_samples
-    from mammolens.experiment import load_config
-    from mammolens.experiment_config import preprocess_config
+    from mammolens.engine.config import preprocess_config
+    from mammolens.engine.crossval import fold_parts
+    from mammolens.engine.config import load_config
+    from mammolens.engine.patch_trainer import patch_model, training_patches
+    from mammolens.engine.sources import task_samples
     from mammolens.patches.features import PatchFeatureStore
-    from mammolens.patches.trainer import patch_model, training_patches
     from mammolens.preprocess import PreprocessCache
 
     cfg = load_config(_config(tmp_path))
@@ -77,11 +77,11 @@ def test_patches_and_their_labels_stay_in_the_training_part(tmp_path: Path) -> N
 
 
 def test_cv_trains_scores_and_the_bundle_reproduces_the_out_of_fold_scores(cv_run: Path) -> None:
+    from mammolens.bundle.model import load_model_bundle
+    from mammolens.engine.config import preprocess_config
+    from mammolens.engine.config import load_config
     from mammolens.evaluate.predictions import proba_of, read_predictions
-    from mammolens.experiment import load_config
-    from mammolens.experiment_config import preprocess_config
     from mammolens.preprocess import PreprocessCache
-    from mammolens.train.bundle import load_bundle
 
     metrics = json.loads((cv_run / "metrics.json").read_text())
     assert metrics["macro_f1"] is not None and len(metrics["folds"]) == 2
@@ -89,7 +89,7 @@ def test_cv_trains_scores_and_the_bundle_reproduces_the_out_of_fold_scores(cv_ru
     selection = json.loads((fold / "training" / "selection.json").read_text())
     assert {row["aggregate"] for row in selection["table"]} == {"max", "topk", "stage2"}
     assert len(selection["table"]) == 6 and selection["patches"]["positive"] > 0
-    bundle = load_bundle(fold / "bundle")
+    bundle = load_model_bundle(fold / "bundle")
     assert bundle.model.config["aggregate"] == selection["chosen"]["aggregate"]
     assert bundle.model.config["name"] == "patch-classifier"
     df, classes = read_predictions(fold / "oof.csv")
@@ -120,7 +120,7 @@ def test_a_stride_of_zero_is_one_line_before_any_work(tmp_path: Path, capsys) ->
 
 
 def test_contact_sheet_of_held_out_maps(cv_run: Path, tmp_path: Path) -> None:
-    from mammolens.patches.sheet import make_sheet
+    from mammolens.engine.patch_sheet import make_sheet
 
     out = make_sheet(cv_run, tmp_path / "sheet.png", abnormal=2, normal=2)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

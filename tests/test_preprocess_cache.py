@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from mammolens.data.manifest import Manifest
-from mammolens.errors import DataError, ImageReadError
 from mammolens.preprocess import Pipeline, PreprocessCache, Sample
+from mammolens.utils.errors import DataError, ImageReadError
 
 CONFIG = {
     "steps": [

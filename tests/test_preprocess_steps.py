@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from mammolens.configuration import from_dict
-from mammolens.errors import ConfigError, DataError
-from mammolens.preprocess import pipeline as pipeline_module
 from mammolens.preprocess import STEPS, Pipeline, PreprocessConfig, Sample, default_config, rois_from_mask
+from mammolens.preprocess import pipeline as pipeline_module
 from mammolens.preprocess.sample import sample_from_row
+from mammolens.utils.configuration import from_dict
+from mammolens.utils.errors import ConfigError, DataError
 
 LESION = (60.0, 150.0, 12.0)  # x, y, r in the fixture's pixels
 

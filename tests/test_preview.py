@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from mammolens.data.manifest import Manifest
-from mammolens.errors import ConfigError, DataError
 from mammolens.preprocess import Pipeline, PreprocessCache
 from mammolens.preprocess.preview import contact_sheet, overlay_original
+from mammolens.utils.errors import ConfigError, DataError
 
 CONFIG = {"steps": [{"name": "crop_breast"}, {"name": "resize", "size": 48}]}
 

@@ -13,7 +13,7 @@ from mammolens.data.splits import (
     make_kfold,
     save_split,
 )
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 
 def _manifest(n_patients=(30, 18, 12), views=2, mixed=2):

@@ -8,7 +8,7 @@ import pytest
 from mammolens.data import synthetic
 from mammolens.data.adapters.base import ADAPTERS, load_source
 from mammolens.data.adapters.synthetic import detect, load
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")

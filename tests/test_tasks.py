@@ -1,11 +1,11 @@
 
 import numpy as np
 import pytest
+from realdata import shared_folder
 
 from mammolens.data.manifest import MIAS_CLASSES, Manifest
 from mammolens.data.tasks import TASKS, derive_task, task_counts
-from mammolens.errors import ConfigError, DataError
-from realdata import shared_folder
+from mammolens.utils.errors import ConfigError, DataError
 
 # (pathology, abnormality, lesion_type) of a small MIAS-like source
 ROWS = [

@@ -5,10 +5,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from mammolens.configuration import from_dict
-from mammolens.errors import ConfigError, DataError
 from mammolens.train import ArrayDataModule, TrainConfig, fit
 from mammolens.train.tiny import TinyCNN
+from mammolens.utils.configuration import from_dict
+from mammolens.utils.errors import ConfigError, DataError
 
 
 def _data(n=24, size=32, classes=2, seed=0):

@@ -15,7 +15,6 @@ from realdata import import_or_absent
 from safetensors.torch import save_file
 from weights_fixtures import CAT_CLASSES, CUP_CLASSES, offline, real_weights  # noqa: F401 - offline: autouse
 
-from mammolens.errors import ConfigError
 from mammolens.models import create_model, weights
 from mammolens.models.weights import (
     find_local_weights,
@@ -23,6 +22,7 @@ from mammolens.models.weights import (
     read_state_dict,
     to_timm_layout,
 )
+from mammolens.utils.errors import ConfigError
 
 REAL_PACKAGES = ["mobilenetv2_100", "tf_efficientnet_lite0"]  # the two with torch-layout files
 HUB_PROBE = weights._hub_unreachable  # the real one, before the `offline` fixture replaces it

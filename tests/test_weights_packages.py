@@ -20,8 +20,7 @@ from PIL import Image
 from realdata import import_or_absent
 from weights_fixtures import CAT_CLASSES, CUP_CLASSES, offline, real_weights  # noqa: F401 - offline: autouse
 
-from mammolens.errors import ConfigError
-from mammolens.experiment_config import load_config
+from mammolens.engine.config import load_config
 from mammolens.models import create_model
 from mammolens.models.catalog import TIMM_OPTIONS
 from mammolens.models.feature_check import (
@@ -37,6 +36,7 @@ from mammolens.models.weights import (
     read_state_dict,
     to_timm_layout,
 )
+from mammolens.utils.errors import ConfigError
 
 # Natural photos bundled with scikit-image (no download): the DenseNet check's test images.
 

@@ -45,7 +45,7 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from mammolens.data.manifest import Manifest
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 HASH_SIZE = 16
 MAX_DISTANCE = 32  # bits of 256; see the module docstring for the measured margins

@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from mammolens import atomic
-from mammolens.errors import DataError
+from mammolens.utils import atomic
+from mammolens.utils.errors import DataError
 
 # column -> (dtype, default). Strings use "" for "unknown", never NaN, so equality checks work.
 COLUMNS: dict[str, tuple[str, Any]] = {

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mammolens.data.manifest import Manifest
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 
 OPPOSITE = {"L": "R", "R": "L"}
 

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from mammolens import atomic
 from mammolens.data.manifest import Manifest
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils import atomic
+from mammolens.utils.errors import ConfigError, DataError
 
 FORMAT = "mammolens-split"
 VERSION = 1

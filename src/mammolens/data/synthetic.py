@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from mammolens.atomic import make_temp_dir, replace_dir
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.atomic import make_temp_dir, replace_dir
+from mammolens.utils.errors import ConfigError, DataError
 
 CSV_NAME = "synthetic.csv"
 CSV_COLUMNS = ("file", "patient", "laterality", "view", "pathology", "lesion_type", "roi_x", "roi_y", "roi_r")

@@ -17,8 +17,8 @@ import numpy as np
 
 from mammolens.data.manifest import MIAS_CLASSES, Manifest
 from mammolens.data.units import Units, lesion_rows
-from mammolens.errors import DataError
-from mammolens.registry import Registry
+from mammolens.utils.errors import DataError
+from mammolens.utils.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mammolens.atomic import atomic_open
-from mammolens.errors import ConfigError, DataError, MammolensError
+from mammolens.utils.atomic import atomic_open
+from mammolens.utils.errors import ConfigError, DataError, MammolensError
 
 # What a screening export holds; '.npy' is read_image's too, but is not an image a scanner writes.
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg")

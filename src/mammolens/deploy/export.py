@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.atomic import atomic_path
 from mammolens.deploy.spec import ModelSpec
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.atomic import atomic_path
+from mammolens.utils.errors import ConfigError, DataError
 
 # ONNX opset per exporter. torch.export ("dynamo", the default) folds TF-"same" padding into static
 # pads, which ran EfficientNet-Lite0 1.4x faster in ORT than the TorchScript exporter's graph (28.8 vs
@@ -71,8 +71,8 @@ def probability_graph(bundle: Any) -> Any:
     """
     import torch
 
+    from mammolens.bundle.model import dihedral_views
     from mammolens.models.classifier import BackboneClassifier
-    from mammolens.train.bundle import dihedral_views
     from mammolens.train.losses import probabilities
 
     model = copy.deepcopy(bundle.model).eval()
@@ -108,13 +108,13 @@ def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8:
     writes the fp32 file beside the int8 one (``fallback_path``) and names it in the int8 metadata,
     for the Predictor's guard band.
     """
-    from mammolens.train.bundle import load_bundle
+    from mammolens.bundle.model import load_model_bundle
 
     if exporter not in OPSETS:
         raise ConfigError(f"unknown exporter {exporter!r}; known exporters: {', '.join(EXPORTERS)}")
     if fp32_fallback and not int8:
         raise ConfigError("--fp32-fallback is for --int8 exports (the fp32 file the guard band re-scores with)")
-    bundle = load_bundle(bundle_path)
+    bundle = load_model_bundle(bundle_path)
     spec = ModelSpec.from_bundle(bundle)
     spec.check_onnx(bundle_path)
     if spec.input_size is None:
@@ -343,7 +343,13 @@ class Quantiser:
         self.cache.unlink(missing_ok=True)
 
     def __call__(self, out: Path, exclude: Sequence[str], only: Sequence[str] | None = None) -> None:
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
         images = self.images
 
@@ -397,8 +403,8 @@ def calibration_rows(spec: ModelSpec, source: str | Path, n: int, seed: int = 0,
                      split: str | Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """The manifest rows ``calibration_images`` preprocesses (their ``sample_id`` says which films they are)."""
     from mammolens.data.units import lesion_rows
-    from mammolens.datasets import load_experiment_source
-    from mammolens.experiment_config import ExperimentConfig
+    from mammolens.engine.config import ExperimentConfig
+    from mammolens.engine.sources import load_experiment_source
 
     if n < 1:
         raise ConfigError(f"calibration samples must be >= 1, got {n}")

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from mammolens.deploy.spec import ModelSpec, check_image, check_rois
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 Backend = Literal["torch", "onnxruntime"]
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
@@ -161,13 +161,13 @@ class Predictor:
                 raise ConfigError("onnx_path is only for backend='onnxruntime'")
             if guard_band is not None:
                 raise ConfigError("the guard band is for int8 ONNX models (backend='onnxruntime')")
-            from mammolens.train.bundle import load_bundle
+            from mammolens.bundle.model import load_model_bundle
 
             if threads:
                 import torch
 
                 torch.set_num_threads(threads)
-            bundle = load_bundle(path)
+            bundle = load_model_bundle(path)
             return cls(ModelSpec.from_bundle(bundle), _TorchRunner(bundle), backend=backend, bundle_path=path,
                        bundle=bundle, batch_size=batch_size)  # fmt: skip
         if onnx_path is None:
@@ -186,12 +186,12 @@ class Predictor:
     # -- input ---------------------------------------------------------------------------------
     def read(self, source: str | Path | np.ndarray | Any) -> Film:
         """A file, a 2-D [0, 1] array, or a ``mammolens.io.Image`` (its laterality and pixel spacing kept)."""
-        from mammolens.preprocess.sample import _read, default_loader
+        from mammolens.preprocess.sample import default_loader, read_film
 
         if isinstance(source, (str, Path)):
-            return Film(*_read(default_loader, str(source)))
+            return Film(*read_film(default_loader, str(source)))
         if hasattr(source, "pixels"):
-            pixels, laterality, pixel_mm = _read(lambda _path, _frame: source, "image")
+            pixels, laterality, pixel_mm = read_film(lambda _path, _frame: source, "image")
             return Film(check_image(pixels), laterality, pixel_mm)
         return Film(check_image(source))
 
@@ -244,7 +244,7 @@ class Predictor:
     def _model_input(self, sample: Any, name: str) -> ModelInput:
         if not self.spec.descriptors:
             return ModelInput(sample.pixels)
-        from mammolens.train.bundle import descriptor_vector
+        from mammolens.bundle.model import descriptor_vector
 
         try:
             return ModelInput(sample.pixels, descriptor_vector(self.spec.descriptors, sample.descriptors))
@@ -352,9 +352,9 @@ class Predictor:
         film = image if isinstance(image, Film) else Film(check_image(image))
         with self._explain_lock:  # CAM methods hook the model: one explanation at a time
             if self._bundle is None:
-                from mammolens.train.bundle import load_bundle
+                from mammolens.bundle.model import load_model_bundle
 
-                self._bundle = load_bundle(self.bundle_path)
+                self._bundle = load_model_bundle(self.bundle_path)
             rois = check_rois(roi, film.pixels.shape) or None
             result = explain.explain_image(self._bundle, film.pixels, rois=rois, laterality=laterality,
                                            pixel_mm=film.pixel_mm)  # fmt: skip

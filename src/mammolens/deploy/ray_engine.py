@@ -23,7 +23,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mammolens.atomic import atomic_open
 from mammolens.deploy.batch import (
     OTHER,
     ROI_COLUMNS,
@@ -35,7 +34,8 @@ from mammolens.deploy.batch import (
     row_key,
     unit_key,
 )
-from mammolens.errors import ConfigError
+from mammolens.utils.atomic import atomic_open
+from mammolens.utils.errors import ConfigError
 
 
 @contextlib.contextmanager

@@ -28,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 
 from mammolens.deploy.page import PAGE
 from mammolens.deploy.predictor import Predictor
-from mammolens.errors import ConfigError, MammolensError
 from mammolens.io.guards import DEFAULT_MAX_PIXELS
+from mammolens.utils.errors import ConfigError, MammolensError
 
 log = logging.getLogger("mammolens.deploy.service")
 DISPLAY_SIDE = 1024  # previews and overlays sent to the page are at most this many pixels a side

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 ROI = tuple[float, float, float]
 # Preprocessing steps that read the finding's circle: a bundle with one of them scores lesions.

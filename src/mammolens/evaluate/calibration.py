@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.errors import DataError
 from mammolens.evaluate.metrics import as_proba, defined
+from mammolens.utils.errors import DataError
 
 _EPS = 1e-12
 T_BOUNDS = (0.05, 20.0)

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mammolens.atomic import write_text
-from mammolens.errors import DataError
 from mammolens.evaluate.metrics import as_proba, decide
+from mammolens.utils.atomic import write_text
+from mammolens.utils.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd

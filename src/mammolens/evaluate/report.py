@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mammolens.atomic import write_text
 from mammolens.evaluate.metrics import format_value
 from mammolens.evaluate.predictions import proba_of
-from mammolens.provenance import git_state, package_versions
+from mammolens.utils.atomic import write_text
+from mammolens.utils.provenance import git_state, package_versions
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.errors import DataError
-from mammolens.evaluate import metrics as m
 from mammolens.evaluate import bootstrap as b
+from mammolens.evaluate import metrics as m
 from mammolens.evaluate.calibration import brier_score, reliability
+from mammolens.utils.errors import DataError
 
 
 def evaluate_predictions(

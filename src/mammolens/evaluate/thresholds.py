@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.errors import ConfigError, DataError
 from mammolens.evaluate.metrics import as_proba
-from mammolens.registry import Registry
+from mammolens.utils.errors import ConfigError, DataError
+from mammolens.utils.registry import Registry
 
 METHODS: Registry[Any] = Registry("threshold method")
 

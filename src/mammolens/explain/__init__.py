@@ -2,7 +2,7 @@
 
 ``explain_image(bundle, image)`` -> ``Explanation`` (heatmap at the original image's size, per-backbone
 maps for a hybrid); ``overlay_png`` / ``panel_png`` draw it; ``CAM_METHODS`` lists the methods.
-The names load on first use, so ``mammolens.explain.cli`` (and ``mammolens --help``) never pull in
+The names load on first use, so ``mammolens.cli.explain`` (and ``mammolens --help``) never pull in
 torch or pytorch-grad-cam.
 """
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.bundle.model import Bundle, descriptor_vector
 from mammolens.explain.geometry import InputGeometry, preprocess_with_geometry
 from mammolens.explain.layers import resolve_layers
 from mammolens.explain.methods import CAM_METHODS, CamRequest
 from mammolens.preprocess import Pipeline, Sample
-from mammolens.train.bundle import Bundle, descriptor_vector
 from mammolens.train.losses import probabilities
 from mammolens.train.normalisation import normalise
+from mammolens.utils.errors import ConfigError, DataError
 
 # Methods that read target layers (occlusion and attention look at the whole model).
 LAYER_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mammolens.errors import DataError
+from mammolens.bundle.model import Bundle
 from mammolens.explain.api import explain_preprocessed, preprocess_for, sample_descriptors
 from mammolens.explain.localisation import baseline_maps, finding_mask, scores
 from mammolens.explain.overlay import overlay_rgb
 from mammolens.preprocess.sample import default_loader, sample_from_row
-from mammolens.train.bundle import Bundle
+from mammolens.utils.errors import DataError
 
 DEFAULT_METHODS = ("gradcam", "gradcam++", "eigencam", "occlusion")
 
@@ -92,7 +92,7 @@ def evaluate_out_of_fold(
     """``evaluate_localisation`` with each record scored by the cv fold bundle that held it out
     (``crossval.held_out_bundles``): maps of models that never trained on the film. A record no
     fold held out is skipped, said so, never scored in-sample."""
-    from mammolens.train.bundle import load_bundle
+    from mammolens.bundle.model import load_model_bundle
 
     result = Evaluated()
     held = set().union(*folds.values())
@@ -103,7 +103,7 @@ def evaluate_out_of_fold(
         if not part:
             continue
         step = (lambda i, n, start=done: progress(start + i, len(records))) if progress else None
-        fold = evaluate_localisation(load_bundle(path), part, model_name=model_name, methods=methods,
+        fold = evaluate_localisation(load_model_bundle(path), part, model_name=model_name, methods=methods,
                                      top_percent=top_percent, overlay_limit=overlay_limit - len(result.tiles),
                                      progress=step)
         result.rows += fold.rows

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from mammolens.errors import ConfigError
 from mammolens.models.base import MammoModel
+from mammolens.utils.errors import ConfigError
 
 
 def default_layers(model: MammoModel) -> dict[str, nn.Module]:

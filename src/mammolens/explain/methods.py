@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
 from torch import nn
 
-from mammolens.errors import ConfigError
 from mammolens.models.base import MammoModel
 from mammolens.models.classifier import BackboneClassifier
-from mammolens.registry import Registry
 from mammolens.train.losses import probabilities
+from mammolens.utils.errors import ConfigError
+from mammolens.utils.registry import Registry
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 _ROI_COLOUR = (60, 220, 60)  # RGB
 _CONTOUR_COLOUR = (255, 255, 255)

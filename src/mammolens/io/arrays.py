@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mammolens.errors import ImageReadError
 from mammolens.io.guards import check_finite, check_frame, check_shape
 from mammolens.io.image import Image, ImageMeta
 from mammolens.io.scaling import to_unit, unit_plan
+from mammolens.utils.errors import ImageReadError
 
 _MAGIC = b"\x93NUMPY"
 

@@ -25,10 +25,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, pixel_array
 
-from mammolens.errors import ImageReadError
 from mammolens.io.guards import check_frame, check_shape
 from mammolens.io.image import Image, ImageMeta
 from mammolens.io.scaling import between, luma
+from mammolens.utils.errors import ImageReadError
 
 # ViewPosition values of the DICOM mammography view code set (CID 4014), plus their L/R-prefixed
 # vendor spellings (LCC, RMLO). Bare L/R tokens are ignored: in PatientOrientation they are

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mammolens.errors import ConfigError, ImageReadError
+from mammolens.utils.errors import ConfigError, ImageReadError
 
 # 64 Mi pixels: admits a 4500x2800 CBIS-DDSM film, a 4096x3328 FFDM and 5928x4728 (50 um)
 # detectors with room to spare (256 MiB as float32), and rejects a 30000x30000 bomb.

@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import JpegImagePlugin, PngImagePlugin, PpmImagePlugin, TiffImagePlugin
 
-from mammolens.errors import ImageReadError
 from mammolens.io.guards import check_finite, check_frame, check_shape
 from mammolens.io.image import Image, ImageMeta
 from mammolens.io.scaling import between, luma, to_unit, unit_plan
+from mammolens.utils.errors import ImageReadError
 
 _OPENERS = {
     "png": PngImagePlugin.PngImageFile,

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from mammolens.errors import ImageReadError
 from mammolens.io import arrays, raster
 from mammolens.io.guards import DEFAULT_MAX_PIXELS, check_file, check_max_pixels
 from mammolens.io.image import Image, ImageMeta
+from mammolens.utils.errors import ImageReadError
 
 _FORMATS = {
     ".dcm": "dicom",

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mammolens.errors import ConfigError
 from mammolens.models.options import require_choice
+from mammolens.utils.errors import ConfigError
 
 INPUT_ADAPTERS = ("conv", "repeat", "timm")
 

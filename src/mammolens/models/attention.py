@@ -13,7 +13,6 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from mammolens.errors import ConfigError
 from mammolens.models.adapters import backbone_in_chans, make_input_adapter
 from mammolens.models.backbones import BACKBONES, TimmBackbone
 from mammolens.models.base import MammoModel
@@ -21,6 +20,7 @@ from mammolens.models.heads import make_head
 from mammolens.models.options import require_int
 from mammolens.models.registry import MODELS, Pretrained
 from mammolens.models.scratch import ScratchEncoder
+from mammolens.utils.errors import ConfigError
 
 # timm backbones whose last spatial map is the whole trunk (VGG's conv-MLP would sit unused).
 ENCODERS = tuple(b for b in BACKBONES if b != "vgg16")

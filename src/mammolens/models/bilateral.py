@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mammolens.errors import ConfigError
 from mammolens.models.base import MammoModel
 from mammolens.models.heads import make_head
 from mammolens.models.options import require_choice
 from mammolens.models.registry import MODELS, Pretrained, create_model
+from mammolens.utils.errors import ConfigError
 
 FUSIONS = ("diff", "signed", "concat", "diff-concat")
 

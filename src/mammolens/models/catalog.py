@@ -3,7 +3,7 @@ answer at once, and each model's module is imported only when that model is buil
 
 from __future__ import annotations
 
-from mammolens.registry import Registry
+from mammolens.utils.registry import Registry
 
 # timm architectures with a mammolens recipe (stages, CAM layer, offline weights): backbones.py.
 BACKBONES = (

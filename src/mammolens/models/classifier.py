@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mammolens.errors import ConfigError
 from mammolens.models.adapters import backbone_in_chans, make_input_adapter, pointwise_mix
 from mammolens.models.backbones import BACKBONES, TimmBackbone
 from mammolens.models.base import MammoModel
 from mammolens.models.heads import make_head
 from mammolens.models.registry import MODELS, Pretrained
+from mammolens.utils.errors import ConfigError
 
 
 class BackboneClassifier(MammoModel):

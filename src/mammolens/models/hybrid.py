@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mammolens.errors import ConfigError
 from mammolens.models.classifier import BackboneClassifier
 from mammolens.models.registry import MODELS
+from mammolens.utils.errors import ConfigError
 
 
 def _register_fusion(name: str, default_backbones: tuple[str, ...]) -> None:

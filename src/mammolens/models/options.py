@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 
 def require_int(value: Any, option: str, *, minimum: int) -> int:

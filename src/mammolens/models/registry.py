@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mammolens.errors import ConfigError
 from mammolens.models.base import MammoModel
 from mammolens.models.catalog import MODELS
 from mammolens.models.options import require_int
+from mammolens.utils.errors import ConfigError
 
 Pretrained = str | Path | Mapping[str, str | Path | None] | None
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mammolens.errors import ConfigError
 from mammolens.models.base import MammoModel
 from mammolens.models.heads import make_head
 from mammolens.models.options import require_int
 from mammolens.models.registry import MODELS, Pretrained
+from mammolens.utils.errors import ConfigError
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:

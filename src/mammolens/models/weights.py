@@ -29,8 +29,8 @@ from timm.models import adapt_input_conv
 from timm.models import load_state_dict as timm_load_state_dict
 from torch import nn
 
-from mammolens.errors import ConfigError
 from mammolens.models.catalog import TIMM_OPTIONS
+from mammolens.utils.errors import ConfigError
 
 StateDict = dict[str, torch.Tensor]
 

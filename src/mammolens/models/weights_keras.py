@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 # Variable names of each weighted layer class, in the order Keras stores them (vars/0, vars/1, ...).
 _VARIABLES = {

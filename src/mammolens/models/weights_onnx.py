@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 
 def read_onnx(path: str | Path) -> dict[str, torch.Tensor]:

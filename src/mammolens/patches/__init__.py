@@ -6,6 +6,7 @@ from the patch score map, which is also its heatmap.
 - ``sampling``: which patches a training film gives (positives on findings, negatives away from them)
 - ``model``: ``PatchFilmModel``, the registered ``patch-classifier`` (a normal MammoModel in a Bundle)
 - ``features``: frozen-backbone patch features, computed once per film and cached on disk
-- ``trainer``: ``train_patch_parts``, what ``train_on_parts`` runs for a ``patch-classifier`` config
-- ``sheet``: the contact sheet of a cv run's held-out score maps
+
+Its trainer and the contact sheet of a cv run's score maps live in ``mammolens.engine``
+(``patch_trainer``, ``patch_sheet``): they read experiment configs and run folders.
 """

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mammolens.atomic import atomic_open
 from mammolens.patches.model import PatchFilmModel
+from mammolens.utils.atomic import atomic_open
 
 
 def encoder_key(model: PatchFilmModel) -> str:

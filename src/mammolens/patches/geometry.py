@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 
 def check_window(patch_size: int, stride: int, where: str = "model.options") -> None:

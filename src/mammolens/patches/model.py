@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammolens.configuration import from_dict
-from mammolens.errors import ConfigError, DataError
 from mammolens.models.base import MammoModel
 from mammolens.models.catalog import BACKBONES, MODELS
 from mammolens.patches.geometry import axis_starts, check_window
 from mammolens.patches.sampling import PatchTraining
+from mammolens.utils.configuration import from_dict
+from mammolens.utils.errors import ConfigError, DataError
 
 AGGREGATES = ("max", "topk", "stage2", "auto")  # auto: the trainer chooses on the inner validation part
 _EPS = 1e-6

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.errors import ConfigError
-from mammolens.patches.finetune import PatchFinetune
+from mammolens.patches.config import PatchFinetune
 from mammolens.patches.geometry import tissue_fraction, touches_circle
+from mammolens.utils.errors import ConfigError
 
 NORMAL_NAMES = ("normal", "NORM")
 

@@ -35,10 +35,10 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from mammolens import atomic, errors
-from mammolens.errors import DataError, MammolensError
 from mammolens.preprocess.pipeline import Pipeline, PreprocessConfig
 from mammolens.preprocess.sample import ROI, Loader, default_loader, sample_from_row
+from mammolens.utils import atomic, errors
+from mammolens.utils.errors import DataError, MammolensError
 
 if TYPE_CHECKING:  # pandas stays out of the worker processes: they start faster without it
     from mammolens.data.manifest import Manifest

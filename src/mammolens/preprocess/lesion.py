@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from mammolens.errors import DataError
 from mammolens.preprocess.descriptors import intensity_descriptors, texture_descriptors
 from mammolens.preprocess.sample import Sample
 from mammolens.preprocess.steps import STEPS
+from mammolens.utils.errors import DataError
 
 
 def _finding(sample: Sample, step: str) -> tuple[float, float, float]:

@@ -19,11 +19,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mammolens.configuration import from_dict, to_dict
-from mammolens.errors import ConfigError
+from mammolens.preprocess import lesion as _lesion  # noqa: F401 - registers the lesion steps in STEPS
 from mammolens.preprocess.sample import Sample
 from mammolens.preprocess.steps import STEPS
-from mammolens.preprocess import lesion as _lesion  # noqa: F401 - registers the lesion steps in STEPS
+from mammolens.utils.configuration import from_dict, to_dict
+from mammolens.utils.errors import ConfigError
 
 # The code a preprocessed array depends on (a package stands for all its modules) ...
 _CODE = ("mammolens.preprocess.steps", "mammolens.preprocess.sample", "mammolens.preprocess.pipeline",

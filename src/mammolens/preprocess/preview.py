@@ -16,12 +16,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
-from mammolens.atomic import atomic_path
 from mammolens.data.manifest import Manifest
-from mammolens.errors import ConfigError, DataError
 from mammolens.preprocess.cache import PreprocessCache
 from mammolens.preprocess.pipeline import Pipeline
 from mammolens.preprocess.sample import ROI, Loader, default_loader, read_pixels, sample_from_row
+from mammolens.utils.atomic import atomic_path
+from mammolens.utils.errors import ConfigError, DataError
 
 _ROI_COLOUR = "#ffd400"  # yellow reads on both black background and bright tissue
 

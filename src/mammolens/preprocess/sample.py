@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 
 ROI = tuple[float, float, float]  # (x, y, r): x = column, y = row, origin top-left, in pixels
 
@@ -52,11 +52,11 @@ def default_loader(path: str, frame: int | None = None) -> Any:
 
 def read_pixels(loader: Loader, path: str, frame: int | None = None) -> tuple[np.ndarray, str]:
     """Pixels (float32 [0, 1]) and laterality ('' when the file does not say) from a loader."""
-    pixels, laterality, _ = _read(loader, path, frame)
+    pixels, laterality, _ = read_film(loader, path, frame)
     return pixels, laterality
 
 
-def _read(loader: Loader, path: str, frame: int | None = None) -> tuple[np.ndarray, str, float | None]:
+def read_film(loader: Loader, path: str, frame: int | None = None) -> tuple[np.ndarray, str, float | None]:
     """read_pixels plus the pixel side in mm (the mean of the file's row/column spacing), if it has one."""
     image = loader(path, frame)
     spacing = getattr(getattr(image, "meta", None), "pixel_spacing_mm", None)
@@ -100,7 +100,7 @@ def sample_from_row(row: Mapping[str, Any], loader: Loader) -> tuple[Sample, str
     """
     path = str(row["path"])
     frame = int(row.get("frame", -1))
-    pixels, file_laterality, pixel_mm = _read(loader, path, None if frame < 0 else frame)
+    pixels, file_laterality, pixel_mm = read_film(loader, path, None if frame < 0 else frame)
     laterality = str(row.get("laterality", "") or file_laterality).upper()
     mask = None
     flags: tuple[str, ...] = ()

@@ -15,9 +15,9 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from mammolens.errors import DataError
 from mammolens.preprocess.sample import ROI, Sample
-from mammolens.registry import Registry
+from mammolens.utils.errors import DataError
+from mammolens.utils.registry import Registry
 
 STEPS: Registry[type] = Registry("preprocessing step")
 

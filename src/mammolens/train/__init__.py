@@ -1,6 +1,6 @@
-"""Training: config, data module, losses, transfer modes, the Lightning loop, and the model bundle.
+"""Training: config, data module, losses, transfer modes and the Lightning loop.
 
-Names are imported on first use, so ``load_bundle`` (for inference) does not pull in Lightning.
+Names are imported on first use, so reading a config does not pull in Lightning.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ _EXPORTS = {
     "ClassifierModule": "module",
     "fit": "fitting",
     "FitResult": "fitting",
-    "Bundle": "bundle",
-    "save_bundle": "bundle",
-    "load_bundle": "bundle",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,6 +1,6 @@
 """The ``train:`` section of an experiment: checked when built, so a bad value fails before any epoch runs.
 
-Load with ``mammolens.configuration.from_dict(TrainConfig, data, "train")``: unknown keys and wrong
+Load with ``mammolens.utils.configuration.from_dict(TrainConfig, data, "train")``: unknown keys and wrong
 types are ConfigErrors naming the dotted key; the checks below name the field and the allowed values.
 """
 
@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mammolens.errors import ConfigError
 from mammolens.train.registries import LOSSES, OPTIMIZERS, SCHEDULERS
+from mammolens.utils.errors import ConfigError
 
 TransferMode = Literal["full", "frozen", "finetune-last-N"]
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")

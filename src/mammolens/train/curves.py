@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from mammolens.atomic import atomic_path, write_text
+from mammolens.utils.atomic import atomic_path, write_text
 
 COLUMNS = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_auc", "lr")
 

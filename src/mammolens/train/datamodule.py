@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mammolens.errors import ConfigError, DataError
 from mammolens.train.augment import augment, sample_generator
 from mammolens.train.config import AugmentConfig, TrainConfig
 from mammolens.train.normalisation import check_normalisation, normalise
+from mammolens.utils.errors import ConfigError, DataError
 
 PARTS = ("train", "val", "test")
 Loader = Callable[[str], np.ndarray]

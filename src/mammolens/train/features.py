@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mammolens.atomic import save_npy
 from mammolens.models.base import MammoModel
 from mammolens.train.datamodule import ArrayDataModule
+from mammolens.utils.atomic import save_npy
 
 
 def feature_cache_key(model: MammoModel, sample_ids: list[str], normalisation: dict[str, float], data_key: str) -> str:

@@ -27,7 +27,6 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from mammolens.errors import ConfigError, DataError
 from mammolens.models.base import MammoModel
 from mammolens.train.config import TrainConfig
 from mammolens.train.curves import plot_learning_curves, write_history
@@ -35,6 +34,7 @@ from mammolens.train.datamodule import ArrayDataModule
 from mammolens.train.features import part_features
 from mammolens.train.losses import class_weights, num_outputs
 from mammolens.train.module import ClassifierModule
+from mammolens.utils.errors import ConfigError, DataError
 
 _DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 
@@ -114,7 +114,7 @@ def fit(
     data, inputs = datamodule, "images"
     if cfg.feature_fast_path:
         cache_dir = Path(feature_cache_dir) if feature_cache_dir is not None else out_dir / "feature_cache"
-        device = _feature_device(cfg)
+        device = feature_device(cfg)
         data = datamodule.with_features(
             {p: part_features(model, datamodule, p, device=device, cache_dir=cache_dir, progress=cfg.progress) for p in ("train", "val")}
         )
@@ -178,15 +178,15 @@ def _fit_logistic(model: MammoModel, datamodule: ArrayDataModule, cfg: TrainConf
                   feature_cache_dir: str | Path | None, descriptors: np.ndarray | None,
                   descriptor_names: Sequence[str], groups: Sequence[Any] | None) -> FitResult:
     """The ``head: logistic`` fit: no epochs, so no checkpoints; ``linear_head.json`` records the C search."""
-    from mammolens.atomic import write_json
     from mammolens.train.linear_head import fit_linear_head, install_linear_head, last_linear
+    from mammolens.utils.atomic import write_json
 
     _check_datamodule(datamodule, cfg)
     rows = datamodule.rows("train")
     blocks, n_features = [], 0
     if cfg.head_inputs in ("features", "both"):
         cache_dir = Path(feature_cache_dir) if feature_cache_dir is not None else out_dir / "feature_cache"
-        features = part_features(model, datamodule, "train", device=_feature_device(cfg), cache_dir=cache_dir,
+        features = part_features(model, datamodule, "train", device=feature_device(cfg), cache_dir=cache_dir,
                                  progress=cfg.progress)
         blocks.append(features)
         n_features = features.shape[1]
@@ -257,7 +257,7 @@ def _check_outputs(
         )
 
 
-def _feature_device(cfg: TrainConfig) -> torch.device:
+def feature_device(cfg: TrainConfig) -> torch.device:
     if cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mammolens.errors import ConfigError
 from mammolens.models.base import MammoModel
+from mammolens.utils.errors import ConfigError
 
 
 @dataclass

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammolens.errors import ConfigError, DataError
 from mammolens.train.registries import LOSSES
+from mammolens.utils.errors import ConfigError, DataError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 

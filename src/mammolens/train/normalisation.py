@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 IMAGENET_GRAY: dict[str, float] = {"mean": 0.449, "std": 0.226}
 

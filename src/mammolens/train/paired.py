@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 
 from mammolens.data.pairs import PairedLoader
-from mammolens.errors import ConfigError
 from mammolens.models.base import MammoModel
 from mammolens.train.datamodule import ArrayDataModule
+from mammolens.utils.errors import ConfigError
 
 FilmFeatures = Callable[[MammoModel, ArrayDataModule, str], np.ndarray]
 

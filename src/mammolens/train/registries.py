@@ -7,7 +7,7 @@ into the same registries.
 
 from __future__ import annotations
 
-from mammolens.registry import Registry
+from mammolens.utils.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 OPTIMIZERS: Registry = Registry("optimizer")

@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from mammolens.errors import ConfigError
 from mammolens.models.base import MammoModel
+from mammolens.utils.errors import ConfigError
 
 
 def _model_parts(model: MammoModel, method: str) -> list[nn.Module]:

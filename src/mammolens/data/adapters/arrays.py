@@ -16,7 +16,7 @@ import numpy as np
 
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.manifest import Manifest
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 # label name -> (pathology, lesion_type)
 LABEL_MEANINGS = {

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mammolens.data.manifest import Manifest
-from mammolens.errors import ConfigError, DataError
-from mammolens.registry import Registry
+from mammolens.utils.errors import ConfigError, DataError
+from mammolens.utils.registry import Registry
 
 
 @dataclass

@@ -32,7 +32,7 @@ import pandas as pd
 
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.manifest import Manifest
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 REQUIRED = (
     "patient_id", "left or right breast", "image view", "abnormality id", "abnormality type", "pathology",

@@ -27,7 +27,7 @@ from typing import Any
 
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.manifest import Manifest
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 
 DEFAULT_LABEL_MAP = {
     "benign masses": "benign",

@@ -34,8 +34,8 @@ from typing import Any
 
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.manifest import MIAS_CLASSES, Manifest
-from mammolens.errors import DataError, ImageReadError
 from mammolens.io import read_meta
+from mammolens.utils.errors import DataError, ImageReadError
 
 MIAS_SIZE = 1024  # Info.txt note 2: every mini-MIAS film is 1024 x 1024
 TISSUES = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}

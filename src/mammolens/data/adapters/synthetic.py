@@ -14,7 +14,7 @@ from typing import Any
 from mammolens.data.adapters.base import ADAPTERS, Adapter, SourceResult
 from mammolens.data.manifest import Manifest
 from mammolens.data.synthetic import CSV_COLUMNS, CSV_NAME, PATHOLOGIES, VIEWS
-from mammolens.errors import DataError
+from mammolens.utils.errors import DataError
 
 _LESIONS = {"normal": ("none",), "benign": ("mass", "calc"), "malignant": ("mass", "calc")}
 _MIAS_CLASS = {("normal", "none"): "NORM", ("benign", "mass"): "CIRC", ("malignant", "mass"): "SPIC"}

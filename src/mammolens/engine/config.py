@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mammolens.configuration import apply_overrides, from_dict, load_yaml
-from mammolens.errors import ConfigError
+from mammolens.utils.configuration import apply_overrides, from_dict, load_yaml
+from mammolens.utils.errors import ConfigError
 
-BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+BUILTIN_CONFIGS = Path(__file__).parent.parent / "configs"
 
 # Settings that choose where or how fast a run executes, not what it computes: a resumed run
 # may change them.

@@ -26,12 +26,12 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from mammolens.atomic import make_temp_dir, replace_dir, umask_mode, write_json, write_text
-from mammolens.errors import ConfigError, DataError
 from mammolens.models.base import MammoModel
-from mammolens.provenance import git_state, package_versions
 from mammolens.train.losses import probabilities
 from mammolens.train.normalisation import check_normalisation, normalise
+from mammolens.utils.atomic import make_temp_dir, replace_dir, umask_mode, write_json, write_text
+from mammolens.utils.errors import ConfigError, DataError
+from mammolens.utils.provenance import git_state, package_versions
 
 FORMAT_VERSION = 1
 WEIGHTS, MANIFEST, CONFIG = "model.safetensors", "bundle.json", "config.yaml"
@@ -234,7 +234,7 @@ def bundle_writer(out_dir: Path, threshold: float, temperature: float) -> Iterat
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_bundle(path: str | Path, model_factory: Callable[..., MammoModel] | None = None) -> Bundle:
+def load_model_bundle(path: str | Path, model_factory: Callable[..., MammoModel] | None = None) -> Bundle:
     """Rebuild the model saved in bundle ``path`` (eval mode, on the CPU).
 
     ``model_factory(**model_config)`` defaults to ``mammolens.models.create_model``.

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 C = TypeVar("C")
 

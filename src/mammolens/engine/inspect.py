@@ -7,12 +7,12 @@ from typing import Any
 
 from mammolens.data.tasks import task_counts
 from mammolens.data.units import lesion_rows
-from mammolens.errors import MammolensError
+from mammolens.utils.errors import MammolensError
 
 
 def inspect_source(cfg) -> dict[str, Any]:  # noqa: ANN001 - ExperimentConfig (import cycle)
     """A JSON-able report of a source: counts per label, task and group, ROIs, missing files."""
-    from mammolens.datasets import load_experiment_source
+    from mammolens.engine.sources import load_experiment_source
 
     manifest, result = load_experiment_source(cfg, require_images=False)
     df = manifest.df

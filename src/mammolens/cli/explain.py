@@ -13,7 +13,9 @@ from typing import Any, Optional
 
 import typer
 
-from mammolens.errors import ConfigError, MammolensError
+from mammolens.cli.options import FreshOpt, KindOpt, OptionOpt, parse_options
+from mammolens.engine.run_dir import claim_output, open_output
+from mammolens.utils.errors import ConfigError, MammolensError
 
 
 def _methods(items: list[str] | None, default: tuple[str, ...]) -> list[str]:
@@ -21,16 +23,21 @@ def _methods(items: list[str] | None, default: tuple[str, ...]) -> list[str]:
     return names or list(default)
 
 
-def _roi(text: str | None) -> list[list[float]] | None:
-    if not text:
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 3:
-        raise ConfigError(f"--roi {text!r} must be x,y,r in original-image pixels")
-    return [values]
+def _stems(paths: list[Path]) -> list[str]:
+    """Output names: the file's stem, numbered when one file comes with several lesions; two different files
+    with one stem would overwrite each other's outputs, so they are refused."""
+    by_stem: dict[str, set[Path]] = {}
+    for path in paths:
+        by_stem.setdefault(path.stem, set()).add(path.resolve())
+    clash = sorted(stem for stem, files in by_stem.items() if len(files) > 1)
+    if clash:
+        raise ConfigError(f"two images share the name {clash[0]!r}: their outputs would overwrite each other")
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        k = seen[path.stem] = seen.get(path.stem, 0) + 1
+        stems.append(path.stem if paths.count(path) == 1 else f"{path.stem}_lesion{k}")
+    return stems
 
 
 def _target(text: str | None) -> int | str | None:
@@ -50,18 +57,20 @@ def register(app: typer.Typer) -> None:
     @app.command("explain")
     def explain(
         bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory."),
-        images: list[Path] = typer.Argument(..., help="Original images (any format mammolens reads)."),
+        images: Optional[list[Path]] = typer.Argument(None, help="Original images (any format mammolens reads)."),
         out: Path = typer.Option(..., "--out", help="Output folder for overlays and panels."),
         method: str = typer.Option("gradcam", "--method", help="CAM method (see docs/explain.md)."),
         layer: Optional[list[str]] = typer.Option(None, "--layer", help="Target module name, repeatable."),
         target: Optional[str] = typer.Option(None, "--target", help="Class index or name (default: positive / top class)."),
-        roi: Optional[str] = typer.Option(None, "--roi", help="x,y,r of the lesion (lesion bundles crop around it)."),
+        rois: Optional[Path] = typer.Option(None, "--rois", help="CSV of file, x, y, r (original-image pixels), one row per lesion, as for `predict`: lists the images instead of IMAGES (lesion bundles crop around each)."),
         laterality: str = typer.Option("", "--laterality", help="L or R when the file does not say."),
         opacity: float = typer.Option(0.5, help="Overlay opacity at full heat."),
-        contour_top: float = typer.Option(5.0, "--contour-top", help="Outline the hottest k % (0: no outline)."),
+        top: float = typer.Option(5.0, "--top", help="Outline the hottest k % of the map (0: no outline)."),
+        fresh: bool = FreshOpt,
     ) -> None:
         """Heatmap overlays on the ORIGINAL films, one panel per image (original | overlay | decision)."""
-        from mammolens.atomic import write_json
+        from mammolens.bundle.model import load_model_bundle
+        from mammolens.deploy.batch import read_rois
         from mammolens.explain.api import (
             explain_preprocessed,
             preprocess_for,
@@ -72,47 +81,51 @@ def register(app: typer.Typer) -> None:
         from mammolens.explain.methods import CAM_METHODS
         from mammolens.explain.overlay import overlay_png, panel_png
         from mammolens.io import read_image
-        from mammolens.preprocess.sample import _read
-        from mammolens.train.bundle import load_bundle
+        from mammolens.preprocess.sample import read_film
+        from mammolens.utils.atomic import write_json
 
         def read(path: Path) -> tuple[Any, str, float | None]:  # pixels, laterality, pixel side in mm
-            return _read(lambda _path, _frame: read_image(path), str(path))
+            return read_film(lambda _path, _frame: read_image(path), str(path))
 
-        bundle = load_bundle(bundle_path)
+        if bool(images) == (rois is not None):
+            raise ConfigError("give image files (IMAGES) or --rois ROIS.csv, one of the two")
+        claim_output(out, "explain", fresh=fresh)
+        bundle = load_model_bundle(bundle_path)
         CAM_METHODS.get(method)
         resolve_layers(bundle.model, layer or None)
-        rois, wanted = _roi(roi), _target(target)
+        wanted = _target(target)
         resolve_target(bundle, wanted)
-        stems = [p.stem for p in images]
-        twice = sorted({s for s in stems if stems.count(s) > 1})
-        if twice:
-            raise ConfigError(f"two images share the name {twice[0]!r}: their outputs in {out} would overwrite each other")
-        for path in images:  # every image must read and preprocess before anything is written
+        if rois is not None:
+            files, circles = read_rois(rois)
+            jobs = [(path, [list(circle)]) for path, circle in zip(files, circles)]
+        else:
+            jobs = [(path, None) for path in images]
+        stems = _stems([path for path, _ in jobs])
+        for path, circles in jobs:  # every image must read and preprocess before anything is written
             try:
                 pixels, side, pixel_mm = read(path)
-                preprocess_for(bundle, pixels, rois, laterality or side, pixel_mm)
+                preprocess_for(bundle, pixels, circles, laterality or side, pixel_mm)
             except MammolensError as exc:
                 raise _rethrow(path, exc) from None
-        out.mkdir(parents=True, exist_ok=True)
+        open_output(out, "explain", fresh=fresh)
         summary: dict[str, Any] = {}
-        for path in images:
+        for (path, circles), stem in zip(jobs, stems):
             pixels, side, pixel_mm = read(path)
-            pre, geometry = preprocess_for(bundle, pixels, rois, laterality or side, pixel_mm)
+            pre, geometry = preprocess_for(bundle, pixels, circles, laterality or side, pixel_mm)
             e = explain_preprocessed(bundle, pre.pixels, geometry, method=method, layer=layer or None, target=wanted,
                                      descriptors=sample_descriptors(bundle, pre))  # fmt: skip
-            stem = path.stem
-            top = contour_top or None
-            _write_bytes(out / f"{stem}_overlay.png", overlay_png(pixels, e.heatmap, opacity=opacity, contour_top=top, rois=rois))
+            outline = top or None
+            _write_bytes(out / f"{stem}_overlay.png", overlay_png(pixels, e.heatmap, opacity=opacity, contour_top=outline, rois=circles))
             if len(e.per_backbone) > 1:
                 for name, heat in e.per_backbone.items():
-                    png = overlay_png(pixels, heat, opacity=opacity, contour_top=top, rois=rois)
+                    png = overlay_png(pixels, heat, opacity=opacity, contour_top=outline, rois=circles)
                     _write_bytes(out / f"{stem}_overlay_{name}.png", png)
             panel = panel_png(
                 pixels, e.heatmap, probabilities=e.probabilities, decision=e.decision, title=path.name,
-                method=method, target=e.target, rois=rois, contour_top=top,
+                method=method, target=e.target, rois=circles, contour_top=outline,
             )  # fmt: skip
             _write_bytes(out / f"{stem}_panel.png", panel)
-            summary[path.name] = {
+            summary[stem] = {
                 "method": e.method, "target": e.target, "layers": e.layers, "decision": e.decision,
                 "probabilities": e.probabilities, "branch_weights": e.branch_weights,
             }  # fmt: skip
@@ -127,44 +140,39 @@ def register(app: typer.Typer) -> None:
         ),
         source: str = typer.Argument(..., help="Dataset with marked findings (MIAS circles, CBIS-DDSM masks)."),
         out: Path = typer.Option(..., "--out", help="Output folder: localisation CSVs and HTML page."),
-        methods: Optional[list[str]] = typer.Option(None, "--methods", help="Comma-separated CAM methods."),
-        kind: Optional[str] = typer.Option(None, "--kind", help="Adapter name; detected when omitted."),
-        option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Adapter option key=value."),
-        top: float = typer.Option(5.0, "--top", help="k of the top-k % region (of the model's field of view)."),
+        method: Optional[list[str]] = typer.Option(None, "--method", help="CAM method(s): repeatable or comma-separated (default: the standard set)."),
+        kind: Optional[str] = KindOpt,
+        option: Optional[list[str]] = OptionOpt,
+        top: float = typer.Option(5.0, "--top", help="k of the top-k % region of the map (of the model's field of view)."),
         limit: int = typer.Option(0, "--limit", help="Score at most this many images (0: all)."),
         name: Optional[str] = typer.Option(None, "--name", help="Model label in the table (default: bundle folder)."),
+        fresh: bool = FreshOpt,
     ) -> None:
         """Pointing game, energy inside and top-k IoU per method, against centre-prior and breast-mask maps.
 
         Writes localisation.csv (means, 95 % CIs), localisation_per_image.csv, localisation.html
         (table + overlays of the first method, embedded) and gallery.png (those overlays).
         """
-        import yaml
-
-        from mammolens.atomic import write_text
+        from mammolens.bundle.model import load_model_bundle
         from mammolens.data.adapters.base import load_source
         from mammolens.data.tasks import derive_task
-        from mammolens.crossval import RECORD, held_out_bundles
+        from mammolens.engine.crossval import RECORD, held_out_bundles
         from mammolens.explain.evaluation import DEFAULT_METHODS, evaluate_localisation, evaluate_out_of_fold
         from mammolens.explain.localisation import summarise
         from mammolens.explain.methods import CAM_METHODS
         from mammolens.explain.overlay import gallery_png
         from mammolens.explain.report import localisation_html
-        from mammolens.train.bundle import load_bundle
+        from mammolens.utils.atomic import write_text
 
         folds = held_out_bundles(bundle_path) if (bundle_path / RECORD).is_file() else None
-        bundle = load_bundle(next(iter(folds)) if folds else bundle_path)
-        chosen = _methods(methods, DEFAULT_METHODS)
+        bundle = load_model_bundle(next(iter(folds)) if folds else bundle_path)
+        claim_output(out, "explain-eval", fresh=fresh)
+        chosen = _methods(method, DEFAULT_METHODS)
         for m in chosen:
             CAM_METHODS.get(m)
         if not 0 < top <= 100:
             raise ConfigError(f"--top must be in (0, 100], got {top}")
-        opts = {}
-        for item in option or []:
-            key, sep, raw = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"--option {item!r} must look like key=value")
-            opts[key] = yaml.safe_load(raw)
+        opts = parse_options(option)
         manifest = load_source(source, kind, **opts).manifest
         try:
             manifest, _ = derive_task(manifest, bundle.task, allow_missing_classes=True)
@@ -194,7 +202,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"{source}: none of the {len(with_findings)} images could be scored: {result.skipped[:1]}")
         metrics = [k for k in result.rows[0] if k not in ("model", "method", "sample_id", "group", "pathology")]
         table = summarise(result.rows, metrics)
-        out.mkdir(parents=True, exist_ok=True)
+        open_output(out, "explain-eval", fresh=fresh)
         write_text(out / "localisation_per_image.csv", _csv(result.rows))
         write_text(out / "localisation.csv", _csv(table))
         notes = [
@@ -226,7 +234,7 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    from mammolens.atomic import atomic_open
+    from mammolens.utils.atomic import atomic_open
 
     with atomic_open(path, "wb") as fh:
         fh.write(data)

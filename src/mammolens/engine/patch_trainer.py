@@ -1,4 +1,4 @@
-"""``train_patch_parts``: what ``experiment.train_on_parts`` runs for a ``patch-classifier`` config.
+"""The patch classifier's trainer (``train_on_parts`` picks it for a ``patch-classifier`` config).
 
 1. Preprocess the films (the config's pipeline, e.g. orient, crop_breast, ..., resize 512).
 2. Sample training patches from the training part's films only (``sampling.py``) and compute their
@@ -26,17 +26,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mammolens import atomic
-from mammolens.configuration import to_dict
+from mammolens.bundle import Bundle, save_bundle
 from mammolens.data.manifest import Manifest
 from mammolens.data.tasks import Task
-from mammolens.errors import ConfigError, DataError
-from mammolens.evaluate.metrics import macro_f1, roc_auc
-from mammolens.experiment_config import (
+from mammolens.engine.config import (
     ExperimentConfig,
     preprocess_config,
     train_config,
 )
+from mammolens.engine.trainers import TRAINERS, TrainedParts, choose_operating_point, part_metrics
+from mammolens.evaluate.metrics import macro_f1, roc_auc
 from mammolens.models import create_model
 from mammolens.patches.features import PatchFeatureStore
 from mammolens.patches.finetune import PatchPixels, finetune_encoder, safe_shift
@@ -44,6 +43,10 @@ from mammolens.patches.geometry import grid_positions, touches_circle
 from mammolens.patches.model import PatchFilmModel
 from mammolens.patches.sampling import film_findings, normal_index, sample_film
 from mammolens.preprocess import Pipeline, PreprocessCache
+from mammolens.train import FitResult
+from mammolens.utils import atomic
+from mammolens.utils.configuration import to_dict
+from mammolens.utils.errors import ConfigError, DataError
 
 IDENTITY = {"mean": 0.0, "std": 1.0}  # the model reads [0, 1] pixels: tissue is what is > 0
 _ABSENT = -30.0  # bias of a class no training patch had: its probability stays ~0
@@ -98,11 +101,10 @@ def training_patches(model: PatchFilmModel, store: PatchFeatureStore, cache: Pre
                     model.normal_class)
 
 
+@TRAINERS.register("patch-classifier")
 def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray, task: Task,
                       parts: dict[str, np.ndarray], out_dir: Path, *, resume: bool = False, progress: bool = True,
                       provenance: dict[str, Any] | None = None):
-    from mammolens.experiment import TrainedParts, _part_metrics, choose_operating_point
-    from mammolens.train import Bundle, FitResult, save_bundle
 
     t0 = time.perf_counter()
     if task.unit != "film":
@@ -195,7 +197,7 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
             with torch.inference_mode():
                 logits = model.forward_head(summaries(idx)).double() / bundle.temperature
             probas[part] = torch.softmax(logits, dim=1).numpy()
-    bundle.metrics = {part: _part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
+    bundle.metrics = {part: part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
     save_bundle(bundle.path, model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,
                 metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mammolens.configuration import to_dict
-from mammolens.errors import ConfigError
-from mammolens.experiment_config import ExperimentConfig, SyntheticConfig, preprocess_config
+from mammolens.engine.config import ExperimentConfig, SyntheticConfig, preprocess_config
+from mammolens.utils.configuration import to_dict
+from mammolens.utils.errors import ConfigError
 
 
 def load_experiment_source(cfg: ExperimentConfig, *, require_images: bool = True, progress: bool = True):  # noqa: ANN201

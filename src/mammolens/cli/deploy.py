@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 BackendOpt = typer.Option("torch", "--backend", help="torch, or onnxruntime (runs BUNDLE/model.onnx from `export`).")
 GuardBandOpt = typer.Option(None, "--guard-band", help="int8 ONNX (BUNDLE = its .onnx file, --backend onnxruntime): re-score in fp32 the films within this factor x the export's calibration error of the threshold.")
@@ -32,7 +32,7 @@ def export(
     samples: int = typer.Option(256, "--calibration-samples", help="Images drawn from the source (its train part with --calibration-split) for calibration."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: BUNDLE/model.onnx or model.int8.onnx)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, opset 18, faster graphs) or torchscript (opset 17, exports faster)."),
-    calibrate: Optional[str] = typer.Option(None, "--calibrate", help="int8 calibration: minmax, percentile or entropy (default: the measured best, see docs/deploy.md)."),
+    calibration_method: Optional[str] = typer.Option(None, "--calibration-method", help="int8 calibration: minmax, percentile or entropy (default: the measured best, see docs/deploy.md)."),
     float_layers: Optional[str] = typer.Option(None, "--float-layers", help="int8: comma-separated layer groups kept in float (stem, depthwise, head; 'none'); default: the measured best."),
     float_budget: int = typer.Option(0, "--float-budget", help="int8: sensitivity search on the calibration images, keeping up to K more node groups in float (0: no search)."),
     float_target: float = typer.Option(0.0, "--float-target", help="int8 search: stop once the calibration images' max |delta p| vs fp32 is at or below this."),
@@ -46,8 +46,8 @@ def export(
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown export format {fmt!r}; known formats: {', '.join(FORMATS)}")
     recipe = DEFAULT_RECIPE
-    if calibrate is not None:
-        recipe = dataclasses.replace(recipe, calibrate=calibrate)
+    if calibration_method is not None:
+        recipe = dataclasses.replace(recipe, calibrate=calibration_method)
     if float_layers is not None:
         groups = () if float_layers.strip() == "none" else tuple(g.strip() for g in float_layers.split(",") if g.strip())
         recipe = dataclasses.replace(recipe, float_layers=groups)

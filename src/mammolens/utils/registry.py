@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 T = TypeVar("T")
 

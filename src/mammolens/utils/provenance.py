@@ -5,10 +5,13 @@ Bundles record it and reports print it; one implementation, so both say the same
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 _CHECKOUT = Path(__file__).resolve().parent
 
@@ -37,3 +40,14 @@ def git_state() -> tuple[str, bool]:
     except (OSError, subprocess.SubprocessError):
         return "", False
     return commit, bool(status.strip())
+
+
+def file_hash(path: Path) -> str:
+    """A file's content, in 16 hex digits (run records and bundle provenance)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+
+
+def json_hash(value: Any) -> str:
+    """A JSON-able value's content, key order aside, in 16 hex digits."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.bundle import save_ensemble
 from mammolens.evaluate.calibration import apply_temperature
-from mammolens.evaluate.ensembles import combiner_output, fit_stacker, nested_stacking_proba, save_ensemble
+from mammolens.evaluate.ensembles import combiner_output, fit_stacker, nested_stacking_proba
 from mammolens.evaluate.predictions import proba_of, read_predictions
 from mammolens.evaluate.thresholds import operating_point
+from mammolens.utils.errors import ConfigError, DataError
 
 
 def run_member(run: str | Path) -> tuple[Path, Path]:

@@ -20,7 +20,6 @@ out/
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,20 +27,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mammolens import atomic
-from mammolens.configuration import to_dict
+from mammolens.bundle import save_mean_ensemble
 from mammolens.data.splits import Split, check_no_leakage, make_holdout, make_kfold
-from mammolens.datasets import task_samples
-from mammolens.errors import ConfigError
-from mammolens.evaluate.cli import training_history
-from mammolens.evaluate.ensembles import save_mean_ensemble
+from mammolens.engine.config import ExperimentConfig, first_difference, preprocess_config
+from mammolens.engine.run_dir import claim_output, clear_run_dir, open_output, training_history
+from mammolens.engine.sources import task_samples
+from mammolens.engine.trainers import choose_operating_point, train_on_parts
 from mammolens.evaluate.predictions import predictions_frame, read_predictions, write_predictions
 from mammolens.evaluate.report import write_report
 from mammolens.evaluate.summary import evaluate_predictions, render_table
-from mammolens.experiment import choose_operating_point, train_on_parts
-from mammolens.experiment_config import ExperimentConfig, first_difference, preprocess_config
 from mammolens.preprocess import PreprocessCache
-from mammolens.run_dir import clear_run_dir
+from mammolens.utils import atomic
+from mammolens.utils.configuration import to_dict
+from mammolens.utils.errors import ConfigError
 
 RECORD = "cv.json"
 DONE = "oof.csv"  # a fold's out-of-fold predictions, written last: its presence means the fold is finished
@@ -73,7 +71,7 @@ def _check_disjoint_groups(manifest, parts: dict[str, np.ndarray]) -> None:  # n
 
 
 def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeats: int = 1, inner_val: float = 0.2,
-           fresh: bool = False, n_boot: int = 2000, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+           resume: bool = False, fresh: bool = False, n_boot: int = 2000, progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Cross-validate ``cfg``; returns the pooled metrics written to ``metrics.json``."""
     if folds < 2:
         raise ConfigError(f"--folds must be at least 2, got {folds}")
@@ -83,9 +81,12 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
         raise ConfigError(f"--inner-val must lie in (0, 1), got {inner_val}")
     t0 = time.perf_counter()
     out = Path(out_dir)
+    claim_output(out, "cv", resume=resume, fresh=fresh, resumable=True)  # before any data is read
     manifest, labels, task = task_samples(cfg, progress=progress)
     record = {"config": to_dict(cfg), "folds": folds, "inner_val": inner_val, "manifest_hash": manifest.content_hash()}
-    _claim(out, record, fresh)
+    if resume:
+        _check_resume(out, record)
+    open_output(out, "cv", fresh=fresh)
     atomic.write_json(out / RECORD, {**record, "repeats": repeats})
     classes = list(task.classes)
     groups = manifest.df["group"].to_numpy()
@@ -165,20 +166,13 @@ def _train_fold(cfg, manifest, labels, task, parts, fold_dir, sample_ids, groups
     write_predictions(fold_dir / DONE, df)
 
 
-def _claim(out: Path, record: dict[str, Any], fresh: bool) -> None:
+def _check_resume(out: Path, record: dict[str, Any]) -> None:
+    """A resumed cv must have been started with these settings and this data."""
     path = out / RECORD
-    if not path.is_file():
-        if out.exists() and any(out.iterdir()) and not fresh:
-            raise ConfigError("exists and is not a cv run; choose another --out or pass --fresh", path=out)
-        if fresh and out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        return
-    if fresh:
-        shutil.rmtree(out)
-        out.mkdir(parents=True)
-        return
-    old = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot resume: unreadable cv record ({exc})", path=path) from None
     settings = ("folds", "inner_val", "manifest_hash")
     diff = first_difference(old.get("config"), record["config"]) or first_difference(
         {k: old.get(k) for k in settings}, {k: record[k] for k in settings})

@@ -8,19 +8,23 @@ from typing import Any, Optional
 
 import typer
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.cli.options import FreshOpt, KindOpt, OptionOpt, ThresholdOpt, parse_options, parse_threshold
+from mammolens.engine.run_dir import claim_output, open_output, training_history
+from mammolens.utils.errors import ConfigError, DataError
 
 
-def _options(items: list[str] | None) -> dict[str, Any]:
-    import yaml
+def bundle_label(bundle_path: Path) -> str:
+    """A default output name of its own for every bundle: its run folder's name and a hash of its bundle.json
+    (``runs/a/bundle`` and ``runs/b/bundle`` never share ``runs/evaluate/bundle-...``)."""
+    import hashlib
 
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option {item!r} must look like key=value")
-        out[key] = yaml.safe_load(raw)
-    return out
+    path = Path(bundle_path).resolve()
+    try:
+        digest = hashlib.sha256((path / "bundle.json").read_bytes()).hexdigest()[:8]
+    except OSError:
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    name = path.parent.name if path.name in ("bundle", "ensemble") else path.name
+    return f"{name}-{digest}"
 
 
 def _command(verb: str, arguments: list[Any], options: dict[str, Any]) -> str:
@@ -51,18 +55,6 @@ def label_source(manifest: Any, task_name: str) -> tuple[Any, Any]:
         return manifest.subset(keep), labels[keep].astype(np.int64)
 
 
-def training_history(bundle_path: Path) -> list[dict[str, Any]] | None:
-    """Per-epoch rows of the training run that wrote ``bundle_path`` (``<run>/training/history.csv``), if any."""
-    import csv
-
-    path = Path(bundle_path).parent / "training" / "history.csv"
-    if not path.is_file():
-        return None
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in rows] or None
-
-
 def _check_task(bundle: Any, task_name: str) -> None:
     from mammolens.data.tasks import TASKS
 
@@ -75,28 +67,28 @@ def _check_task(bundle: Any, task_name: str) -> None:
 def evaluate_bundle(
     bundle_path: Path, source: str, *, task: str | None = None, kind: str | None = None,
     options: dict[str, Any] | None = None, cache_dir: str | Path, workers: int | None = None,
-    half_threshold: bool = False, n_boot: int = 2000, seed: int = 0, progress: bool = True, command: str = "",
+    threshold: float | None = None, n_boot: int = 2000, seed: int = 0, progress: bool = True, command: str = "",
 ) -> tuple[dict[str, Any], Any, str]:
     """(metrics, predictions table, report HTML) of a bundle on every labelled sample of ``source``."""
+    from mammolens.bundle import load_bundle
     from mammolens.data.adapters.base import load_source
-    from mammolens.evaluate.load import load_any_bundle
     from mammolens.evaluate.predict import bundle_cache, predict_manifest
     from mammolens.evaluate.predictions import predictions_frame
     from mammolens.evaluate.report import render_report
     from mammolens.evaluate.summary import evaluate_predictions
 
-    bundle = load_any_bundle(bundle_path)
+    bundle = load_bundle(bundle_path)
     task = task or bundle.task
     _check_task(bundle, task)
     manifest = load_source(source, kind, **(options or {})).manifest
     manifest, y = label_source(manifest, task)
     proba = predict_manifest(bundle, manifest, cache_dir, workers=workers, progress=progress)
-    threshold = 0.5 if half_threshold else bundle.threshold
+    fixed, threshold = threshold, bundle.threshold if threshold is None else threshold
     groups = manifest.df["group"].astype(str).tolist()
     sample_ids = manifest.df["sample_id"].astype(str).tolist()
     metrics = evaluate_predictions(y, proba, groups, bundle.classes, threshold, n_boot=n_boot, seed=seed)
     metrics.update(task=task, bundle=str(Path(bundle_path).resolve()), source=str(source),
-                   threshold_from="fixed 0.5" if half_threshold else "bundle")
+                   threshold_from="bundle" if fixed is None else f"fixed {fixed:g}")
     table = predictions_frame(sample_ids, groups, y, proba, bundle.classes, threshold)
     cache = bundle_cache(bundle, cache_dir)
     name = "/".join(Path(bundle_path).resolve().parts[-2:])
@@ -117,12 +109,12 @@ def register(app: typer.Typer) -> None:
         bundle: Path = typer.Argument(..., help="Bundle (or ensemble bundle) directory."),
         source: str = typer.Argument(..., help="Dataset folder or file any adapter reads."),
         task: Optional[str] = typer.Option(None, "--task", help="Task whose labels are scored (default: the bundle's)."),
-        kind: Optional[str] = typer.Option(None, "--kind", help="Adapter name; detected when omitted."),
-        option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Adapter option key=value, repeatable."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/evaluate/<bundle>-<source>)."),
-        threshold_from_bundle: bool = typer.Option(
-            True, "--threshold-from-bundle/--half-threshold",
-            help="Decide at the bundle's validation-chosen threshold (default) or at 0.5."),
+        kind: Optional[str] = KindOpt,
+        option: Optional[list[str]] = OptionOpt,
+        out: Optional[Path] = typer.Option(
+            None, "--out", help="Output folder (default runs/evaluate/<run>-<bundle hash>-<source>, one per bundle)."),
+        threshold: str = ThresholdOpt,
+        fresh: bool = FreshOpt,
         n_boot: int = typer.Option(2000, "--n-boot", help="Patient-bootstrap resamples."),
         seed: int = typer.Option(0, help="Bootstrap seed."),
         workers: Optional[int] = typer.Option(None, help="Preprocessing worker processes."),
@@ -131,26 +123,25 @@ def register(app: typer.Typer) -> None:
         """Score every sample of SOURCE with BUNDLE: metrics.json, predictions.csv, report.html."""
         import os
 
-        from mammolens.atomic import write_json, write_text
         from mammolens.evaluate.predictions import write_predictions
         from mammolens.evaluate.summary import render_table
+        from mammolens.utils.atomic import write_json, write_text
 
         if n_boot < 0:
             raise ConfigError(f"--n-boot must be >= 0, got {n_boot}")
         cache = cache_dir or os.environ.get("MAMMOLENS_CACHE", ".cache/mammolens")
-        out_dir = out or Path("runs") / "evaluate" / f"{bundle.name}-{Path(source).stem}"
-        if out_dir.exists() and not out_dir.is_dir():
-            raise ConfigError("--out exists and is not a directory", path=out_dir)
+        out_dir = out or Path("runs") / "evaluate" / f"{bundle_label(bundle)}-{Path(source).stem}"
+        claim_output(out_dir, "evaluate", fresh=fresh)
+        fixed = parse_threshold(threshold)
         command = _command("evaluate", [bundle, source], {
-            "task": task, "kind": kind, "option": option, "out": out_dir, "n-boot": n_boot, "seed": seed,
-            "workers": workers, "cache-dir": cache})
-        if not threshold_from_bundle:
-            command += " --half-threshold"
+            "task": task, "kind": kind, "option": option, "out": out_dir, "threshold": threshold, "n-boot": n_boot,
+            "seed": seed, "workers": workers, "cache-dir": cache})
         metrics, table, html = evaluate_bundle(
-            bundle, source, task=task, kind=kind, options=_options(option), cache_dir=cache, workers=workers,
-            half_threshold=not threshold_from_bundle, n_boot=n_boot, seed=seed, command=command,
+            bundle, source, task=task, kind=kind, options=parse_options(option), cache_dir=cache, workers=workers,
+            threshold=fixed, n_boot=n_boot, seed=seed, command=command,
         )
         # Everything is computed before anything is written: a failure leaves --out untouched.
+        open_output(out_dir, "evaluate", fresh=fresh)
         write_predictions(out_dir / "predictions.csv", table)
         write_json(out_dir / "metrics.json", metrics)
         write_text(out_dir / "report.html", html)
@@ -169,8 +160,8 @@ def register(app: typer.Typer) -> None:
         n_boot: int = typer.Option(2000, "--n-boot"),
     ) -> None:
         """Combine cv runs into one ensemble bundle, fitted on their out-of-fold predictions only."""
+        from mammolens.engine.stacking import build_ensemble
         from mammolens.evaluate.ensembles import STACKERS
-        from mammolens.evaluate.stacking import build_ensemble
         from mammolens.evaluate.summary import render_table
 
         if stack != "mean":

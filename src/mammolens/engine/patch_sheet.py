@@ -1,6 +1,6 @@
 """Contact sheet of a patch-classifier cv run: held-out films with their patch score maps.
 
-    python -m mammolens.patches.sheet CV_DIR --out sheet.png [--abnormal 4 --normal 4 --seed 0]
+    python -m mammolens.engine.patch_sheet CV_DIR --out sheet.png [--abnormal 4 --normal 4 --seed 0]
 
 Each film is scored by the fold bundle that held it out (``repeat0/fold<k>/bundle``), so every map
 is an out-of-fold map. Shown: the preprocessed film, the abnormal score (1 - P(normal)) of every
@@ -25,19 +25,19 @@ def make_sheet(cv_dir: str | Path, out: str | Path, *, abnormal: int = 4, normal
     import matplotlib.pyplot as plt
     import torch
 
-    from mammolens.atomic import atomic_path
-    from mammolens.configuration import from_dict
+    from mammolens.bundle.model import load_model_bundle
+    from mammolens.engine.config import ExperimentConfig
     from mammolens.evaluate.predictions import read_predictions
-    from mammolens.experiment_config import ExperimentConfig
     from mammolens.patches.geometry import map_to_pixels
     from mammolens.preprocess import PreprocessCache
-    from mammolens.train.bundle import load_bundle
+    from mammolens.utils.atomic import atomic_path
+    from mammolens.utils.configuration import from_dict
 
     cv_dir = Path(cv_dir)
     cfg = from_dict(ExperimentConfig, json.loads((cv_dir / "cv.json").read_text())["config"])
     df, classes = read_predictions(cv_dir / "predictions.csv")
     bundles: dict[int, object] = {}
-    first = load_bundle(cv_dir / "repeat0" / "fold0" / "bundle")
+    first = load_model_bundle(cv_dir / "repeat0" / "fold0" / "bundle")
     cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", first.preprocess)
     normal_class = int(first.model.normal_class)
     has_roi = np.array([bool(cache.load_rois(s)) for s in df["sample_id"]])
@@ -50,7 +50,7 @@ def make_sheet(cv_dir: str | Path, out: str | Path, *, abnormal: int = 4, normal
         row = df.iloc[int(i)]
         fold = int(row["fold"])
         if fold not in bundles:
-            bundles[fold] = load_bundle(cv_dir / "repeat0" / f"fold{fold}" / "bundle")
+            bundles[fold] = load_model_bundle(cv_dir / "repeat0" / f"fold{fold}" / "bundle")
         bundle = bundles[fold]
         film = cache.load(row["sample_id"])
         with torch.inference_mode():

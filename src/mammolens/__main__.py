@@ -1,0 +1,5 @@
+import sys
+
+from mammolens.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""What every room uses: the registry, configuration loading, errors, provenance, atomic writes."""

@@ -2,7 +2,7 @@
 
 Writes (once, cached in --out) a day of synthetic four-view exams at full-field size (12 bits in
 16, a mix of uncompressed, RLE and JPEG 2000), starts a local Orthanc, starts the node
-(``python -m mammolens.pacs``) on a bundle of a real architecture (random weights: timing only),
+(``mammolens pacs``) on a bundle of a real architecture (random weights: timing only),
 pushes the day in (half the exams by C-STORE, half by STOW-RS), optionally SIGKILLs and restarts
 the node during the day, and reports: studies/hour, per-study latency from "stable" to "SR stored"
 (median, p95) and the node's split into fetch / decode / preprocess / model / heatmap / write,
@@ -63,7 +63,7 @@ def make_bundle(out: Path, model_name: str, size: int) -> Path:
 
     from mammolens.models import create_model
     from mammolens.preprocess.pipeline import default_steps
-    from mammolens.train.bundle import save_bundle
+    from mammolens.bundle import save_bundle
 
     path = out / f"bundle-{model_name}-{size}"
     if not path.is_dir():
@@ -137,7 +137,7 @@ class Memory(threading.Thread):
 
 def start_node(config: Path, log: Path, memory: Memory) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    node = subprocess.Popen([sys.executable, "-m", "mammolens.pacs", str(config), "--log-file", str(log)],
+    node = subprocess.Popen([sys.executable, "-m", "mammolens", "pacs", str(config), "--log-file", str(log)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     memory.pid = node.pid
     return node

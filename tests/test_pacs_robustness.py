@@ -30,7 +30,7 @@ from pacs_fixtures import (  # noqa: F401 - fixtures
     write_config,
 )
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 from mammolens.pacs.client import Pacs
 from mammolens.pacs.config import load_config
 from mammolens.pacs.local_orthanc import LocalOrthanc
@@ -159,7 +159,7 @@ def test_pacs_down_and_back_backs_off_then_finishes(tmp_path, bundle, caplog):
 
 def _start_node(config: Path, log: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.Popen([sys.executable, "-m", "mammolens.pacs", str(config), "--log-file", str(log), "--verbose", *extra],
+    return subprocess.Popen([sys.executable, "-m", "mammolens", "pacs", str(config), "--log-file", str(log), "--verbose", *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
 
 
@@ -260,6 +260,6 @@ def test_config_mistakes_one_line_each(tmp_path, bundle):
         assert sum(expected in line for line in lines) == 1, (expected, lines)
     assert len(lines) == 7
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    run = subprocess.run([sys.executable, "-m", "mammolens.pacs", str(path)], capture_output=True, text=True, env=env)
+    run = subprocess.run([sys.executable, "-m", "mammolens", "pacs", str(path)], capture_output=True, text=True, env=env)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert len([line for line in run.stderr.splitlines() if line.startswith("error: ")]) == 7

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pacs_fixtures import dciodvfy_errors, exam, needs_dicom_tools
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 from mammolens.io import read_image
 from mammolens.pacs.synthetic import MG_FOR_PRESENTATION, mg_dataset
 from mammolens.pacs.writers import Finding, heatmap_capture, heatmap_map, structured_report

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mammolens.errors import ConfigError, DataError
-from mammolens.registry import Registry
+from mammolens.utils.errors import ConfigError, DataError
+from mammolens.utils.registry import Registry
 
 LEVELS = ("film", "breast", "exam")
 KEYS = {"breast": ["exam_id", "laterality"], "exam": ["exam_id"]}

@@ -1,15 +1,14 @@
-"""``mammolens pacs CONFIG``: run the node (the CLI verb calls ``run_node``; ``python -m mammolens.pacs``
-does the same without the CLI)."""
+"""Running the node as a process: logging set up without identifiers, config mistakes one line each,
+SIGTERM/SIGINT finish the current study and stop (``mammolens pacs CONFIG`` calls ``run_node``)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 from pathlib import Path
 
-from mammolens.errors import MammolensError
+from mammolens.utils.errors import MammolensError
 
 
 def run_node(config_path: Path, *, until_idle: bool = False, log_file: Path | None = None, verbose: bool = False) -> int:
@@ -42,13 +41,3 @@ def run_node(config_path: Path, *, until_idle: bool = False, log_file: Path | No
     signal.signal(signal.SIGINT, _stop)
     node.run(until_idle=until_idle, should_stop=lambda: stop["now"])
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mammolens pacs", description=__doc__)
-    parser.add_argument("config", type=Path, help="the node's YAML config (docs/pacs.md)")
-    parser.add_argument("--until-idle", action="store_true", help="exit once the feed is read and nothing is queued")
-    parser.add_argument("--log-file", type=Path, default=None, help="also append the log here")
-    parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    return run_node(args.config, until_idle=args.until_idle, log_file=args.log_file, verbose=args.verbose)

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from mammolens.configuration import from_dict, load_yaml
-from mammolens.errors import ConfigError
+from mammolens.utils.configuration import from_dict, load_yaml
+from mammolens.utils.errors import ConfigError
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 ORTHANC = "Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

@@ -32,7 +32,7 @@ import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset
 
-from mammolens.errors import ConfigError, MammolensError
+from mammolens.utils.errors import ConfigError, MammolensError
 from mammolens.pacs.client import Pacs, PacsUnavailable
 from mammolens.pacs.config import NodeConfig
 from mammolens.pacs.state import State

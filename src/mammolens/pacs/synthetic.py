@@ -23,7 +23,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from mammolens.errors import ConfigError
+from mammolens.utils.errors import ConfigError
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"

@@ -1,5 +1,0 @@
-import sys
-
-from mammolens.pacs.command import main
-
-sys.exit(main())

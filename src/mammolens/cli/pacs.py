@@ -10,6 +10,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     app.command("pacs")(pacs)
+    app.command("pacs-view")(pacs_view)
 
 
 def pacs(
@@ -24,3 +25,17 @@ def pacs(
     code = run_node(config, until_idle=until_idle, log_file=log_file, verbose=verbose)
     if code:
         raise typer.Exit(code)
+
+
+def pacs_view(
+    config: Path = typer.Argument(..., help="The node's YAML config (only its pacs: section is used)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8050, "--port", help="Port to listen on."),
+) -> None:
+    """Serve the study viewer: a study from the PACS by StudyInstanceUID, its views, heatmaps and exam result."""
+    import uvicorn
+
+    from mammolens.pacs.config import load_config
+    from mammolens.pacs.viewer import create_viewer
+
+    uvicorn.run(create_viewer(load_config(config)), host=host, port=port, log_level="warning")

@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mammolens demo --out runs/demo
+	$(VENV)/bin/mammolens demo --out runs/demo --fresh
 
 test: $(STAMP)
 	$(PY) -m pytest -q

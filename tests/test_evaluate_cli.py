@@ -58,7 +58,8 @@ def test_evaluate_scores_every_sample_of_an_unseen_folder(trained, tmp_path, cap
     lesions = manifest.df[manifest.df["pathology"].isin(["benign", "malignant"])]
     assert sorted(preds["sample_id"]) == sorted(lesions["sample_id"])  # every labelled sample, no split
     assert metrics["n_samples"] == len(lesions) == 12 and metrics["class_counts"] == {"benign": 6, "malignant": 6}
-    assert list(preds.columns) == ["sample_id", "group", "label", "label_index", "p_benign", "p_malignant", "decision"]
+    assert list(preds.columns) == ["sample_id", "group", "label", "label_index", "p_benign", "p_malignant", "decision",
+                                   "exam_id", "laterality", "view"]
     assert metrics["auc"]["value"] == pytest.approx(roc_auc_score(preds["label_index"], preds["p_malignant"]), abs=1e-5)
     # The probabilities are the bundle's on the bundle's own preprocessing of these films.
     bundle = load_model_bundle(bundle_dir)

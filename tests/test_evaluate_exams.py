@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammolens.errors import ConfigError, DataError
+from mammolens.utils.errors import ConfigError, DataError
 from mammolens.evaluate.bootstrap import bootstrap_cis, fast_auc
 from mammolens.evaluate.exams import AGGREGATORS, aggregate, derive_exam_ids, fit_aggregator
 from mammolens.evaluate.metrics import roc_auc
@@ -147,6 +147,86 @@ def test_exam_bootstrap_resamples_women_not_exams():
 
 
 def test_derive_exam_ids_from_source_and_group():
-    frame = pd.DataFrame({"source": ["mias", "mias"], "group": ["p1", "p2"]})
-    assert derive_exam_ids(frame).tolist() == ["mias:p1", "mias:p2"]
-    assert derive_exam_ids(frame.assign(exam_id=["a", "b"])).tolist() == ["a", "b"]
+    frame = pd.DataFrame({"source": ["mias", "vindr"], "group": ["p1", "p2"]})
+    assert derive_exam_ids(frame).tolist() == ["mias:p1", "vindr:p2"]
+    assert derive_exam_ids(frame.assign(exam_id=["", "s9"])).tolist() == ["mias:p1", "vindr:s9"]
+
+
+def _film_table(tmp_path):
+    """The toy views as a predictions.csv written and read back, exam columns included."""
+    from mammolens.evaluate.predictions import predictions_frame, read_predictions, write_predictions
+
+    views = toy_views()
+    p = views["p_malignant"].to_numpy()
+    table = predictions_frame(views["sample_id"], views["group"], views["y"], np.c_[1 - p, p], ["benign", "malignant"],
+                              exams=views[["exam_id", "laterality", "view"]])
+    write_predictions(tmp_path / "predictions.csv", table)
+    return read_predictions(tmp_path / "predictions.csv")
+
+
+def test_level_metrics_from_a_predictions_table(tmp_path):
+    from mammolens.evaluate.levels import level_metrics
+
+    table, classes = _film_table(tmp_path)
+    metrics, exams = level_metrics(table, classes, "exam", n_boot=20)
+    assert exams["sample_id"].tolist() == ["E1", "E2", "E3", "E4"]
+    assert exams["label"].tolist() == ["benign", "malignant", "benign", "malignant"]
+    assert metrics["auc"]["value"] == pytest.approx(0.75) and metrics["n_samples"] == 4
+    assert metrics["n_groups"] == 3 and metrics["level"] == "exam"
+    breasts = level_metrics(table, classes, "breast", n_boot=20)[1]
+    assert breasts["sample_id"].iloc[:2].tolist() == ["E1/L", "E1/R"] and (breasts["n_views"] == 2).all()
+
+
+def test_level_of_a_table_without_exam_columns_says_so(tmp_path):
+    from mammolens.evaluate.levels import level_metrics
+
+    table, classes = _film_table(tmp_path)
+    with pytest.raises(DataError, match="lacks exam_id, laterality, view"):
+        level_metrics(table.drop(columns=["exam_id", "laterality", "view"]), classes, "exam")
+    with pytest.raises(ConfigError, match="known: film, breast, exam"):
+        level_metrics(table, classes, "woman")
+
+
+def test_choose_aggregator_uses_the_validation_units_only(tmp_path):
+    from mammolens.evaluate.levels import choose_aggregator
+
+    table, classes = _film_table(tmp_path)
+    seen = {}
+
+    def choose(y, proba):
+        seen["y"], seen["p"] = y.tolist(), proba[:, 1].tolist()
+        return 0.45
+
+    chosen = choose_aggregator(table, classes, "exam", "max", choose)
+    assert chosen == {"method": "max", "params": None, "level": "exam", "threshold": 0.45}
+    assert seen == {"y": [0, 1, 0, 1], "p": [0.3, 0.6, 0.5, 0.4]}  # the four exams, not the 16 films
+    assert choose_aggregator(table, classes, "film", "mean", choose)["threshold"] is None
+
+
+def test_folded_levels_use_each_folds_own_aggregator_and_threshold(tmp_path):
+    from mammolens.evaluate.levels import folded_level_predictions
+
+    table, classes = _film_table(tmp_path)
+    table["fold"] = table["exam_id"].map({"E1": 0, "E2": 0, "E3": 1, "E4": 1})
+    folds = {0: ({"method": "max", "params": None, "threshold": 0.55}, 0.5), 1: ({"method": "mean"}, 0.2)}
+    exams = folded_level_predictions(table, classes, "exam", folds).set_index("sample_id")
+    assert exams.loc["E2", "p_malignant"] == pytest.approx(0.6) and exams.loc["E2", "decision"] == "malignant"
+    assert exams.loc["E1", "decision"] == "benign"  # 0.3 < 0.55
+    assert exams.loc["E3", "p_malignant"] == pytest.approx(((0.5 + 0.2) / 2 + 0.1) / 2)  # mean, fold 1
+    assert exams.loc["E3", "decision"] == "malignant"  # 0.225 >= fold 1's film threshold 0.2
+    assert exams["fold"].tolist() == [0, 0, 1, 1]
+    table.loc[0, "fold"] = 1  # one film of E1 in another fold: its woman was split
+    with pytest.raises(DataError, match="several folds"):
+        folded_level_predictions(table, classes, "exam", folds)
+
+
+def test_config_names_the_known_aggregators_and_levels():
+    from mammolens.evaluate.levels import LEVELS
+    from mammolens.engine.config import ExamsConfig
+
+    for name in AGGREGATORS.names():
+        ExamsConfig(aggregate=name)
+    for level in LEVELS:
+        ExamsConfig(level=level)
+    with pytest.raises(ConfigError, match="known: fitted, max, mean"):
+        ExamsConfig(aggregate="median")

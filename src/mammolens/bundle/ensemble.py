@@ -53,6 +53,7 @@ class EnsembleBundle:
     metrics: dict[str, Any]
     provenance: dict[str, Any]
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    aggregator: dict[str, Any] | None = None  # as a model bundle's (evaluate.exams), fitted on its own validation data
 
     @property
     def preprocess(self) -> dict[str, Any] | None:
@@ -108,6 +109,7 @@ def save_ensemble(
     temperature: float,
     metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    aggregator: dict[str, Any] | None = None,
 ) -> Path:
     """Write the ensemble bundle ``out_dir`` (members copied inside), atomically; return its path."""
     out_dir = Path(out_dir)
@@ -133,6 +135,7 @@ def save_ensemble(
             "combiner": combiner,
             "metrics": metrics or {},
             "provenance": {"members_from": [str(Path(d).resolve()) for d in member_dirs], **(provenance or {})},
+            "aggregator": aggregator,
         }
         write_json(tmp / MANIFEST, manifest)
     return out_dir
@@ -145,11 +148,12 @@ def save_mean_ensemble(
     temperature: float,
     metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    aggregator: dict[str, Any] | None = None,
 ) -> Path:
-    """The mean of the members' probabilities (e.g. a cv run's fold bundles); threshold and temperature
-    should come from the pooled out-of-fold predictions."""
+    """The mean of the members' probabilities (e.g. a cv run's fold bundles); threshold, temperature and
+    aggregator should come from the pooled out-of-fold predictions."""
     return save_ensemble(out_dir, member_dirs, combiner={"method": "mean"}, threshold=threshold,
-                         temperature=temperature, metrics=metrics, provenance=provenance)
+                         temperature=temperature, metrics=metrics, provenance=provenance, aggregator=aggregator)
 
 
 def is_ensemble(path: str | Path) -> bool:
@@ -208,4 +212,5 @@ def load_ensemble(path: str | Path) -> EnsembleBundle:
         path=path, members=members, classes=list(manifest["classes"]), task=manifest["task"],
         threshold=float(manifest["threshold"]), temperature=float(manifest["temperature"]), combiner=combiner,
         metrics=manifest.get("metrics") or {}, provenance=manifest.get("provenance") or {},
+        aggregator=manifest.get("aggregator"),
     )

@@ -62,6 +62,9 @@ class Bundle:
     # Lesion descriptors' share of the logits (a linear head over standardised descriptors, see
     # train/linear_head.py): {"names", "mean", "scale", "coef" (outputs x K)}; None when unused.
     descriptor_head: dict[str, Any] | None = None
+    # Views -> breast -> exam (evaluate.exams), chosen on validation films: {"method", "params" (the
+    # fitted combination's JSON or None), "level", "threshold" (breast/exam decisions; None: the film one)}.
+    aggregator: dict[str, Any] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -180,6 +183,7 @@ def save_bundle(
     config: dict[str, Any],
     tta: int = 1,
     descriptor_head: dict[str, Any] | None = None,
+    aggregator: dict[str, Any] | None = None,
 ) -> Path:
     """Write the bundle directory ``out_dir`` (replacing an earlier bundle there) and return its path.
 
@@ -210,6 +214,7 @@ def save_bundle(
             "weights_sha256": _sha256(tmp / WEIGHTS),
             "tta": int(tta),
             "descriptor_head": _plain(descriptor_head, "descriptor_head"),
+            "aggregator": _plain(aggregator, "aggregator"),
         }
         write_json(tmp / MANIFEST, manifest)
         write_text(tmp / CONFIG, yaml.safe_dump(_plain(config, "config"), sort_keys=False))
@@ -277,6 +282,7 @@ def load_model_bundle(path: str | Path, model_factory: Callable[..., MammoModel]
         config=config,
         tta=int(manifest.get("tta", 1)),
         descriptor_head=manifest.get("descriptor_head"),
+        aggregator=manifest.get("aggregator"),
     )
 
 

@@ -68,6 +68,7 @@ def predict(
     backend: str = BackendOpt,
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, local Ray)."),
+    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="--engine ray: actors, each with its own model copy (default 2)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     guard_band: Optional[float] = GuardBandOpt,
 ) -> None:
@@ -94,8 +95,10 @@ def predict(
         from mammolens.deploy.ray_engine import predict_ray
 
         report = predict_ray(bundle, files, out, rois=lesions, others=others, heatmaps=heatmaps, backend=backend,
-                             batch_size=batch_size, force=force, guard_band=guard_band)  # fmt: skip
+                             batch_size=batch_size, force=force, guard_band=guard_band, actors=actors)  # fmt: skip
     elif engine == "local":
+        if actors is not None:
+            raise ConfigError("--actors is for --engine ray")
         predictor = Predictor.load(bundle, backend=backend, batch_size=batch_size, guard_band=guard_band)  # type: ignore[arg-type]
         report = predict_files(predictor, files, out, rois=lesions, others=others, heatmaps=heatmaps, force=force,
                                progress=progress)  # fmt: skip

@@ -68,18 +68,27 @@ def evaluate_bundle(
     bundle_path: Path, source: str, *, task: str | None = None, kind: str | None = None,
     options: dict[str, Any] | None = None, cache_dir: str | Path, workers: int | None = None,
     threshold: float | None = None, n_boot: int = 2000, seed: int = 0, progress: bool = True, command: str = "",
-) -> tuple[dict[str, Any], Any, str]:
-    """(metrics, predictions table, report HTML) of a bundle on every labelled sample of ``source``."""
+    level: str = "film", aggregate: str | None = None,
+) -> tuple[dict[str, Any], Any, str, Any]:
+    """(metrics, predictions table, report HTML, the ``level`` table or None) of a bundle on every
+    labelled sample of ``source``; at breast or exam level ``metrics["levels"]`` holds that level's
+    figures, the films combined by the bundle's aggregator (``aggregate`` overrides its method)."""
     from mammolens.bundle import load_bundle
     from mammolens.data.adapters.base import load_source
     from mammolens.evaluate.predict import bundle_cache, predict_manifest
     from mammolens.evaluate.predictions import predictions_frame
     from mammolens.evaluate.report import render_report
+    from mammolens.evaluate.levels import check_level, exam_columns
     from mammolens.evaluate.summary import evaluate_predictions
 
+    check_level(level)
     bundle = load_bundle(bundle_path)
     task = task or bundle.task
     _check_task(bundle, task)
+    stored = getattr(bundle, "aggregator", None) or {"method": "max"}
+    if level != "film" and aggregate == "fitted" and stored["method"] != "fitted":
+        raise ConfigError("--aggregate fitted: the bundle has no fitted aggregator (train with exams.aggregate: "
+                          "fitted)", path=bundle_path)
     manifest = load_source(source, kind, **(options or {})).manifest
     manifest, y = label_source(manifest, task)
     proba = predict_manifest(bundle, manifest, cache_dir, workers=workers, progress=progress)
@@ -89,7 +98,10 @@ def evaluate_bundle(
     metrics = evaluate_predictions(y, proba, groups, bundle.classes, threshold, n_boot=n_boot, seed=seed)
     metrics.update(task=task, bundle=str(Path(bundle_path).resolve()), source=str(source),
                    threshold_from="bundle" if fixed is None else f"fixed {fixed:g}")
-    table = predictions_frame(sample_ids, groups, y, proba, bundle.classes, threshold)
+    table = predictions_frame(sample_ids, groups, y, proba, bundle.classes, threshold, exams=exam_columns(manifest))
+    units = None
+    if level != "film":
+        metrics["levels"], units = _level_figures(bundle, task, table, level, aggregate, fixed, n_boot, seed)
     cache = bundle_cache(bundle, cache_dir)
     name = "/".join(Path(bundle_path).resolve().parts[-2:])
     html = render_report(
@@ -100,7 +112,30 @@ def evaluate_bundle(
         config=getattr(bundle, "config", None) or None,
         provenance={"bundle": metrics["bundle"], "bundle_provenance": getattr(bundle, "provenance", {})},
     )
-    return metrics, table, html
+    return metrics, table, html, units
+
+
+def _level_figures(bundle: Any, task: str, table: Any, level: str, aggregate: str | None, fixed: float | None,
+                   n_boot: int, seed: int) -> tuple[dict[str, Any], Any]:
+    """Breast or exam figures: the bundle's aggregator (method, fitted parameters, threshold chosen on
+    its validation part); ``aggregate`` names another method, which then decides at the film threshold;
+    ``fixed``: a threshold given on the command line instead."""
+    from mammolens.data.tasks import TASKS
+    from mammolens.evaluate.levels import level_metrics, unit_threshold
+
+    if TASKS.get(task).unit != "film":
+        raise ConfigError(f"--level {level}: breast and exam figures combine films; task {task} is at "
+                          f"{TASKS.get(task).unit} level")
+    stored = getattr(bundle, "aggregator", None) or {"method": "max"}
+    own = aggregate in (None, stored["method"])
+    method = stored["method"] if own else aggregate
+    threshold = fixed if fixed is not None else unit_threshold(stored if own else None, bundle.threshold)
+    metrics, units = level_metrics(table, bundle.classes, level, method=method,
+                                   params=stored.get("params") if own else None, threshold=threshold,
+                                   n_boot=n_boot, seed=seed)
+    metrics["threshold_from"] = f"fixed {fixed:g}" if fixed is not None else (
+        f"the bundle's {stored.get('level')} threshold" if own and stored.get("threshold") is not None else "the film threshold")
+    return {level: metrics}, units
 
 
 def register(app: typer.Typer) -> None:
@@ -119,6 +154,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Bootstrap seed."),
         workers: Optional[int] = typer.Option(None, help="Preprocessing worker processes."),
         cache_dir: Optional[str] = typer.Option(None, help="Preprocessing cache (default $MAMMOLENS_CACHE or .cache/mammolens)."),
+        level: str = typer.Option("film", "--level", help="Also score breasts or exams: film, breast or exam."),
+        aggregate: Optional[str] = typer.Option(None, "--aggregate", help="How films combine at --level: max, mean or fitted (default: the bundle's)."),
     ) -> None:
         """Score every sample of SOURCE with BUNDLE: metrics.json, predictions.csv, report.html."""
         import os
@@ -135,17 +172,26 @@ def register(app: typer.Typer) -> None:
         fixed = parse_threshold(threshold)
         command = _command("evaluate", [bundle, source], {
             "task": task, "kind": kind, "option": option, "out": out_dir, "threshold": threshold, "n-boot": n_boot,
-            "seed": seed, "workers": workers, "cache-dir": cache})
-        metrics, table, html = evaluate_bundle(
+            "seed": seed, "workers": workers, "cache-dir": cache, "level": level, "aggregate": aggregate})
+        if aggregate is not None:
+            from mammolens.evaluate.exams import AGGREGATORS
+
+            AGGREGATORS.get(aggregate)  # one line listing the known names, before any scoring
+        metrics, table, html, units = evaluate_bundle(
             bundle, source, task=task, kind=kind, options=parse_options(option), cache_dir=cache, workers=workers,
-            threshold=fixed, n_boot=n_boot, seed=seed, command=command,
+            threshold=fixed, n_boot=n_boot, seed=seed, command=command, level=level, aggregate=aggregate,
         )
         # Everything is computed before anything is written: a failure leaves --out untouched.
         open_output(out_dir, "evaluate", fresh=fresh)
         write_predictions(out_dir / "predictions.csv", table)
+        if units is not None:
+            write_predictions(out_dir / f"predictions-{level}.csv", units)
         write_json(out_dir / "metrics.json", metrics)
         write_text(out_dir / "report.html", html)
         typer.echo(render_table(metrics))
+        for name, figures in (metrics.get("levels") or {}).items():
+            typer.echo(f"{name} level ({figures['aggregate']}; {figures['n_films']} films):")
+            typer.echo(render_table(figures, threshold_label=figures["threshold_from"]))
         typer.echo(f"wrote {out_dir}/metrics.json, predictions.csv, report.html")
 
     @app.command("ensemble")

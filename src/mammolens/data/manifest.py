@@ -15,29 +15,38 @@ from typing import Any
 
 import pandas as pd
 
+from mammolens.data.rois import Roi, parse_rois
 from mammolens.utils import atomic
 from mammolens.utils.errors import DataError
 
 # column -> (dtype, default). Strings use "" for "unknown", never NaN, so equality checks work.
 COLUMNS: dict[str, tuple[str, Any]] = {
     "sample_id": ("str", None),  # unique within the manifest
-    "source": ("str", None),  # adapter name: mias, cbis-ddsm, folders, arrays, synthetic
+    "source": ("str", None),  # adapter name: mias, cbis-ddsm, vindr, rsna, cmmd, inbreast, folders, arrays, synthetic
     "path": ("str", None),  # absolute path of the full image file
     "frame": ("int", -1),  # index into a stacked array file (.npy), -1 for single images
     "patient_id": ("str", ""),  # as the source names the woman / case ("" when unknown)
+    "exam_id": ("str", ""),  # the screening exam (visit) the film belongs to ("" when unknown)
     "group": ("str", None),  # split unit: patient, film pair or duplicate group; never split
     "view": ("str", ""),  # CC, MLO, ... ("" when unknown)
     "laterality": ("str", ""),  # L, R ("" when unknown)
     "pathology": ("str", ""),  # normal, benign, malignant ("" when unknown)
     "abnormality": ("str", ""),  # MIAS class: NORM CALC CIRC SPIC MISC ARCH ASYM ("" otherwise)
     "lesion_type": ("str", ""),  # none, mass, calc ("" when unknown)
-    "rois": ("str", "[]"),  # JSON list of [x, y, r] circles in original-image pixels
+    "density": ("str", ""),  # BI-RADS breast density A, B, C, D ("" when unknown)
+    "birads": ("str", ""),  # BI-RADS assessment 0-6, with 4a/4b/4c ("" when unknown)
+    "rois": ("str", "[]"),  # JSON list of circles, boxes, polygons or masks in original-image pixels (data.rois)
     "mask_path": ("str", ""),  # binary ROI mask image for this sample's lesion, if any
     "meta": ("str", "{}"),  # JSON dict of source-specific extras (never DICOM identifiers)
 }
 
 PATHOLOGIES = ("normal", "benign", "malignant", "")
 LESION_TYPES = ("none", "mass", "calc", "")
+DENSITIES = ("A", "B", "C", "D", "")
+BIRADS = ("0", "1", "2", "3", "4", "4a", "4b", "4c", "5", "6", "")
+# Columns added after manifests (and the splits saved against their hash) existed: they enter the
+# content hash only where they say something, so an old manifest keeps its hash.
+_LATER_COLUMNS = ("exam_id", "density", "birads")
 MIAS_CLASSES = ("NORM", "CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM")
 
 
@@ -60,8 +69,12 @@ class Manifest:
         return f"Manifest({self.name!r}, {len(self)} samples, {self.df['group'].nunique()} groups)"
 
     def rois(self, i: int) -> list[tuple[float, float, float]]:
-        """ROI circles of row ``i`` as (x, y, r) in original-image pixels."""
-        return [tuple(map(float, c)) for c in json.loads(self.df["rois"].iat[i])]
+        """Covering circles (x, y, r) of row ``i``'s ROIs in original-image pixels (masks: see ``shapes``)."""
+        return [s.circle() for s in self.shapes(i) if s.kind != "mask"]
+
+    def shapes(self, i: int) -> list[Roi]:
+        """Row ``i``'s ROIs as they were marked: circles, boxes, polygons or mask files."""
+        return parse_rois(self.df["rois"].iat[i], f"{self.name}: sample {self.df['sample_id'].iat[i]!r}")
 
     def meta(self, i: int) -> dict[str, Any]:
         return json.loads(self.df["meta"].iat[i])
@@ -76,8 +89,11 @@ class Manifest:
         File locations are left out, so moving a dataset folder keeps its splits valid; the
         preprocessing cache keys on file content separately.
         """
-        columns = [c for c in COLUMNS if c not in ("path", "mask_path")]
-        rows = self.df.sort_values("sample_id")[columns].astype(str).to_numpy().tolist()
+        df = self.df
+        said = {"exam_id": (df["exam_id"] != "") & (df["exam_id"] != df["group"])}
+        columns = [c for c in COLUMNS if c not in ("path", "mask_path")
+                   and (c not in _LATER_COLUMNS or said.get(c, df[c] != "").any())]
+        rows = df.sort_values("sample_id")[columns].astype(str).to_numpy().tolist()
         return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
     def save(self, path: str | Path) -> Path:
@@ -127,11 +143,17 @@ def _normalise(df: pd.DataFrame, name: str) -> pd.DataFrame:
     dup = out["sample_id"].duplicated()
     if dup.any():
         raise DataError(f"{name}: duplicate sample_id {out['sample_id'][dup].iat[0]!r}")
-    for col, allowed in (("pathology", PATHOLOGIES), ("lesion_type", LESION_TYPES)):
+    out["density"] = out["density"].str.upper()
+    out["birads"] = out["birads"].str.lower()
+    for col, allowed in (("pathology", PATHOLOGIES), ("lesion_type", LESION_TYPES), ("density", DENSITIES),
+                         ("birads", BIRADS)):
         bad = ~out[col].isin(allowed)
         if bad.any():
             raise DataError(
                 f"{name}: sample {out['sample_id'][bad].iat[0]!r} has {col}={out[col][bad].iat[0]!r}; "
                 f"allowed: {', '.join(a or '(empty)' for a in allowed)}"
             )
+    for sample_id, text in zip(out["sample_id"], out["rois"]):
+        if text != "[]":
+            parse_rois(text, f"{name}: sample {sample_id!r}")
     return out

@@ -144,6 +144,37 @@ def make_holdout(
     return split
 
 
+def make_official(manifest: Manifest, labels: Any, *, val: float = 0.15, seed: int = 0, task: str = "") -> Split:
+    """The source's own train/test split (``meta["official_split"]``: VinDr-Mammo, CBIS-DDSM), with
+    val taken from its training part by whole groups, stratified, as ``make_holdout`` does.
+
+    Refused when a row has no official part or a group (patient) sits in both parts.
+    """
+    if not 0 <= val < 1:
+        raise ConfigError(f"split val fraction must lie in [0, 1), got {val}")
+    ids, y, groups = _sorted_rows(manifest, labels)
+    meta = manifest.df.set_index("sample_id").loc[ids, "meta"]
+    official = np.array([str(json.loads(m).get("official_split", "")).lower() for m in meta])
+    unknown = ~np.isin(official, ("training", "train", "test"))
+    if unknown.any():
+        raise DataError(f"sample {ids[int(np.argmax(unknown))]!r} has no official split (training/test) in its source; "
+                        "use a made split (data.split.official: false)")
+    test_idx = np.flatnonzero(official == "test")
+    rest = np.flatnonzero(official != "test")
+    if len(rest) == 0 or len(test_idx) == 0:
+        raise DataError("the official split has an empty part: "
+                        f"{len(rest)} training and {len(test_idx)} test samples")
+    share = val * len(ids) / len(rest)
+    if share >= 1:
+        raise ConfigError(f"split val {val} of all samples is more than the official training part ({len(rest)} of {len(ids)})")
+    val_idx = _hold_out(rest, y, groups, share, seed)
+    train_idx = np.setdiff1d(rest, val_idx)
+    parts = {name: ids[idx].tolist() for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))}
+    split = Split(parts=parts, seed=seed, manifest_hash=manifest.content_hash(), kind="holdout", task=task)
+    check_no_leakage(manifest, split)
+    return split
+
+
 def make_kfold(manifest: Manifest, labels: Any, *, k: int = 5, seed: int = 0, task: str = "") -> Split:
     """``k`` folds of whole groups, stratified by ``labels``, with ``StratifiedGroupKFold``."""
     if k < 2:

@@ -47,6 +47,21 @@ class Prediction:
                 "threshold": self.threshold, "engine": self.engine}  # fmt: skip
 
 
+@dataclass
+class ExamPrediction:
+    """One exam: each view's prediction, each breast's and the exam's, combined by ``evaluate.exams``
+    with the bundle's aggregator (``aggregate``)."""
+
+    exam: Prediction
+    breasts: dict[str, Prediction]  # "L" / "R"
+    views: list[Prediction]
+    aggregate: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"exam": self.exam.to_dict(), "breasts": {k: v.to_dict() for k, v in self.breasts.items()},
+                "views": [v.to_dict() for v in self.views], "aggregate": self.aggregate}
+
+
 @dataclass(frozen=True)
 class Film:
     """An image as read: what the bundle's pipeline starts from."""
@@ -316,11 +331,64 @@ class Predictor:
         probs, engines = self.score_inputs(inputs)
         return [self._prediction(p, e) for p, e in zip(probs, engines)]
 
-    def _prediction(self, probs: np.ndarray, engine: str | None = None) -> Prediction:
-        label, decision = self.spec.decide(probs)
+    def predict_exam(self, sources: Sequence[str | Path | np.ndarray | Any], *, lateralities: Sequence[str] | None = None,
+                     views: Sequence[str] | None = None, method: str | None = None) -> ExamPrediction:  # fmt: skip
+        """One screening exam (its views, e.g. L/R x CC/MLO): every view scored, then combined per breast
+        and per exam by ``evaluate.exams`` with the bundle's aggregator (``method`` overrides it; ``fitted``
+        needs the parameters the bundle stores). A view's side comes from ``lateralities`` or its file
+        (DICOM ImageLaterality). A bilateral bundle reads each view with the other breast's same view."""
+        import pandas as pd
+
+        from mammolens.evaluate.exams import aggregate
+
+        if self.spec.needs_roi:
+            raise ConfigError(f"model {self.spec.model_id} scores lesion crops, not whole films: it cannot score an exam")
+        n = len(sources)
+        if n == 0:
+            raise ConfigError("an exam needs at least one view")
+        sides = list(lateralities) if lateralities is not None else [""] * n
+        names = list(views) if views is not None else [""] * n
+        if not len(sides) == len(names) == n:
+            raise ConfigError(f"{n} views but {len(sides)} lateralities and {len(names)} view names")
+        films = [self.read(s) for s in sources]
+        sides = [(side or film.laterality).upper() for side, film in zip(sides, films)]
+        for source, side in zip(sources, sides):
+            if side not in ("L", "R"):
+                raise DataError(f"{_name(source)}: its laterality is unknown (give lateralities=...); "
+                                "an exam is scored breast by breast")
+        inputs = [self.prepare(film, laterality=side, name=_name(source), other=self._partner(films, sides, names, i))
+                  for i, (source, film, side) in enumerate(zip(sources, films, sides))]  # fmt: skip
+        probs, engines = self.score_inputs(inputs)
+        table = pd.DataFrame({"exam_id": "exam", "laterality": sides, "view": names,
+                              **{f"p_{c}": probs[:, k] for k, c in enumerate(self.spec.classes)}})
+        chosen = method or self.spec.aggregator.get("method", "max")
+        params = self.spec.aggregator.get("params") if chosen == self.spec.aggregator.get("method") else None
+        columns = [f"p_{c}" for c in self.spec.classes]
+        breasts = aggregate(table, "breast", chosen, params)
+        exam = aggregate(table, "exam", chosen, params)
+        engine = engines[0] if len(set(engines)) == 1 else "mixed"
+        at = self.spec.exam_threshold
+        return ExamPrediction(
+            exam=self._prediction(exam[columns].to_numpy()[0], engine, at),
+            breasts={row["laterality"]: self._prediction(row[columns].to_numpy(np.float64), engine, at)
+                     for _, row in breasts.iterrows()},
+            views=[self._prediction(p, e) for p, e in zip(probs, engines)], aggregate=chosen)  # fmt: skip
+
+    def _partner(self, films: list[Film], sides: list[str], names: list[str], i: int) -> Film | None:
+        """For a bilateral bundle: the exam's view of the other breast with the same view name (None: none)."""
+        if self.spec.pairs is None:
+            return None
+        for j, (side, name) in enumerate(zip(sides, names)):
+            if j != i and side != sides[i] and name.upper() == names[i].upper():
+                return films[j]
+        return None
+
+    def _prediction(self, probs: np.ndarray, engine: str | None = None, threshold: float | None = None) -> Prediction:
+        label, decision = self.spec.decide(probs, threshold)
         return Prediction(
             probabilities={c: float(p) for c, p in zip(self.spec.classes, probs)},
-            label=label, decision=decision, threshold=self.spec.threshold, engine=engine or self.engine,
+            label=label, decision=decision, threshold=self.spec.threshold if threshold is None else threshold,
+            engine=engine or self.engine,
         )  # fmt: skip
 
     # -- explanations --------------------------------------------------------------------------

@@ -70,6 +70,9 @@ def predict_ray(bundle: str | Path, files: Sequence[Path], out: str | Path, *, r
 
     from mammolens.deploy.predictor import Predictor
 
+    if actors is not None and actors < 1:
+        raise ConfigError(f"--actors must be at least 1, got {actors}")
+    num_cpus = max(num_cpus, actors or 0)  # each actor holds one CPU: fewer CPUs than actors would wait forever
     out = Path(out)
     # the driver and every actor build the same Predictor; the driver's load fails here, not in every actor
     load = functools.partial(Predictor.load, str(bundle), backend=backend, batch_size=batch_size, guard_band=guard_band)
@@ -106,8 +109,9 @@ def predict_ray(bundle: str | Path, files: Sequence[Path], out: str | Path, *, r
             items = [{"file": str(f), **(dict(zip(ROI_COLUMNS, map(float, roi))) if lesions else {}),
                       **({OTHER: str(other)} if pairs else {})} for f, roi, other in todo]  # fmt: skip
             ds = ray.data.from_items(items)
-            scored = ds.map_batches(Scorer, batch_size=batch_size, batch_format="numpy",
-                                    concurrency=actors or num_cpus, num_cpus=1)  # fmt: skip
+            # a fixed pool of n actors (``concurrency=`` is deprecated since Ray 2.51)
+            pool = ray.data.ActorPoolStrategy(size=actors or num_cpus)
+            scored = ds.map_batches(Scorer, batch_size=batch_size, batch_format="numpy", compute=pool, num_cpus=1)
             scored.write_parquet(str(shards))
         import pandas as pd
 

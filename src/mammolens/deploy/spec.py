@@ -17,6 +17,7 @@ import numpy as np
 from mammolens.utils.errors import ConfigError, DataError
 
 ROI = tuple[float, float, float]
+NO_AGGREGATOR = {"method": "max", "params": None, "level": "film", "threshold": None}
 # Preprocessing steps that read the finding's circle: a bundle with one of them scores lesions.
 ROI_STEPS = ("crop_roi", "multiscale_crop", "lesion_descriptors")
 # Provenance keys that are safe to publish: no file paths, which can name a hospital, a study or a woman.
@@ -42,6 +43,10 @@ class ModelSpec:
     channels: int = 1  # model input channels: 1, a multiscale_crop's scales, or 2 (a film and its partner)
     descriptors: list[str] = field(default_factory=list)  # the descriptor head's inputs, in order (lesion_descriptors)
     pairs: dict[str, bool] | None = None  # bilateral bundles: {"fallback": ..., "mirror": ...} as in training
+    # views -> breast -> exam (evaluate.exams): the bundle's ``aggregator`` ({"method": max|mean|fitted,
+    # "params": fitted JSON or None, "level", "threshold": the breast/exam threshold chosen on validation,
+    # or None for the film threshold}); a bundle without one combines by max at the film threshold
+    aggregator: dict[str, Any] = field(default_factory=lambda: dict(NO_AGGREGATOR))
 
     @property
     def steps(self) -> list[dict[str, Any]]:
@@ -139,6 +144,7 @@ class ModelSpec:
             channels=channels,
             descriptors=list(head["names"]) if head else [],
             pairs=pairs,
+            aggregator=dict(manifest.get("aggregator") or NO_AGGREGATOR),
         )
 
     def check_onnx(self, where: str | Path) -> None:
@@ -151,13 +157,21 @@ class ModelSpec:
             raise ConfigError(f"the bundle reads {self.channels}-channel inputs ({what}), which the ONNX export "
                               "does not take yet; serve it with the torch backend", path=where)  # fmt: skip
 
-    def decide(self, probs: np.ndarray) -> tuple[str, str]:
+    def decide(self, probs: np.ndarray, threshold: float | None = None) -> tuple[str, str]:
         """(label, decision) for one probability row: the most probable class, and the class at the
-        bundle's threshold on the last (positive) class for a binary task (argmax otherwise)."""
+        bundle's threshold (or ``threshold``) on the last (positive) class for a binary task (argmax otherwise)."""
         label = self.classes[int(np.argmax(probs))]
         if not self.binary:
             return label, label
-        return label, self.classes[1] if float(probs[1]) >= self.threshold else self.classes[0]
+        threshold = self.threshold if threshold is None else threshold
+        return label, self.classes[1] if float(probs[1]) >= threshold else self.classes[0]
+
+    @property
+    def exam_threshold(self) -> float:
+        """Where a breast or exam is called positive: the aggregator's own validation-chosen threshold,
+        else the film threshold (with ``max``: a breast is positive when any of its films is)."""
+        chosen = self.aggregator.get("threshold")
+        return self.threshold if chosen is None else float(chosen)
 
 
 def check_image(pixels: Any, where: str = "image") -> np.ndarray:

@@ -42,6 +42,7 @@ class SplitConfig:
     fold: int = 0
     seed: int = 0
     file: str | None = None  # reuse a saved split (checked against the manifest)
+    official: bool = False  # the source's own train/test split (VinDr-Mammo, CBIS-DDSM); val from its training part
 
 
 @dataclass
@@ -95,6 +96,22 @@ class OperatingPointConfig:
 
 
 @dataclass
+class ExamsConfig:
+    """Exams as a unit (``evaluate.exams``): the level ``cv`` and ``evaluate`` also report, and how a
+    bundle combines films into breasts and exams. A ``fitted`` combination and the breast/exam
+    threshold are chosen on the validation part only, and stored in the bundle."""
+
+    level: str = "film"  # film | breast | exam
+    aggregate: str = "max"  # max | mean | fitted
+
+    def __post_init__(self) -> None:
+        if self.level not in ("film", "breast", "exam"):
+            raise ConfigError(f"exams.level: {self.level!r} is not film, breast or exam")
+        if self.aggregate not in ("max", "mean", "fitted"):
+            raise ConfigError(f"exams.aggregate: unknown aggregator {self.aggregate!r}; known: fitted, max, mean")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     data: DataConfig = field(default_factory=DataConfig)
@@ -104,6 +121,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
     operating_point: OperatingPointConfig = field(default_factory=OperatingPointConfig)
+    exams: ExamsConfig = field(default_factory=ExamsConfig)
     cache_dir: str = field(default_factory=lambda: os.environ.get("MAMMOLENS_CACHE", ".cache/mammolens"))
     workers: int | None = None  # preprocessing worker processes (default: one per core)
 

@@ -102,7 +102,7 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
             pooled.append(df)
             bundle = json.loads((fold_dir / "bundle" / "bundle.json").read_text())
             per_fold.append(_fold_row(r, i, parts, df, classes, bundle))
-    everything = pd.concat(pooled, ignore_index=True)
+    everything = _with_exams(pd.concat(pooled, ignore_index=True), manifest)
     first = everything[everything["repeat"] == 0]
     y, proba = first["label_index"].to_numpy(), _proba(first, classes)
     # Threshold-free metrics of the pooled rows (and their figures at 0.5); the operating point that
@@ -119,14 +119,20 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     members = [out / "repeat0" / f"fold{i}" / "bundle" for i in range(folds)]
     save_mean_ensemble(out / "ensemble", members, threshold=threshold, temperature=temperature,
                        metrics={"pooled_oof": {k: metrics.get(k) for k in ("auc", "macro_f1")}},
-                       provenance={"cv": str(out), "folds": folds, "manifest_hash": record["manifest_hash"]})
+                       provenance={"cv": str(out), "folds": folds, "manifest_hash": record["manifest_hash"]},
+                       aggregator=_ensemble_aggregator(cfg, task, first, classes, temperature))
     metrics["ensemble"] = {"path": str(out / "ensemble"), "threshold": threshold, "temperature": temperature}
+    level_table = None
+    if cfg.exams.level != "film":
+        metrics["levels"], level_table = _level_metrics(cfg, task, first, classes, out, n_boot)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     metrics["notes"] = list(manifest.notes)
     cache = PreprocessCache(Path(cfg.cache_dir) / "preprocessed", preprocess_config(cfg))  # built by the folds
     write_predictions(out / "predictions.csv", first)
     if repeats > 1:
         write_predictions(out / "predictions-all.csv", everything)
+    if level_table is not None:
+        write_predictions(out / f"predictions-{cfg.exams.level}.csv", level_table)
     atomic.write_json(out / "metrics.json", metrics)
     write_report(out / "report.html", metrics, first, title=f"mammolens cv: {cfg.name}",
                  subtitle=f"{folds}-fold patient-grouped cross-validation, {task.name} ({task.unit} level), "
@@ -180,6 +186,55 @@ def _check_resume(out: Path, record: dict[str, Any]) -> None:
         key, was, now = diff
         raise ConfigError(f"this cv run was started with {key} = {json.dumps(was)}, not {json.dumps(now)}; "
                           "continue it with the same settings, or pass --fresh", path=path)
+
+
+def _with_exams(df: pd.DataFrame, manifest) -> pd.DataFrame:  # noqa: ANN001
+    """The films' ``exam_id, laterality, view`` from the manifest (folds finished before these columns
+    existed lack them; the manifest is the same, as ``cv.json``'s hash checks)."""
+    from mammolens.evaluate.levels import exam_columns
+
+    exams = exam_columns(manifest).set_index(manifest.df["sample_id"].to_numpy())
+    df = df.drop(columns=[c for c in exams.columns if c in df.columns])
+    return df.join(exams, on="sample_id")
+
+
+def _level_metrics(cfg: ExperimentConfig, task, first: pd.DataFrame, classes: list[str], out: Path,  # noqa: ANN001
+                   n_boot: int) -> tuple[dict[str, Any], pd.DataFrame]:
+    """``exams.level`` figures of the pooled out-of-fold films: each fold's films combined by its own
+    model's aggregator, decided at its own threshold; the CIs resample women."""
+    from mammolens.evaluate.levels import folded_level_predictions
+
+    level = cfg.exams.level
+    if task.unit != "film":
+        raise ConfigError(f"exams.level: {level} figures combine films; task {task.name} is at {task.unit} level")
+    folds = {}
+    for i in sorted(first["fold"].unique()):
+        bundle = json.loads((out / "repeat0" / f"fold{int(i)}" / "bundle" / "bundle.json").read_text())
+        folds[int(i)] = (bundle.get("aggregator") or {"method": cfg.exams.aggregate}, float(bundle["threshold"]))
+    units = folded_level_predictions(first, classes, level, folds)
+    labelled = units[units["label_index"] >= 0]
+    metrics = evaluate_predictions(labelled["label_index"].to_numpy(), _proba(labelled, classes),
+                                   labelled["group"].astype(str).tolist(), classes, threshold=0.5, n_boot=n_boot,
+                                   seed=cfg.data.split.seed)
+    metrics.update(level=level, aggregate=sorted({a["method"] for a, _ in folds.values()}),
+                   at_fold_thresholds=_decision_metrics(labelled, classes))
+    return {level: metrics}, units
+
+
+def _ensemble_aggregator(cfg: ExperimentConfig, task, first: pd.DataFrame, classes: list[str],  # noqa: ANN001
+                         temperature: float) -> dict[str, Any] | None:
+    """The ensemble's aggregator, like its threshold from the pooled out-of-fold films (at its temperature)."""
+    from mammolens.evaluate.calibration import apply_temperature
+    from mammolens.evaluate.levels import choose_aggregator
+    from mammolens.evaluate.thresholds import choose_threshold
+
+    if task.unit != "film":
+        return None
+    scaled = first.copy()
+    scaled[[f"p_{c}" for c in classes]] = apply_temperature(_proba(first, classes), temperature)
+    op = cfg.operating_point
+    return choose_aggregator(scaled, classes, cfg.exams.level, cfg.exams.aggregate,
+                             lambda y, p: choose_threshold(y, p, op.threshold, op.beta, op.target_sensitivity))
 
 
 def _proba(df: pd.DataFrame, classes: list[str]) -> np.ndarray:
@@ -259,5 +314,10 @@ def render_cv(metrics: dict[str, Any]) -> str:
         rep = metrics["repeats"]
         lines.append("over repeats: " + "  ".join(
             f"{k} {format_value(v['mean'])} ± {format_value(v['sd'])}" for k, v in rep.items() if k != "per_repeat"))
+    for level, m in (metrics.get("levels") or {}).items():
+        lines.append(f"{level} level (pooled out-of-fold films combined by {', '.join(m['aggregate'])}):")
+        lines.append(render_table(m, threshold_label="the pooled rows' threshold"))
+        lines.append(f"at each fold's validation-chosen {level} threshold: "
+                     + "  ".join(f"{k} {format_value(v)}" for k, v in m["at_fold_thresholds"].items()))
     lines.append(f"ensemble bundle: {metrics['ensemble']['path']}  ({metrics['seconds']} s)")
     return "\n".join(lines)

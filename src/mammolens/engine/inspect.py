@@ -28,11 +28,15 @@ def inspect_source(cfg) -> dict[str, Any]:  # noqa: ANN001 - ExperimentConfig (i
         "image_files": int(df["path"].nunique()),
         "groups": int(df["group"].nunique()),
         "patients": int(df["patient_id"].replace("", None).nunique()),
+        "exams": int(df["exam_id"].replace("", None).nunique()),
+        "images_per_exam": _exam_sizes(df),
         "pathology": _counts(df["pathology"]),
         "abnormality": _counts(df["abnormality"]),
         "lesion_type": _counts(df["lesion_type"]),
         "laterality": _counts(df["laterality"]),
         "view": _counts(df["view"]),
+        "density": _counts(df["density"]),
+        "birads": _counts(df["birads"]),
         "tasks": task_counts(manifest),
         "lesions_without_roi": {"count": int(no_roi.sum()), "samples": lesions.loc[no_roi, "sample_id"].tolist()},
         "missing_image_files": len(result.missing_files),
@@ -56,9 +60,11 @@ def render_report(report: dict[str, Any]) -> str:
         f"unreadable: {len(report['unreadable_files'])})",
         f"lesions  {report['lesions']['count']} findings ("
         + ", ".join(f"{k} {v}" for k, v in report["lesions"]["pathology"].items()) + ")",
-        f"groups   {report['groups']} split groups, {report['patients']} patients",
+        f"groups   {report['groups']} split groups, {report['patients']} patients, {report['exams']} exams"
+        + (" (images per exam: " + ", ".join(f"{k}: {v}" for k, v in report["images_per_exam"].items()) + ")"
+           if report["images_per_exam"] else ""),
     ]
-    for key in ("pathology", "abnormality", "lesion_type", "laterality", "view"):
+    for key in ("pathology", "abnormality", "lesion_type", "laterality", "view", "density", "birads"):
         if report[key]:
             lines.append(f"{key:<12} " + ", ".join(f"{k} {v}" for k, v in report[key].items()))
     for task, counts in report["tasks"].items():
@@ -112,6 +118,12 @@ def _unreadable(df, missing: set[str], known: list[str]) -> list[str]:  # noqa: 
         except MammolensError as exc:
             out.append(str(exc))
     return out
+
+
+def _exam_sizes(df) -> dict[str, int]:  # noqa: ANN001
+    """How many exams have 1, 2, 4, ... images (a screening exam is four views)."""
+    sizes = df.loc[df["exam_id"] != ""].groupby("exam_id").size().value_counts().sort_index()
+    return {str(k): int(v) for k, v in sizes.items()}
 
 
 def _counts(series) -> dict[str, int]:  # noqa: ANN001

@@ -14,7 +14,13 @@ from mammolens.data.manifest import Manifest
 from mammolens.data.pairs import PairedLoader, Pairs, find_partners, has_orient
 from mammolens.data.tasks import Task
 from mammolens.engine.config import ExperimentConfig, preprocess_config, train_config
-from mammolens.engine.trainers import TRAINERS, TrainedParts, choose_operating_point, part_metrics
+from mammolens.engine.trainers import (
+    TRAINERS,
+    TrainedParts,
+    choose_bundle_aggregator,
+    choose_operating_point,
+    part_metrics,
+)
 from mammolens.models import create_model
 from mammolens.preprocess import Pipeline, PreprocessCache
 from mammolens.train import ArrayDataModule, fit, num_outputs
@@ -80,10 +86,11 @@ def train_lightning_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.
     bundle.temperature, bundle.threshold = choose_operating_point(cfg.operating_point, labels[parts["val"]], predict("val"))
     probas = {part: predict(part) for part, idx in parts.items() if part != "train" and len(idx)}
     bundle.metrics = {part: part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
+    bundle.aggregator = choose_bundle_aggregator(cfg, manifest, labels, task, parts["val"], probas.get("val"))
     save_bundle(bundle.path, bundle.model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,
                 metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config, tta=bundle.tta,
-                descriptor_head=bundle.descriptor_head)
+                descriptor_head=bundle.descriptor_head, aggregator=bundle.aggregator)
     return TrainedParts(bundle=bundle, fit=result, build=build, metrics=bundle.metrics, probas=probas)
 
 

@@ -34,7 +34,13 @@ from mammolens.engine.config import (
     preprocess_config,
     train_config,
 )
-from mammolens.engine.trainers import TRAINERS, TrainedParts, choose_operating_point, part_metrics
+from mammolens.engine.trainers import (
+    TRAINERS,
+    TrainedParts,
+    choose_bundle_aggregator,
+    choose_operating_point,
+    part_metrics,
+)
 from mammolens.evaluate.metrics import macro_f1, roc_auc
 from mammolens.models import create_model
 from mammolens.patches.features import PatchFeatureStore
@@ -198,9 +204,11 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
                 logits = model.forward_head(summaries(idx)).double() / bundle.temperature
             probas[part] = torch.softmax(logits, dim=1).numpy()
     bundle.metrics = {part: part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
+    bundle.aggregator = choose_bundle_aggregator(cfg, manifest, labels, task, parts["val"], probas.get("val"))
     save_bundle(bundle.path, model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,
-                metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config)
+                metrics=bundle.metrics, provenance=bundle.provenance, config=bundle.config,
+                aggregator=bundle.aggregator)
     history = [{"epoch": k + 1, **row} for k, row in enumerate(table)]
     atomic.write_json(out_dir / "training" / "selection.json",
                       {"table": table, "chosen": chosen, "patches": counts, "seconds": round(time.perf_counter() - t0, 1),

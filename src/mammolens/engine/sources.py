@@ -60,11 +60,15 @@ def synthetic_source(sc: SyntheticConfig, cache_dir: Path, *, progress: bool = T
 
 
 def make_or_load_split(cfg: ExperimentConfig, manifest, labels, task: str):  # noqa: ANN001, ANN201
-    from mammolens.data.splits import load_split, make_holdout, make_kfold
+    from mammolens.data.splits import load_split, make_holdout, make_kfold, make_official
 
     sc = cfg.data.split
     if sc.file:
         return load_split(sc.file, manifest)
+    if sc.official:
+        if sc.folds:
+            raise ConfigError("data.split: official (the source's train/test split) and folds do not go together")
+        return make_official(manifest, labels, val=sc.val, seed=sc.seed, task=task)
     if sc.folds:
         return make_kfold(manifest, labels, k=sc.folds, seed=sc.seed, task=task)
     return make_holdout(manifest, labels, val=sc.val, test=sc.test, seed=sc.seed, task=task)

@@ -63,6 +63,24 @@ def choose_operating_point(op: OperatingPointConfig, y_val: np.ndarray, proba_va
     return temperature, threshold
 
 
+def choose_bundle_aggregator(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray, task: Task,
+                             val: np.ndarray, proba_val: np.ndarray) -> dict[str, Any] | None:
+    """The bundle's views -> breast -> exam aggregator (``evaluate.exams``: ``exams.aggregate``, its fitted
+    parameters and the ``exams.level`` threshold), chosen on the validation part's films only; None
+    for a lesion task, whose samples are findings, not films."""
+    from mammolens.evaluate.levels import choose_aggregator, exam_columns
+    from mammolens.evaluate.predictions import predictions_frame
+
+    if task.unit != "film" or not len(val):
+        return None
+    part = manifest.subset(val.tolist())
+    table = predictions_frame(part.df["sample_id"].tolist(), part.df["group"].tolist(), labels[val], proba_val,
+                              list(task.classes), exams=exam_columns(part))
+    op = cfg.operating_point
+    return choose_aggregator(table, list(task.classes), cfg.exams.level, cfg.exams.aggregate,
+                             lambda y, p: choose_threshold(y, p, op.threshold, op.beta, op.target_sensitivity))
+
+
 def part_metrics(bundle: Bundle, y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     """Threshold-free AUC plus accuracy (and, for two classes, sensitivity/specificity) at the bundle's
     threshold / argmax; None where a metric is undefined (a class absent from the part)."""

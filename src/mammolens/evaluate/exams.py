@@ -195,12 +195,10 @@ def fit_aggregator(views: pd.DataFrame, label: str = "y", *, C: float = 1.0) -> 
 
 
 def derive_exam_ids(frame: pd.DataFrame) -> pd.Series:
-    """``exam_id`` where a table has none: one exam per woman and source (``source:group``).
-
-    Right for sources with one exam per woman (MIAS, the synthetic sets); sources with several
-    visits carry their own ``exam_id`` column, which is used as it is.
-    """
-    if "exam_id" in frame.columns and (frame["exam_id"].astype(str) != "").all():
-        return frame["exam_id"].astype(str)
-    source = frame["source"].astype(str) if "source" in frame.columns else pd.Series("", index=frame.index)
-    return source + ":" + frame["group"].astype(str)
+    """One exam id per manifest row: ``source:exam_id`` from the adapter's ``exam_id`` where it gives one,
+    else ``source:group`` (one exam per woman, right for sources with one visit per woman). The
+    source prefix keeps two sources' ids apart in a pooled manifest."""
+    index = frame.index
+    source = frame["source"].astype(str) if "source" in frame.columns else pd.Series("", index=index)
+    exam = frame["exam_id"].astype(str) if "exam_id" in frame.columns else pd.Series("", index=index)
+    return source + ":" + exam.where(exam != "", frame["group"].astype(str))

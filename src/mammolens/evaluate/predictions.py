@@ -2,7 +2,9 @@
 
 Columns: ``sample_id, group, label, label_index, p_<class>`` (one per class, in the bundle's
 class order), ``decision``, and optionally ``fold`` and ``repeat`` (pooled out-of-fold
-predictions of a cv run). ``label`` is empty and ``label_index`` -1 for an unlabelled sample.
+predictions of a cv run) and ``exam_id, laterality, view`` (which exam and breast a film shows, so
+breast- and exam-level figures come from this table alone: ``evaluate.levels``). ``label`` is
+empty and ``label_index`` -1 for an unlabelled sample.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 BASE_COLUMNS = ("sample_id", "group", "label", "label_index")
 OPTIONAL_COLUMNS = ("fold", "repeat")
+EXAM_COLUMNS = ("exam_id", "laterality", "view")
 
 
 def predictions_frame(
@@ -35,8 +38,10 @@ def predictions_frame(
     *,
     fold: Any = None,
     repeat: Any = None,
+    exams: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The predictions table; ``labels`` are class indices (-1: unlabelled)."""
+    """The predictions table; ``labels`` are class indices (-1: unlabelled); ``exams``: the rows'
+    ``EXAM_COLUMNS``, aligned with them (``levels.exam_columns`` of the manifest)."""
     import pandas as pd
 
     proba, labels = as_proba(proba), np.asarray(labels, dtype=np.int64)
@@ -57,6 +62,11 @@ def predictions_frame(
     for name, value in (("fold", fold), ("repeat", repeat)):
         if value is not None:
             df[name] = np.broadcast_to(np.asarray(value, dtype=np.int64), (len(df),))
+    if exams is not None:
+        if len(exams) != len(df):
+            raise DataError(f"predictions: {len(exams)} exam rows for {len(df)} samples")
+        for name in EXAM_COLUMNS:
+            df[name] = exams[name].astype(str).to_numpy()
     return df
 
 
@@ -75,7 +85,7 @@ def read_predictions(path: str | Path, classes: Sequence[str] | None = None) -> 
     if not path.is_file():
         raise DataError("predictions file not found", path=path)
     try:
-        df = pd.read_csv(path, dtype={"sample_id": str, "group": str, "label": str}, keep_default_na=False)
+        df = pd.read_csv(path, dtype={"sample_id": str, "group": str, "label": str, **dict.fromkeys(EXAM_COLUMNS, str)}, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"not a readable CSV ({str(exc).splitlines()[0]})", path=path) from None
     missing = [c for c in (*BASE_COLUMNS, "decision") if c not in df.columns]

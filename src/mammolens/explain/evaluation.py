@@ -65,7 +65,8 @@ def evaluate_localisation(
                                                descriptors=sample_descriptors(bundle, pre))
             maps[method] = explanation.heatmap
             if method == overlay_method and len(result.tiles) < overlay_limit:
-                rgb = overlay_rgb(sample.pixels, explanation.heatmap, contour_top=top_percent, rois=sample.rois)
+                rgb = overlay_rgb(sample.pixels, explanation.heatmap, contour_top=top_percent, rois=sample.rois,
+                                  outline=sample.mask)
                 p = explanation.probabilities[explanation.target]
                 caption = f"{row['sample_id']} {row.get('pathology', '')} P({explanation.target})={p:.2f}"
                 result.tiles.append((rgb, caption))

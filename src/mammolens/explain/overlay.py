@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from mammolens.data.rois import outlines_of_mask
 from mammolens.utils.errors import ConfigError
 
 _ROI_COLOUR = (60, 220, 60)  # RGB
@@ -40,8 +41,13 @@ def overlay_rgb(
     colormap: str = "jet",
     contour_top: float | None = None,
     rois: Sequence[Sequence[float]] | None = None,
+    outline: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(H, W, 3) uint8: the grey film with the heatmap blended on (same size as the image)."""
+    """(H, W, 3) uint8: the grey film with the heatmap blended on (same size as the image).
+
+    ``rois`` are circles (x, y, r); ``outline`` a bool mask of the findings' exact area (boxes,
+    polygons, mask files), whose edge is drawn in the same colour.
+    """
     import matplotlib
 
     image = np.asarray(image, np.float32)
@@ -66,6 +72,8 @@ def overlay_rgb(
         cv2.drawContours(rgb, contours, -1, _CONTOUR_COLOUR, thickness)
     for x, y, r in rois or ():
         cv2.circle(rgb, (int(round(x)), int(round(y))), max(1, int(round(r))), _ROI_COLOUR, thickness, cv2.LINE_AA)
+    if outline is not None:
+        cv2.polylines(rgb, outlines_of_mask(outline), True, _ROI_COLOUR, thickness, cv2.LINE_AA)
     return rgb
 
 

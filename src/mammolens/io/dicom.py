@@ -43,6 +43,10 @@ _VIEW_MEANINGS = {
     "lateromedialoblique": "LMO",
     "exaggeratedcraniocaudal": "XCCL",
 }
+# ViewCodeSequence code values (SNOMED CT, and the older SNOMED RT ones) for when CodeMeaning is
+# missing or spelt otherwise: CMMD's files carry the view only here (ViewPosition is empty).
+_VIEW_CODES = {"399162004": "CC", "R-10242": "CC", "399368009": "MLO", "R-10226": "MLO",
+               "399260004": "ML", "R-10224": "ML", "399352003": "LM", "R-10228": "LM"}
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 T = TypeVar("T")
 
@@ -93,6 +97,9 @@ def _view_code(ds: Dataset) -> str:
         meaning = re.sub(r"[^a-z]", "", str(item.get("CodeMeaning", "")).lower())
         if meaning in _VIEW_MEANINGS:
             return _VIEW_MEANINGS[meaning]
+        code = str(item.get("CodeValue", "")).strip()
+        if code in _VIEW_CODES:
+            return _VIEW_CODES[code]
     return ""
 
 

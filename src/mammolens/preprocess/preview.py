@@ -14,9 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle
+from matplotlib.patches import Circle, Polygon
 
 from mammolens.data.manifest import Manifest
+from mammolens.data.rois import outlines_of_mask
 from mammolens.preprocess.cache import PreprocessCache
 from mammolens.preprocess.pipeline import Pipeline
 from mammolens.preprocess.sample import ROI, Loader, default_loader, read_pixels, sample_from_row
@@ -122,6 +123,8 @@ def originals_sheet(manifest: Manifest, out_png: str | Path, *, cols: int = 2, l
         for x, y, r in sample.rois:
             ax.add_patch(Circle((x, y), r, fill=False, edgecolor=_ROI_COLOUR, linewidth=1.5))
             ax.plot([x], [y], marker="+", color=_ROI_COLOUR, markersize=8)
+        for points in outlines_of_mask(sample.mask) if sample.mask is not None else ():
+            ax.add_patch(Polygon(points, closed=True, fill=False, edgecolor=_ROI_COLOUR, linewidth=1.0, linestyle="--"))
         ax.set_title(f"{row['sample_id']} ({row['pathology'] or '?'})", fontsize=9)
         ax.set_axis_off()
     return _save(fig, out_png)

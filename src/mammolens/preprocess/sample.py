@@ -7,7 +7,6 @@ whatever image the model finally sees (crop shifts them, resize scales them, fli
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from mammolens.data.rois import parse_rois
 from mammolens.utils.errors import DataError
 
 ROI = tuple[float, float, float]  # (x, y, r): x = column, y = row, origin top-left, in pixels
@@ -96,7 +96,9 @@ def sample_from_row(row: Mapping[str, Any], loader: Loader) -> tuple[Sample, str
     """Read a manifest row into a Sample; also say where its ROIs came from.
 
     A row with a ``mask_path`` (CBIS-DDSM's binary ROI mask) takes its ROIs from the mask's
-    components, since the mask is the annotation itself; otherwise from the ``rois`` column.
+    components, since the mask is the annotation itself; otherwise from the ``rois`` column
+    (``data.rois``): each item gives one covering circle, and any box, polygon or mask item makes the
+    sample's mask the union of every item's exact area, which the localisation score reads.
     """
     path = str(row["path"])
     frame = int(row.get("frame", -1))
@@ -106,28 +108,41 @@ def sample_from_row(row: Mapping[str, Any], loader: Loader) -> tuple[Sample, str
     flags: tuple[str, ...] = ()
     mask_path = str(row.get("mask_path", "") or "")
     if mask_path:
-        mask_pixels, _ = read_pixels(loader, mask_path)
-        if mask_pixels.shape != pixels.shape:
-            # a few published masks are some pixels off their film's size: same film, rescaled
-            off = max(abs(m - p) / p for m, p in zip(mask_pixels.shape, pixels.shape))
-            if off > MASK_SIZE_TOLERANCE:
-                raise DataError(
-                    f"ROI mask is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} but its image {path} "
-                    f"is {pixels.shape[1]}x{pixels.shape[0]}",
-                    path=mask_path,
-                )
-            size = (pixels.shape[1], pixels.shape[0])
-            mask_pixels = cv2.resize(mask_pixels, size, interpolation=cv2.INTER_NEAREST)
-            flags = ("mask_resized",)
-        mask = mask_pixels > 0.5
+        mask, flags = _read_mask(loader, mask_path, pixels.shape, path)
         rois, roi_source = rois_from_mask(mask), "mask"
     else:
-        try:
-            rois = [tuple(float(v) for v in c) for c in json.loads(row.get("rois") or "[]")]
-        except (ValueError, TypeError):
-            raise DataError(f"bad rois value {row.get('rois')!r} for sample {row.get('sample_id')!r}") from None
-        if any(len(c) != 3 for c in rois):
-            raise DataError(f"rois of sample {row.get('sample_id')!r} must be [x, y, r] triples")
+        shapes = parse_rois(str(row.get("rois") or "[]"), f"sample {row.get('sample_id')!r}")
+        rois = []
+        if any(s.kind != "circle" for s in shapes):
+            area = np.zeros(pixels.shape, np.uint8)
+            for s in shapes:
+                if s.kind == "mask":
+                    found, found_flags = _read_mask(loader, s.path, pixels.shape, path)
+                    area |= found.astype(np.uint8)
+                    rois += rois_from_mask(found)
+                    flags = (*flags, *(f for f in found_flags if f not in flags))
+                else:
+                    s.draw(area)
+                    rois.append(s.circle())
+            mask = area > 0
+        else:
+            rois = [s.circle() for s in shapes]
         roi_source = "manifest" if rois else "none"
     sample = Sample(pixels=pixels, rois=tuple(rois), laterality=laterality, mask=mask, flags=flags, pixel_mm=pixel_mm)
     return sample, roi_source
+
+
+def _read_mask(loader: Loader, mask_path: str, shape: tuple[int, ...], path: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A binary ROI mask at its image's size; a few published masks are some pixels off it: rescaled."""
+    mask_pixels, _ = read_pixels(loader, mask_path)
+    if mask_pixels.shape == shape:
+        return mask_pixels > 0.5, ()
+    off = max(abs(m - p) / p for m, p in zip(mask_pixels.shape, shape))
+    if off > MASK_SIZE_TOLERANCE:
+        raise DataError(
+            f"ROI mask is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} but its image {path} "
+            f"is {shape[1]}x{shape[0]}",
+            path=mask_path,
+        )
+    mask_pixels = cv2.resize(mask_pixels, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return mask_pixels > 0.5, ("mask_resized",)

@@ -1,22 +1,28 @@
 """Dataclass configs loaded from YAML/dicts, where an unknown or mistyped key is an error.
 
-Every room (preprocess, models, train, ...) owns its config dataclass; this module only turns
-nested dicts into them, naming the offending key by its dotted path (``train.lr``).
+Every room (preprocess, models, train, ...) owns its config dataclass; pydantic checks a nested dict
+against it (types, nested sections, tuples, literals, unions) and this module turns its first complaint
+into one line naming the offending key by its dotted path (``train.lr``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import functools
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic
 import yaml
 
 from mammolens.utils.errors import ConfigError
 
 C = TypeVar("C")
+_FORBID_UNKNOWN = pydantic.ConfigDict(extra="forbid")
+_EXPECTED = {"int": "int", "float": "float", "bool": "bool", "string": "str", "list": "a list", "tuple": "a list",
+             "dict": "a mapping", "dataclass": "a mapping", "model": "a mapping"}
 
 
 def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
@@ -24,18 +30,47 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {_join(where, unknown[0])!r}; known keys: {', '.join(sorted(fields))}"
-        )
-    kwargs = {k: _coerce(hints[k], v, _join(where, k)) for k, v in data.items()}
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or 'config'}: {exc}") from None
+        return _adapter(cls).validate_python(data)
+    except pydantic.ValidationError as exc:
+        raise _one_line(cls, exc.errors()[0], where) from None
+
+
+@functools.cache
+def _adapter(cls: type) -> pydantic.TypeAdapter:
+    for section in set(_sections(cls)):  # every section, however deep, refuses keys it does not know
+        section.__pydantic_config__ = _FORBID_UNKNOWN
+    return pydantic.TypeAdapter(cls)
+
+
+def _sections(tp: Any) -> Iterator[type]:
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        yield tp
+        for hint in typing.get_type_hints(tp).values():
+            yield from _sections(hint)
+    for arg in typing.get_args(tp):
+        yield from _sections(arg)
+
+
+def _one_line(cls: type, error: dict[str, Any], where: str) -> ConfigError:
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith(("function-", "lax-")))]
+    path = where
+    for part in loc:
+        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, str(part))
+    kind, value = error["type"], error.get("input")
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        known = ", ".join(sorted(f.name for f in dataclasses.fields(_section_at(cls, loc[:-1])) if f.init))
+        return ConfigError(f"unknown config key {path!r}; known keys: {known}")
+    if kind == "literal_error":
+        choices = typing.get_args(_field_type(cls, loc))
+        return ConfigError(f"{path}: {value!r} is not one of {', '.join(repr(c) for c in choices)}")
+    if kind in ("missing", "missing_argument"):
+        return ConfigError(f"{path}: required, missing")
+    expected = _EXPECTED.get(kind.split("_")[0]) if kind.endswith(("_type", "_parsing", "_from_float")) else None
+    if expected:
+        return ConfigError(f"{path}: expected {expected}, got {value!r}")
+    cause = (error.get("ctx") or {}).get("error")
+    return ConfigError(f"{path or 'config'}: {cause if cause is not None else error['msg']}")
 
 
 def to_dict(obj: Any) -> Any:
@@ -96,46 +131,25 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is typing.Literal:
-        if value not in typing.get_args(tp):
-            choices = ", ".join(repr(a) for a in typing.get_args(tp))
-            raise ConfigError(f"{where}: {value!r} is not one of {choices}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (arg,) = typing.get_args(tp)[:1] or (Any,)
-        items = [_coerce(arg, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is Path and isinstance(value, str):
-        return Path(value)
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    if tp is int and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected int, got {value!r}")
-    return value
+def _section_at(cls: type, loc: list[Any]) -> type:
+    """The dataclass at ``loc`` inside ``cls`` (the section an unknown key was found in)."""
+    tp: Any = cls
+    for part in loc:
+        tp = _field_type(tp, [part]) if isinstance(part, str) else _item_type(tp)
+    return next(_sections(tp))
+
+
+def _field_type(cls: Any, loc: list[Any]) -> Any:
+    tp = cls
+    for part in loc:
+        if isinstance(part, int):
+            tp = _item_type(tp)
+            continue
+        section = next(_sections(tp))
+        tp = typing.get_type_hints(section)[part]
+    return next((a for a in (tp, *typing.get_args(tp)) if typing.get_origin(a) is typing.Literal), tp)
+
+
+def _item_type(tp: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else Any

@@ -1,4 +1,5 @@
-"""Adapter registry: a source on disk (MIAS, CBIS-DDSM, class folders, arrays, synthetic) -> Manifest.
+"""Adapter registry: a source on disk (MIAS, CBIS-DDSM, VinDr-Mammo, RSNA, CMMD, INbreast, class folders,
+arrays, synthetic) -> Manifest.
 
 Each adapter module registers an ``Adapter`` under its name. ``load_source`` picks one by name or by
 asking each adapter whether it recognises the path, so ``mammolens data inspect PATH`` needs no flags.
@@ -43,7 +44,7 @@ class Adapter:
 ADAPTERS: Registry[Adapter] = Registry("dataset adapter")
 
 # Modules that register adapters; imported lazily so `import mammolens` stays light.
-_ADAPTER_MODULES = ("mias", "folders", "cbis_ddsm", "arrays", "synthetic")
+_ADAPTER_MODULES = ("mias", "vindr", "rsna", "cmmd", "inbreast", "folders", "cbis_ddsm", "arrays", "synthetic")
 
 
 def _load_all() -> None:

@@ -81,21 +81,27 @@ def _lesion(row: dict[str, str], where: str, csv_name: str, n: int) -> dict[str,
     lesion = LESION_TYPES[row["abnormality type"]]
     patient, side, view = row["patient_id"], row["left or right breast"], row["image view"]
     abnormality = int(row["abnormality id"])
+    grades = {c: _grade(row.get(c, ""), c, where) for c in ("breast density", "assessment", "subtlety")}
+    if grades["breast density"] not in (None, 1, 2, 3, 4):
+        raise DataError(f"breast density {grades['breast density']} is not a BI-RADS density 1-4", path=where)
     return {
         "sample_id": f"cbis-{lesion.capitalize()}-{split or 'NA'}_{patient}_{side}_{view}_{abnormality}",
         "source": "cbis-ddsm",
         "patient_id": patient,
+        "exam_id": patient,  # the CSVs name no study: one exam per woman
         "group": patient,
         "view": view,
         "laterality": SIDES[side],
         "pathology": PATHOLOGIES[row["pathology"]],
         "lesion_type": lesion,
+        "density": " ABCD"[grades["breast density"] or 0].strip(),
+        "birads": "" if grades["assessment"] is None else str(grades["assessment"]),
         "meta": {
             "official_split": split,
             "full_film": True,  # the image is the whole mammogram: the lesion is where its mask says
             "pathology_original": row["pathology"],
             "abnormality_id": abnormality,
-            **{c.replace(" ", "_"): _grade(row.get(c, ""), c, where) for c in ("breast density", "assessment", "subtlety")},
+            **{c.replace(" ", "_"): grade for c, grade in grades.items()},
             **{c.replace(" ", "_"): (None if row[c] in ("", "N/A") else row[c]) for c in DESCRIPTORS if c in row},
             "csv": csv_name,
             "csv_row": n,

@@ -113,6 +113,7 @@ def _record(parts: tuple[str, ...], k: int, root: Path, label: str) -> dict[str,
         "source": "folders",
         "path": str(root.joinpath(*parts)),
         "patient_id": group if case is not None else "",
+        "exam_id": group if case is not None else "",  # a case folder holds one exam's views
         "group": group,
         "view": view,
         "laterality": laterality,

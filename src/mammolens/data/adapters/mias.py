@@ -133,6 +133,7 @@ def _row(ref: str, findings: list[dict[str, Any]], image: Path, width: int, heig
         "source": "mias",
         "path": str(image),
         "patient_id": pair,
+        "exam_id": pair,  # the film pair is one woman's one visit
         "group": pair,
         "view": "MLO",
         "laterality": "L" if number % 2 else "R",  # the films' markers, not Info.txt note 1 (module docstring)

@@ -60,6 +60,7 @@ def _record(row: dict[str, str], root: Path, where: str) -> dict[str, Any]:
         "source": "synthetic",
         "path": str(root / row["file"]),
         "patient_id": row["patient"],
+        "exam_id": row["patient"],
         "group": row["patient"],
         "view": row["view"],
         "laterality": row["laterality"],

@@ -77,7 +77,6 @@ def test_four_view_study_gets_sr_maps_and_overlays_in_the_same_study(tmp_path, o
     for path, obj in zip(files, objects):
         if obj.Modality == "MG":
             expected[obj.SOPInstanceUID] = predictor.predict(path).probabilities["malignant"]
-    objects_by_uid = {o.SOPInstanceUID: o for o in objects}
     got = {}
     for group in sr.content.get_image_measurement_groups():
         refs = group.source_images
@@ -87,16 +86,17 @@ def test_four_view_study_gets_sr_maps_and_overlays_in_the_same_study(tmp_path, o
     assert set(got) == set(expected)
     for uid, p in expected.items():
         assert got[uid] == pytest.approx(p, abs=1e-6)
-    # breasts and exam: the exam room's max of the views, decided at the bundle's threshold
+    # breasts and exam: what Predictor.predict_exam (the exam room, the bundle's aggregator) says
+    mg = [(path, obj) for path, obj in zip(files, objects) if obj.Modality == "MG"]
+    reference = predictor.predict_exam([p for p, _ in mg], views=[o.ViewPosition for _, o in mg])
     units = {g.tracking_identifier: g for g in sr.content.get_image_measurement_groups()}
-    by_side = {s: max(p for u, p in expected.items() if objects_by_uid[u].ImageLaterality == s) for s in "LR"}
-    for side, p in by_side.items():
+    for side, breast in reference.breasts.items():
         group = units[f"abnormality {side} breast"]
-        assert group.get_measurements()[0].value == pytest.approx(p, abs=1e-6)
-    exam_group = units["abnormality exam"]
-    assert exam_group.get_measurements()[0].value == pytest.approx(max(expected.values()), abs=1e-6)
-    decision = exam_group.get_qualitative_evaluations()[0].value.meaning
-    assert decision == ("malignant" if max(expected.values()) >= 0.5 else "benign")
+        assert group.get_measurements()[0].value == pytest.approx(breast.probabilities["malignant"], abs=1e-6)
+        assert group.get_qualitative_evaluations()[0].value.meaning == breast.decision
+    group = units["abnormality exam"]
+    assert group.get_measurements()[0].value == pytest.approx(reference.exam.probabilities["malignant"], abs=1e-6)
+    assert group.get_qualitative_evaluations()[0].value.meaning == reference.exam.decision
     # the evidence names every source image
     evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}  # fmt: skip
@@ -111,3 +111,48 @@ def test_four_view_study_gets_sr_maps_and_overlays_in_the_same_study(tmp_path, o
             pixels = np.frombuffer(m.FloatPixelData, dtype="<f4").reshape(m.Rows, m.Columns)
             want = predictor.explain(predictor.read(path), laterality=obj.ImageLaterality)
             np.testing.assert_allclose(pixels, want, atol=1e-6)
+
+
+def test_two_bundles_one_multiclass_each_in_the_sr(tmp_path, orthanc, bundle):
+    """An abnormality and a density-like (three classes) bundle: both in one SR, the density exam the
+    denser breast's call (the exam room's max), its view probabilities the Predictor's."""
+    import torch
+    import yaml
+
+    from mammolens.bundle import save_bundle
+    from mammolens.models import create_model
+    from mammolens.preprocess.pipeline import default_steps
+
+    torch.manual_seed(3)
+    density = save_bundle(tmp_path / "density", create_model("scratch-cnn", 3, depth=2, width=4, hidden=0).eval(),
+                          classes=["a", "b", "c"], task="density", preprocess={"steps": default_steps(32)},
+                          normalisation={"mean": 0.45, "std": 0.25}, metrics={}, provenance={}, config={})  # fmt: skip
+    path = write_config(tmp_path, orthanc, bundle)
+    config = yaml.safe_load(path.read_text())
+    config["bundles"].append({"name": "density", "path": str(density)})
+    path.write_text(yaml.safe_dump(config))
+    node = Node(load_config(path))
+    node.poll()
+    sources = exam(2)
+    study = _store(orthanc, sources)
+    node.run(until_idle=True)
+    sr_object = next(o for o in (pydicom.dcmread(instance_file(orthanc, i["ID"], tmp_path / f"{n}.dcm"))
+                                 for n, i in enumerate(study_instances(orthanc, study))) if o.Modality == "SR")  # fmt: skip
+    sr = hd.sr.Comprehensive3DSR.from_dataset(sr_object)
+    units = {g.tracking_identifier: g for g in sr.content.get_image_measurement_groups()}
+    assert {n.split()[0] for n in units} == {"abnormality", "density"} and len(units) == 2 * (4 + 2 + 1)
+    predictor = Predictor.load(density)
+    paths = []
+    for ds in sources:
+        ds.save_as(tmp_path / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+        paths.append(tmp_path / f"{ds.SOPInstanceUID}.dcm")
+    reference = predictor.predict_exam(paths, views=[ds.ViewPosition for ds in sources])
+
+    def probabilities(group) -> dict[str, float]:
+        return {m.name.meaning.removeprefix("Probability of "): m.value for m in group.get_measurements()}
+
+    for ds, view in zip(sources, reference.views):
+        got = probabilities(units[f"density {ds.ImageLaterality}-{ds.ViewPosition}"])
+        assert got == pytest.approx(view.probabilities, abs=1e-6)
+    assert probabilities(units["density exam"]) == pytest.approx(reference.exam.probabilities, abs=1e-6)
+    assert units["density exam"].get_qualitative_evaluations()[0].value.meaning == reference.exam.decision

@@ -9,7 +9,7 @@ pacs:
 bundles:
   - {name: abnormality, path: /models/abnormality, heatmap: true}
   - {name: density, path: /models/density}
-aggregation: {method: max}               # max | mean | fitted (params: fit_aggregator's JSON)
+aggregation: {method: max}               # max | mean | fitted (params: fit_aggregator's JSON); default: each bundle's own
 state: /var/lib/mammolens/node.sqlite
 ```
 """
@@ -45,7 +45,7 @@ class BundleConfig:
 
 @dataclass
 class AggregationConfig:
-    method: str = "max"  # the exam room's AGGREGATORS
+    method: str | None = None  # the exam room's AGGREGATORS; None: each bundle's own (max without one)
     params: dict[str, Any] | None = None  # method "fitted": fit_aggregator's JSON
 
 
@@ -99,7 +99,7 @@ def _mistakes(config: NodeConfig) -> list[str]:
             out.append(f"bundles[{i}].name: {bundle.name!r} is used twice")
         if not bundle.path.is_dir():
             out.append(f"bundles[{i}].path: {bundle.path} is not a bundle folder")
-    if config.aggregation.method not in AGGREGATORS:
+    if config.aggregation.method is not None and config.aggregation.method not in AGGREGATORS:
         out.append(f"aggregation.method: unknown {config.aggregation.method!r}; known: {', '.join(AGGREGATORS)}")
     elif config.aggregation.method == "fitted" and not config.aggregation.params:
         out.append("aggregation.params: method 'fitted' needs the parameters fit_aggregator wrote")

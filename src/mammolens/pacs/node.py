@@ -66,11 +66,13 @@ class Timer:
 
 @dataclass
 class Scorer:
-    """One configured bundle and its Predictor."""
+    """One configured bundle, its Predictor and its views -> breast -> exam aggregation."""
 
     name: str
     predictor: Any
     heatmap: bool
+    method: str  # the exam room's AGGREGATORS
+    params: dict[str, Any] | None  # the fitted method's JSON
 
     @property
     def spec(self) -> Any:
@@ -78,18 +80,12 @@ class Scorer:
 
     @property
     def columns(self) -> list[str]:
-        """The exam room's probability columns: the positive class of a binary task, every class otherwise."""
-        classes = self.spec.classes
-        return [f"p_{classes[-1]}"] if len(classes) == 2 else [f"p_{c}" for c in classes]
-
-    def decision(self, probs: np.ndarray) -> str:
-        classes = self.spec.classes
-        if len(classes) == 2:
-            return classes[1] if float(probs[-1]) >= self.spec.threshold else classes[0]
-        return classes[int(np.argmax(probs))]
+        return [f"p_{c}" for c in self.spec.classes]
 
 
 def load_scorers(config: NodeConfig) -> list[Scorer]:
+    """The configured bundles; each combines views with the config's aggregation when it names one,
+    else with the bundle's own (chosen on its validation data), as ``Predictor.predict_exam`` does."""
     from mammolens.deploy.predictor import Predictor
 
     scorers = []
@@ -103,7 +99,13 @@ def load_scorers(config: NodeConfig) -> list[Scorer]:
                               "the node scores whole films")  # fmt: skip
         if bundle.heatmap and predictor.heatmap_refusal:
             raise ConfigError(f"bundles[{i}]: {bundle.name} gives no heatmap: {predictor.heatmap_refusal}")
-        scorers.append(Scorer(bundle.name, predictor, bundle.heatmap))
+        own = predictor.spec.aggregator
+        method = config.aggregation.method or own.get("method", "max")
+        params = config.aggregation.params if config.aggregation.method else own.get("params")
+        if method == "fitted" and not params:
+            raise ConfigError(f"bundles[{i}]: {bundle.name}: aggregation 'fitted' needs the fitted parameters "
+                              "(aggregation.params, or a bundle that stores them)")  # fmt: skip
+        scorers.append(Scorer(bundle.name, predictor, bundle.heatmap, method, params))
     return scorers
 
 
@@ -252,18 +254,15 @@ class Node:
             start = time.perf_counter()
             probs, _ = scorer.predictor.score_inputs(inputs)
             timer.add("model", start)
-            rows = []
-            for v, p in zip(views, probs):
-                finding = self._finding(scorer, p, v.laterality, v.view, v.header)
-                findings.append(finding)
-                rows.append({"exam_id": "exam", "laterality": v.laterality, "view": v.view,
-                             **{f"p_{c}": float(q) for c, q in zip(spec.classes, p)}})  # fmt: skip
-            table = pd.DataFrame(rows)[["exam_id", "laterality", "view", *scorer.columns]]
-            method, params = self.config.aggregation.method, self.config.aggregation.params
-            for _, row in aggregate(table, "breast", method, params).iterrows():
-                findings.append(self._finding(scorer, _vector(row, scorer), str(row["laterality"])))
-            exam = aggregate(table, "exam", method, params).iloc[0]
-            findings.append(self._finding(scorer, _vector(exam, scorer), ""))
+            findings += [self._finding(scorer, p, v.laterality, v.view, v.header) for v, p in zip(views, probs)]
+            table = pd.DataFrame({"exam_id": "exam", "laterality": [v.laterality for v in views],
+                                  "view": [v.view for v in views],
+                                  **{f"p_{c}": probs[:, k] for k, c in enumerate(spec.classes)}})  # fmt: skip
+            at = spec.exam_threshold  # breasts and exams: the aggregator's threshold, as Predictor.predict_exam
+            for _, row in aggregate(table, "breast", scorer.method, scorer.params).iterrows():
+                findings.append(self._finding(scorer, _vector(row, scorer), str(row["laterality"]), threshold=at))
+            exam = aggregate(table, "exam", scorer.method, scorer.params).iloc[0]
+            findings.append(self._finding(scorer, _vector(exam, scorer), "", threshold=at))
             if scorer.heatmap:
                 maps.extend(self._heatmaps(scorer, views, timer))
         return findings, maps
@@ -275,17 +274,14 @@ class Node:
         return None if other is None else other.film
 
     def _finding(self, scorer: Scorer, probs: np.ndarray, laterality: str, view: str = "",
-                 source: Dataset | None = None) -> Finding:  # fmt: skip
+                 source: Dataset | None = None, threshold: float | None = None) -> Finding:  # fmt: skip
+        """A binary task reports its positive class; a multi-class one its top class, the others beside it."""
         classes = scorer.spec.classes
         probs = np.asarray(probs, dtype=float)
-        full = probs if len(probs) == len(classes) else np.array([1.0 - probs[-1], probs[-1]])
-        if len(classes) == 2:
-            main, extra = classes[1], {}
-        else:
-            main = classes[int(np.argmax(full))]
-            extra = {c: float(q) for c, q in zip(classes, full) if c != main}
+        main = classes[1] if len(classes) == 2 else classes[int(np.argmax(probs))]
+        extra = {} if len(classes) == 2 else {c: float(q) for c, q in zip(classes, probs) if c != main}
         return Finding(bundle=scorer.name, bundle_hash=scorer.spec.model_id, task=scorer.spec.task, cls=main,
-                       probability=float(full[classes.index(main)]), decision=scorer.decision(full),
+                       probability=float(probs[classes.index(main)]), decision=scorer.spec.decide(probs, threshold)[1],
                        laterality=laterality, view=view, source=source, extra=extra)  # fmt: skip
 
     def _heatmaps(self, scorer: Scorer, views: list[View], timer: Timer) -> list[Dataset]:

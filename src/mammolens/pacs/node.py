@@ -58,10 +58,19 @@ class View:
 
 @dataclass
 class Timer:
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    """Wall seconds per stage, and the process's CPU seconds (``<stage>_cpu``, all its threads): on a
+    shared machine the CPU time is what a stage costs, the wall time also what it waited."""
 
-    def add(self, stage: str, start: float) -> None:
-        self.seconds[stage] += time.perf_counter() - start
+    seconds: dict[str, float] = field(default_factory=lambda: {k: 0.0 for s in STAGES for k in (s, f"{s}_cpu")})
+
+    @staticmethod
+    def now() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    def add(self, stage: str, start: tuple[float, float]) -> None:
+        wall, cpu = self.now()
+        self.seconds[stage] += wall - start[0]
+        self.seconds[f"{stage}_cpu"] += cpu - start[1]
 
 
 @dataclass
@@ -181,7 +190,7 @@ class Node:
         """(status, reason, problems, timings, number of views scored) of one study."""
         timer, problems = Timer(), []
         tag = hashed(uid)
-        start = time.perf_counter()
+        start = timer.now()
         series = self.pacs.series(uid)
         if result_uid(uid, "sr-series", self.key) in {str(s.SeriesInstanceUID) for s in series}:
             sr_uids = self.pacs.instance_uids(uid, result_uid(uid, "sr-series", self.key))
@@ -199,7 +208,7 @@ class Node:
             reason = "no readable MG view for presentation" + (f" ({'; '.join(problems)})" if problems else "")
             return ("failed" if problems else "ignored"), reason, problems, timer.seconds, 0
         findings, maps = self._score(views, timer)
-        start = time.perf_counter()
+        start = timer.now()
         sources = [v.header for v in views]
         if maps:
             self.pacs.store(maps)
@@ -214,7 +223,7 @@ class Node:
         from mammolens.io import read_image
 
         name = f"instance {path.name.split('.')[1]} of series {hashed(path.name.split('.')[0])}"
-        start = time.perf_counter()
+        start = timer.now()
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:  # a garbled file: noted, never a crash loop
@@ -247,11 +256,11 @@ class Node:
         maps: list[Dataset] = []
         for scorer in self.scorers:
             spec = scorer.spec
-            start = time.perf_counter()
+            start = timer.now()
             inputs = [scorer.predictor.prepare(v.film, laterality=v.laterality, other=self._partner(scorer, v, views))
                       for v in views]  # fmt: skip
             timer.add("preprocess", start)
-            start = time.perf_counter()
+            start = timer.now()
             probs, _ = scorer.predictor.score_inputs(inputs)
             timer.add("model", start)
             findings += [self._finding(scorer, p, v.laterality, v.view, v.header) for v, p in zip(views, probs)]
@@ -287,10 +296,10 @@ class Node:
     def _heatmaps(self, scorer: Scorer, views: list[View], timer: Timer) -> list[Dataset]:
         out: list[Dataset] = []
         for v in views:
-            start = time.perf_counter()
+            start = timer.now()
             heat = scorer.predictor.explain(v.film, laterality=v.laterality)
             timer.add("heatmap", start)
-            start = time.perf_counter()
+            start = timer.now()
             out.append(heatmap_map(v.header, heat, bundles_key=self.key, bundle_hash=scorer.spec.model_id))
             if self.config.secondary_capture:
                 out.append(heatmap_capture(v.header, v.film.pixels, heat, bundles_key=self.key))

@@ -40,9 +40,9 @@ import yaml
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
-from mammolens.pacs.client import Pacs  # noqa: E402
-from mammolens.pacs.local_orthanc import LocalOrthanc  # noqa: E402
-from mammolens.pacs.synthetic import write_day  # noqa: E402
+from mammolens.pacs.client import Pacs
+from mammolens.pacs.local_orthanc import LocalOrthanc
+from mammolens.pacs.synthetic import write_day
 
 
 def p95(values: list[float]) -> float:
@@ -63,9 +63,9 @@ def make_day(out: Path, exams: int, shape: tuple[int, int]) -> list[Path]:
 def make_bundle(out: Path, model_name: str, size: int) -> Path:
     import torch
 
+    from mammolens.bundle import save_bundle
     from mammolens.models import create_model
     from mammolens.preprocess.pipeline import default_steps
-    from mammolens.bundle import save_bundle
 
     path = out / f"bundle-{model_name}-{size}"
     if not path.is_dir():
@@ -95,16 +95,19 @@ def bound(bundle: Path, files: list[Path], heatmaps: bool) -> dict[str, float]:
         return out
 
     for path in files:
-        image = timed("decode_alone", lambda: read_image(path))
-        timed("predictor_alone", lambda: predictor.predict(path))
+        image = timed("decode_alone", lambda path=path: read_image(path))
+        timed("predictor_alone", lambda path=path: predictor.predict(path))
         if heatmaps:
-            timed("heatmap_alone", lambda: predictor.explain(predictor.read(image), laterality=image.meta.laterality))
+            timed("heatmap_alone", lambda image=image: predictor.explain(predictor.read(image),
+                                                                       laterality=image.meta.laterality))
     return {k: float(np.mean(v)) for k, v in spent.items()}
 
 
 def c_store(pacs: LocalOrthanc, paths: list[Path]) -> None:
     from pynetdicom import AE
-    from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation as MG
+    from pynetdicom.sop_class import (
+        DigitalMammographyXRayImageStorageForPresentation as MG,
+    )
 
     ae = AE(ae_title="MAMMO1")
     for syntax in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"):

@@ -7,16 +7,15 @@ import subprocess
 
 import highdicom as hd
 import numpy as np
+import pacs_fixtures
 import pydicom
 import pytest
-from pacs_fixtures import (  # noqa: F401 - fixtures
-    bundle,
+from pacs_fixtures import (
     dciodvfy_errors,
     exam,
     instance_file,
     needs_dicom_tools,
     needs_orthanc,
-    orthanc,
     study_instances,
     wait_stable,
     write_config,
@@ -27,6 +26,7 @@ from mammolens.pacs.client import Pacs
 from mammolens.pacs.config import load_config
 from mammolens.pacs.node import Node
 
+bundle, orthanc = pacs_fixtures.bundle, pacs_fixtures.orthanc  # this module's fixtures
 pytestmark = [needs_orthanc, needs_dicom_tools]
 
 

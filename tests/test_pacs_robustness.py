@@ -16,27 +16,27 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pacs_fixtures
 import pydicom
 import pytest
 from dicom_fixtures import dicom_dataset
-from pacs_fixtures import (  # noqa: F401 - fixtures
-    bundle,
+from pacs_fixtures import (
     exam,
     instance_file,
     needs_orthanc,
-    orthanc,
     study_instances,
     wait_stable,
     write_config,
 )
 
-from mammolens.utils.errors import ConfigError
 from mammolens.pacs.client import Pacs
 from mammolens.pacs.config import load_config
 from mammolens.pacs.local_orthanc import LocalOrthanc
 from mammolens.pacs.node import Node
 from mammolens.pacs.state import State
+from mammolens.utils.errors import ConfigError
 
+bundle, orthanc = pacs_fixtures.bundle, pacs_fixtures.orthanc  # this module's fixtures
 pytestmark = needs_orthanc
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -268,6 +268,7 @@ def test_config_mistakes_one_line_each(tmp_path, bundle):
         assert sum(expected in line for line in lines) == 1, (expected, lines)
     assert len(lines) == 7
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    run = subprocess.run([sys.executable, "-m", "mammolens", "pacs", str(path)], capture_output=True, text=True, env=env)
+    run = subprocess.run([sys.executable, "-m", "mammolens", "pacs", str(path)], capture_output=True, text=True, env=env,
+                         check=False)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert len([line for line in run.stderr.splitlines() if line.startswith("error: ")]) == 7

@@ -12,8 +12,9 @@ import threading
 import time
 
 import highdicom as hd
+import pacs_fixtures
 import pytest
-from pacs_fixtures import bundle, exam, needs_orthanc, orthanc, wait_stable, write_config  # noqa: F401
+from pacs_fixtures import exam, needs_orthanc, wait_stable, write_config
 
 from mammolens.pacs.client import Pacs
 from mammolens.pacs.config import load_config
@@ -21,6 +22,7 @@ from mammolens.pacs.node import Node
 from mammolens.pacs.viewer import create_viewer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+bundle, orthanc = pacs_fixtures.bundle, pacs_fixtures.orthanc  # this module's fixtures
 pytestmark = [needs_orthanc, pytest.mark.slow,
               pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="chromium missing: `make setup`")]  # fmt: skip
 

@@ -8,10 +8,15 @@ import pydicom
 import pytest
 from pacs_fixtures import dciodvfy_errors, exam, needs_dicom_tools
 
-from mammolens.utils.errors import ConfigError
 from mammolens.io import read_image
 from mammolens.pacs.synthetic import MG_FOR_PRESENTATION, mg_dataset
-from mammolens.pacs.writers import Finding, heatmap_capture, heatmap_map, structured_report
+from mammolens.pacs.writers import (
+    Finding,
+    heatmap_capture,
+    heatmap_map,
+    structured_report,
+)
+from mammolens.utils.errors import ConfigError
 
 
 def test_four_views_as_a_unit_writes_them(tmp_path):

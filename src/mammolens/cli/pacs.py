@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,7 +15,7 @@ def register(app: typer.Typer) -> None:
 def pacs(
     config: Path = typer.Argument(..., help="The node's YAML config (PACS URL, credentials, bundles, aggregation, state file)."),
     until_idle: bool = typer.Option(False, "--until-idle", help="Exit once the change feed is read and no study is queued."),
-    log_file: Optional[Path] = typer.Option(None, "--log-file", help="Also append the log here (no patient identifiers, hashed UIDs)."),
+    log_file: Path | None = typer.Option(None, "--log-file", help="Also append the log here (no patient identifiers, hashed UIDs)."),
     verbose: bool = typer.Option(False, "--verbose", help="Debug lines too."),
 ) -> None:
     """Watch a PACS for stable mammography studies and write SR, parametric-map and overlay results back into them."""

@@ -109,7 +109,7 @@ class _unavailable:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type | None, exc: BaseException | None, _tb: object) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
         if exc is None:
             return False
         if isinstance(exc, (requests.ConnectionError, requests.Timeout)):

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 import requests
 
@@ -63,7 +64,7 @@ class LocalOrthanc:
         }  # fmt: skip
         (self.folder / "config" / "orthanc.json").write_text(json.dumps(config, indent=1))
 
-    def start(self, timeout: float = 30.0) -> LocalOrthanc:
+    def start(self, timeout: float = 30.0) -> Self:
         log = open(self.folder / "orthanc.log", "ab")  # noqa: SIM115 - the child keeps it
         self.process = subprocess.Popen([ORTHANC, str(self.folder / "config") + "/"], stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
@@ -89,7 +90,7 @@ class LocalOrthanc:
                 self.process.wait()
         self.process = None
 
-    def __enter__(self) -> LocalOrthanc:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -32,11 +32,17 @@ import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset
 
-from mammolens.utils.errors import ConfigError, MammolensError
 from mammolens.pacs.client import Pacs, PacsUnavailable
 from mammolens.pacs.config import NodeConfig
 from mammolens.pacs.state import State
-from mammolens.pacs.writers import Finding, heatmap_capture, heatmap_map, result_uid, structured_report
+from mammolens.pacs.writers import (
+    Finding,
+    heatmap_capture,
+    heatmap_map,
+    result_uid,
+    structured_report,
+)
+from mammolens.utils.errors import ConfigError, MammolensError
 
 log = logging.getLogger("mammolens.pacs")
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -163,7 +169,7 @@ class Node:
         except MammolensError as exc:
             self._failed(uid, tag, attempt, str(exc))
             return True
-        except Exception as exc:  # a bug or an unforeseen file: the study fails, the node goes on
+        except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen file: the study fails, the node goes on
             self._failed(uid, tag, attempt, f"{type(exc).__name__} while processing")
             log.debug("study %s: %s", tag, type(exc).__name__, exc_info=False)
             return True
@@ -226,7 +232,7 @@ class Node:
         start = timer.now()
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:  # a garbled file: noted, never a crash loop
+        except Exception as exc:  # noqa: BLE001 - a garbled file: noted, never a crash loop
             problems.append(f"{name}: unreadable DICOM header ({type(exc).__name__})")
             return None
         if str(header.get("SOPClassUID", "")) != MG_FOR_PRESENTATION or \
@@ -238,7 +244,7 @@ class Node:
         except MammolensError as exc:
             problems.append(f"{name}: {str(exc).replace(str(path), 'pixel data')}")
             return None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a decoder's own error type: noted, never a crash loop
             problems.append(f"{name}: pixel data cannot be decoded ({type(exc).__name__})")
             return None
         timer.add("decode", start)

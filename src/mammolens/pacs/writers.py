@@ -82,8 +82,7 @@ def _group(finding: Finding, index: int) -> hd.sr.MeasurementsAndQualitativeEval
     probabilities = {finding.cls: finding.probability, **finding.extra}
     measurements = [
         hd.sr.Measurement(name=hd.sr.CodedConcept(f"p-{cls}"[:16], "99MAMMOLENS", f"Probability of {cls}"),
-                          value=float(p), unit=UNIT_ONE, algorithm_id=algorithm, finding_sites=sites,
-                          derivation=None)  # fmt: skip
+                          value=float(p), unit=UNIT_ONE, algorithm_id=algorithm, finding_sites=sites)
         for cls, p in probabilities.items()
     ]
     sources = [hd.sr.SourceImageForMeasurementGroup.from_source_image(finding.source)] if finding.source else None

@@ -95,12 +95,22 @@ def bound(bundle: Path, files: list[Path], heatmaps: bool) -> dict[str, float]:
         return out
 
     for path in files:
+        encoding = {"Explicit VR Little Endian": "raw", "RLE Lossless": "rle"}.get(
+            pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.name, "j2k")
         image = timed("decode_alone", lambda path=path: read_image(path))
         timed("predictor_alone", lambda path=path: predictor.predict(path))
+        for name in ("decode_alone", "predictor_alone"):  # the same figures by encoding
+            for unit in ("_s", "_cpu_s"):
+                spent.setdefault(f"{encoding}_{name}{unit}", []).append(spent[f"{name}{unit}"][-1])
         if heatmaps:
             timed("heatmap_alone", lambda image=image: predictor.explain(predictor.read(image),
                                                                        laterality=image.meta.laterality))
-    return {k: float(np.mean(v)) for k, v in spent.items()}
+    out = {k: float(np.mean(v)) for k, v in spent.items()}
+    for encoding in ("raw", "rle", "j2k"):
+        if f"{encoding}_decode_alone_cpu_s" in out:
+            out[f"{encoding}_ratio_predictor_to_decode_cpu"] = (out[f"{encoding}_predictor_alone_cpu_s"]
+                                                                / out[f"{encoding}_decode_alone_cpu_s"])  # fmt: skip
+    return out
 
 
 def c_store(pacs: LocalOrthanc, paths: list[Path]) -> None:
@@ -167,7 +177,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--no-heatmaps", action="store_true", help="the SR only (no parametric maps, no overlays)")
     ap.add_argument("--kills", type=int, default=0, help="SIGKILL and restart the node this many times during the day")
-    ap.add_argument("--bound-views", type=int, default=8)
+    ap.add_argument("--bound-views", type=int, default=9, help="views timed alone (spread over the day's encodings)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/screening_day"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--timeout", type=float, default=3600)

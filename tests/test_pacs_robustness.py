@@ -187,9 +187,9 @@ def _killed_and_restarted(tmp_path: Path, orthanc: LocalOrthanc, bundle: Path) -
     for views in exams:
         wait_stable(orthanc, views[0].StudyInstanceUID)
     outputs = []
-    # SIGKILL while the first study is being scored, right after a study's objects were stored (before
-    # it is marked done, if the race is won), and in the middle of the next one
-    for pattern, delay in ((r"queued \d+ stable", 0.3), (r"objects stored", 0.0), (r" done: ", 0.5)):
+    # SIGKILL while the first study is being scored, and right after a study's objects were stored
+    # (before it is marked done, if the race is won; test_crash_between_writes makes both windows certain)
+    for pattern, delay in ((r"queued \d+ stable", 0.3), (r"objects stored", 0.0)):
         seen = len(re.findall(pattern, log.read_text())) if log.is_file() else 0
         node = _start_node(config, log)
         _wait_for_log(log, pattern, seen + 1)
@@ -205,7 +205,7 @@ def _killed_and_restarted(tmp_path: Path, orthanc: LocalOrthanc, bundle: Path) -
         assert kinds.count("Parametric Map Storage") == 4 and kinds.count("Secondary Capture Image Storage") == 4
     state = State(tmp_path / "node.sqlite")
     assert {s.uid for s in state.studies("done")} == {v[0].StudyInstanceUID for v in exams}
-    assert log.read_text().count("node started") == 4
+    assert log.read_text().count("node started") == 3
     text = log.read_text() + "\n".join(outputs)
     _assert_no_phi(text, [v for views in exams for v in views])
 

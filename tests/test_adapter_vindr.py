@@ -11,6 +11,7 @@ import pytest
 from mammolens.cli import main
 from mammolens.data import replicas
 from mammolens.data.adapters.base import detect_kind, load_source
+from mammolens.data.adapters.vindr import CALC
 from mammolens.data.splits import check_no_leakage, make_holdout, make_official
 from mammolens.utils.errors import DataError
 from mammolens.io import read_image
@@ -69,7 +70,7 @@ def test_mixed_compressions_decode_to_the_written_pixels(replica):
 def test_boxes_become_box_rois_with_the_exact_area(replica):
     m = load_source(replica.root).manifest
     rows = m.df.to_dict("records")
-    row = next(r for r in rows if len(json.loads(r["meta"])["marks"]) == 1 and "Suspicious" in r["meta"])
+    row = next(r for r in rows if [m["categories"] for m in json.loads(r["meta"])["marks"]] == [[CALC, "Mass"]])
     marks = json.loads(row["meta"])["marks"]
     assert marks[0]["categories"] == ["Suspicious Calcification", "Mass"] and marks[0]["birads"] == "3"
     assert row["lesion_type"] == ""  # a mass and a calcification: neither alone
@@ -78,6 +79,7 @@ def test_boxes_become_box_rois_with_the_exact_area(replica):
     assert sample.mask[10:25, 10:21].all() and sample.mask.sum() == 15 * 11  # corners inclusive
     x, y, r = sample.rois[0]
     assert (x, y) == pytest.approx((15, 17)) and r == pytest.approx(np.hypot(5, 7), rel=0.02)
+    assert [r["view"] for r in rows if r["lesion_type"] == "calc"] == ["CC"]  # the same box, calcification only
     mass = next(r for r in rows if r["lesion_type"] == "mass")
     assert json.loads(mass["meta"])["marks"][0] == {"categories": ["Mass"], "birads": "4"}
 
@@ -101,7 +103,7 @@ def test_data_inspect_counts_every_image(replica, capsys):
     assert "samples  16 (image files: 16, missing: 0, unreadable: 0)" in out
     assert "4 patients, 4 exams (images per exam: 4: 4)" in out
     assert "density      A 4, B 4, C 4, D 4" in out and "laterality   L 8, R 8" in out and "view         CC 8, MLO 8" in out
-    assert "birads       1 7, 2 4, 4 4, 3 1" in out
+    assert "birads       1 6, 2 4, 4 4, 3 2" in out and "lesion_type  none 10, mass 4, calc 1" in out
 
 
 @pytest.mark.parametrize(("csv_name", "change", "message"), [
@@ -159,3 +161,25 @@ def test_replica_command_writes_a_tree_the_adapter_reads(tmp_path):
     assert replicas.main(["vindr", str(tmp_path / "r"), "--n", "1", "--size", "64", "48", "--compression", "rle"]) == 0
     m = load_source(tmp_path / "r").manifest
     assert len(m) == 4 and read_image(m.df["path"].iat[0]).pixels.shape == (64, 48)
+
+
+def test_data_split_official_from_the_command_line(replica, tmp_path, capsys):
+    out = tmp_path / "split.json"
+    assert main(["data", "split", str(replica.root), "--out", str(out), "--task", "mass-calc", "--official",
+                 "--val", "0"]) == 0
+    parts = json.loads(out.read_text())["parts"]
+    official = {t["file"]: t["split"] for t in replica.images}
+    m = load_source(replica.root).manifest.df.set_index("sample_id")
+    assert {official[m.loc[s, "path"]] for s in parts["test"]} == {"test"}
+    assert {official[m.loc[s, "path"]] for s in parts["train"]} == {"training"}
+    assert main(["data", "split", str(replica.root), "--out", str(tmp_path / "x.json"), "--task", "mass-calc",
+                 "--official", "--folds", "3"]) != 0
+    assert "official (the source's train/test split) and folds do not go together" in capsys.readouterr().err
+
+
+def test_inspect_of_a_bad_table_is_one_line_and_a_failing_exit(replica, tmp_path, capsys):
+    root = _copy(replica, tmp_path)
+    _rewrite(root / "finding_annotations.csv", lambda rows: rows[2].update(finding_birads="BI-RADS six"))
+    assert main(["data", "inspect", str(root)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "finding_annotations.csv: line 4: finding_birads 'BI-RADS six'" in err

@@ -43,7 +43,8 @@ def _bomb_png(side: int = 30000) -> bytes:
 
 
 def test_health_model_card_and_schema(client, predictor):
-    assert client.get("/health").json() == {"status": "ok", "model_id": predictor.spec.model_id}
+    assert client.get("/health").json() == {"status": "ok", "model_id": predictor.spec.model_id, "busy": 0,
+                                            "max_in_flight": 4}
     card = client.get("/v1/model").json()
     assert card["classes"] == ["benign", "malignant"] and card["threshold"] == 0.4
     assert card["input"]["model_input"] == [1, 32, 32] and card["input"]["needs_roi"] is False
@@ -77,7 +78,7 @@ def test_dicom_identifiers_are_never_logged_or_returned(client, tmp_path, caplog
     assert r.status_code == 200, r.text
     assert r.json()["image"]["format"] == "dcm"
     logged = caplog.text + " ".join(str(rec.args) for rec in caplog.records)
-    assert "predict dcm 96x96" in logged  # the service did log this request...
+    assert f"predict dcm {len(data)} bytes 96x96 " in logged  # the service did log this request...
     for secret in (PATIENT_NAME, PATIENT_ID, "Secretname", "9931"):
         assert secret not in r.text and secret not in logged  # ...without who it was
 
@@ -155,7 +156,8 @@ def test_lesion_model_asks_for_its_roi(tmp_path, png_bytes):
     assert outside.status_code == 422 and "outside" in outside.text
 
 
-def test_one_model_serves_concurrent_requests(client, predictor, tmp_path):
+def test_one_model_serves_concurrent_requests(predictor, tmp_path):
+    client = TestClient(create_app(predictor, ServiceConfig(max_in_flight=8)))  # all 8 admitted at once
     uploads = [write_png(tmp_path / f"{i}.png", film(i)).read_bytes() for i in range(6)]
     expected = [client.post("/v1/predict", files={"file": ("a.png", u, "image/png")}).json() for u in uploads]
     with ThreadPoolExecutor(8) as pool:

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from mammolens.data import rois as R
+from mammolens.data.adapters.base import load_source
 from mammolens.data.manifest import Manifest
 from mammolens.utils.errors import DataError
+from realdata import shared_folder
 from mammolens.explain.localisation import finding_mask
 from mammolens.explain.overlay import overlay_rgb
 from mammolens.preprocess import STEPS, Pipeline
@@ -121,3 +123,15 @@ def test_new_columns_leave_an_old_manifest_hash_alone():
 
 def cv2_loader(path: str, frame=None):
     return cv2.imread(path, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+
+
+@pytest.mark.realdata
+def test_existing_adapters_fill_the_new_columns():
+    mias = load_source(shared_folder("mias"), require_images=False).manifest.df
+    assert (mias["exam_id"] == mias["group"]).all() and mias["exam_id"].nunique() == 129  # one exam per film pair
+    assert set(mias["density"]) == set(mias["birads"]) == {""}  # MIAS grades tissue (meta), not BI-RADS
+    cbis = load_source(shared_folder("cbis-ddsm"), require_images=False).manifest.df
+    assert (cbis["exam_id"] == cbis["patient_id"]).all()
+    assert set(cbis["density"]) == {"A", "B", "C", "D", ""} and set(cbis["birads"]) <= {"0", "1", "2", "3", "4", "5"}
+    meta = cbis["meta"].map(json.loads)
+    assert (cbis["density"] == meta.map(lambda m: " ABCD"[m["breast_density"] or 0].strip())).all()

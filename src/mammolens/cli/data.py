@@ -56,6 +56,8 @@ def data_split(
     folds: int = typer.Option(0, help="k for a k-fold split instead of hold-out."),
     seed: int = typer.Option(0),
     dedup: bool = typer.Option(False, help="Merge near-duplicate images into one group first."),
+    official: bool = typer.Option(False, help="Keep the source's own training/test split (VinDr-Mammo, CBIS-DDSM); "
+                                              "val comes from its training part."),
 ) -> None:
     """A stratified, patient-grouped split, saved to disk and checked for leakage."""
     from mammolens.data.splits import save_split
@@ -63,6 +65,7 @@ def data_split(
 
     cfg = _source_config(source, kind, option, task=task, dedup=dedup)
     cfg.data.split.val, cfg.data.split.test, cfg.data.split.folds, cfg.data.split.seed = val, test, folds, seed
+    cfg.data.split.official = official
     manifest, labels, task_spec = task_samples(cfg)
     split = make_or_load_split(cfg, manifest, labels, task)
     save_split(split, out)

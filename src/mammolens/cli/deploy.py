@@ -113,16 +113,19 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     token: Optional[str] = typer.Option(None, "--token", envvar="MAMMOLENS_TOKEN", help="Require 'Authorization: Bearer TOKEN'."),
-    max_upload_mb: float = typer.Option(64.0, "--max-upload-mb"),
+    max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", help="Limit on one request's files together."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Per-request time limit (seconds)."),
+    max_in_flight: int = typer.Option(4, "--max-in-flight", min=1, help="Predictions at once; beyond: 503 with Retry-After."),
     backend: str = BackendOpt,
     guard_band: Optional[float] = GuardBandOpt,
 ) -> None:
     """Serve the bundle over HTTP: a REST API and a web page for clinicians."""
     import uvicorn
 
-    from mammolens.deploy.service import ServiceConfig, create_app
+    from mammolens.deploy.service import ServiceConfig, check_exposure, create_app, logging_config
 
-    config = ServiceConfig(token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), timeout_s=timeout_s)
+    check_exposure(host, token)  # before the model loads: a refusal costs nothing
+    config = ServiceConfig(token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), timeout_s=timeout_s,
+                           max_in_flight=max_in_flight)  # fmt: skip
     app = create_app(bundle, config, backend=backend, guard_band=guard_band)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
+    uvicorn.run(app, host=host, port=port, log_config=logging_config(), access_log=True)

@@ -130,7 +130,7 @@ def write_vindr(root: str | Path, n_exams: int = 4, *, size: tuple[int, int] = (
 
     ``size`` is (height, width); every ``test_every``-th exam is in the official test split; every
     second exam has a mass (BI-RADS 4) in its right breast, drawn in both views, and exam 0's right CC
-    view also a calcification finding. ``compression`` may list kinds to cycle through per image.
+    view a calcification (in its MLO view listed as calcification and mass). ``compression`` may list kinds to cycle through per image.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -147,8 +147,9 @@ def write_vindr(root: str | Path, n_exams: int = 4, *, size: tuple[int, int] = (
             image_id = _hex("image", seed, e, side, view)
             sick = e % 2 == 1 and side == "R"
             boxes = [("['Mass']", "BI-RADS 4", (width // 4, height // 3, width // 4 + width // 8, height // 3 + height // 8))] if sick else []
-            if e == 0 and side == "R" and view == "CC":
-                boxes.append(("['Suspicious Calcification', 'Mass']", "BI-RADS 3", (10, 10, 20, 24)))
+            if e == 0 and side == "R":  # a calcification; in the MLO view also read as a mass
+                both = "['Suspicious Calcification', 'Mass']"
+                boxes.append((both if view == "MLO" else "['Suspicious Calcification']", "BI-RADS 3", (10, 10, 20, 24)))
             birads = "BI-RADS 4" if sick else ("BI-RADS 3" if boxes else f"BI-RADS {1 + e % 2}")
             pixels = film(rng, height, width, side, lesion=boxes[0][2] if boxes else None)
             path = write_dicom(root / "images" / study / f"{image_id}.dicom", pixels,

@@ -23,7 +23,13 @@ PAGE = """<!doctype html>
   #overlay { position: absolute; left: 0; top: 0; width: 100%; height: 100%; opacity: .45; }
   .row { display: flex; justify-content: space-between; padding: 4px 0; border-bottom: 1px solid #eef0f3; }
   #decision { font-size: 26px; font-weight: 700; margin: 8px 0; }
-  #decision.pos { color: #b3261e; } #decision.neg { color: #1b7f3b; }
+  #decision.pos { color: #b3261e; } #decision.neg { color: #1b7f3b; } #decision.close { color: #8a5a00; }
+  .caution { background: #fff4d6; border-left: 4px solid #d99a00; padding: 8px 10px; margin: 8px 0; font-size: 14px; }
+  .caution.grave { background: #fde8e6; border-left-color: #b3261e; }
+  #legend { margin-top: 8px; font-size: 13px; color: #333; }
+  #legend .ramp { height: 12px; border-radius: 3px; background: linear-gradient(to right, #00007f, #0000ff, #007fff,
+    #00ffff, #7fff7f, #ffff00, #ff7f00, #ff0000, #7f0000); }
+  #legend .ends { display: flex; justify-content: space-between; }
   .bar { height: 10px; background: #e5e7eb; border-radius: 5px; overflow: hidden; }
   .bar > div { height: 100%; background: #3b6fd8; }
   #status { min-height: 1.4em; color: #555; } #status.error { color: #b3261e; }
@@ -49,15 +55,20 @@ PAGE = """<!doctype html>
     <p id="status" role="status"></p>
     <div id="viewer" hidden><div id="stack"><img id="preview" alt="uploaded mammogram"><img id="overlay" alt="heatmap" hidden></div></div>
     <label id="opacity-box" hidden>Heatmap opacity <input id="opacity" type="range" min="0" max="100" value="45"></label>
+    <div id="legend" hidden><div id="legend-text"></div><div class="ramp"></div>
+      <div class="ends"><span>0: no evidence</span><span>1: this film's strongest</span></div></div>
   </section>
   <aside>
     <section class="panel" id="result" hidden>
       <div>Decision at threshold <span id="threshold"></span></div>
       <div id="decision"></div>
+      <div id="close" class="caution" hidden></div>
       <div id="probability"></div>
+      <div id="result-warnings" class="caution grave" hidden></div>
       <div id="probs"></div>
     </section>
-    <section class="panel" id="card" style="margin-top:16px"><h3 style="margin-top:0">Model card</h3><div id="card-body"></div></section>
+    <section class="panel" id="card" style="margin-top:16px"><h3 style="margin-top:0">Model card</h3>
+      <div id="card-warnings" class="caution grave" hidden></div><div id="card-body"></div></section>
   </aside>
 </main>
 <footer>Research software, not a medical device. Images are processed in memory and not stored.</footer>
@@ -69,6 +80,11 @@ function headers() {
   const t = $("token").value.trim();
   return t ? { Authorization: "Bearer " + t } : {};
 }
+function caution(el, lines) {  // one line per warning; hidden when there are none
+  el.replaceChildren(...lines.map((t) => { const d = document.createElement("div"); d.textContent = "\\u26a0 " + t; return d; }));
+  el.hidden = !lines.length;
+}
+const band = () => card && card.threshold_band;  // the threshold's uncertainty, recorded at training
 function status(text, error) { $("status").textContent = text; $("status").className = error ? "error" : ""; }
 function row(k, v) {
   const d = document.createElement("div"); d.className = "row";
@@ -80,19 +96,23 @@ async function loadCard() {
   const r = await fetch("/v1/model", { headers: headers() });
   if (r.status === 401) { $("token-box").hidden = false; $("model-line").textContent = "token required"; return; }
   card = await r.json();
-  $("model-line").textContent = card.architecture + " \\u00b7 " + card.task + " \\u00b7 " + card.model_id;
+  $("model-line").textContent = card.architecture + " \\u00b7 " + card.task + " \\u00b7 " + card.model_id +
+    (card.warnings.length ? " \\u00b7 \\u26a0 see the model card" : "");
+  caution($("card-warnings"), card.warnings);
   $("roi-box").hidden = !card.input.needs_roi;
   $("other-box").hidden = !card.input.other_film;  // bilateral bundles read a film with the woman's other film
   $("other-need").textContent = card.input.needs_other_film ? "required" : "optional";
   const body = $("card-body"); body.replaceChildren();
   body.append(row("model", card.model_id), row("task", card.task), row("classes", card.classes.join(", ")),
-              row("threshold", card.threshold.toFixed(3)), row("input", (card.input.model_input || []).join("\\u00d7")),
+              row("threshold", card.threshold.toFixed(3)),
+              row("threshold band", band() ? band()[0].toFixed(3) + " \\u2013 " + band()[1].toFixed(3) : "not recorded"),
+              row("input", (card.input.model_input || []).join("\\u00d7")),
               row("created", card.version || "?"), row("explanations", card.explanations ? "yes" : "no"),
               row("backend", card.backend), row("engine", card.engine));
   const guard = card.guard_band;  // int8 with its fp32 twin: films this near the threshold are re-scored in fp32
   if (guard) body.append(row("guard band", "\\u00d7" + guard.factor + ": fp32 within " + guard.margin.toPrecision(2)));
   for (const [part, m] of Object.entries(card.metrics || {})) {
-    if (m && typeof m === "object" && typeof m.auc === "number") body.append(row(part + " AUC", m.auc.toFixed(3)));
+    if (m && typeof m === "object" && typeof m.auc === "number") body.append(row("held-out " + part + " AUC", m.auc.toFixed(3)));
   }
 }
 let current = null;  // the film last chosen: choosing the other film afterwards scores it again
@@ -119,13 +139,21 @@ function show(res) {
   $("viewer").hidden = false;
   $("preview").src = "data:image/png;base64," + res.preview_png;
   const overlay = $("overlay");
-  overlay.hidden = !res.overlay_png; $("opacity-box").hidden = !res.overlay_png;
+  overlay.hidden = !res.overlay_png; $("opacity-box").hidden = !res.overlay_png; $("legend").hidden = !res.heatmap;
   if (res.overlay_png) overlay.src = "data:image/png;base64," + res.overlay_png;
+  if (res.heatmap) $("legend-text").textContent = "Heatmap: " + res.heatmap.method + ", evidence for \\u201c" +
+    res.heatmap.class + "\\u201d, relative to this film (not a probability)";
   const classes = Object.keys(res.probabilities);
   const positive = classes[classes.length - 1];
   $("threshold").textContent = res.threshold.toFixed(3);
   $("decision").textContent = res.decision;
-  $("decision").className = classes.length === 2 ? (res.decision === positive ? "pos" : "neg") : "";
+  const close = res.close_to_threshold === true;
+  $("decision").className = classes.length === 2 ? (close ? "close" : res.decision === positive ? "pos" : "neg") : "";
+  $("close").hidden = !close;
+  if (close) $("close").textContent = "Close to the threshold: P(" + positive + ") " + res.probabilities[positive].toFixed(3) +
+    " lies inside this model's threshold band " + band()[0].toFixed(3) + " \\u2013 " + band()[1].toFixed(3) +
+    ", where its validation films could fall on either side. Treat this decision as uncertain.";
+  caution($("result-warnings"), card ? card.warnings : []);
   $("probability").textContent = "P(" + positive + ") = " + res.probabilities[positive].toFixed(3);
   const probs = $("probs"); probs.replaceChildren();
   for (const c of classes) {

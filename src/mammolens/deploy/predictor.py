@@ -41,6 +41,8 @@ class Prediction:
     threshold: float
     engine: str = "torch"  # what scored it: torch | onnxruntime-fp32 | onnxruntime-int8 (fp32 when the guard band fell back)
     heatmap: np.ndarray | None = field(default=None, repr=False)  # original-sized float32 [0, 1]
+    heatmap_method: str = ""  # the CAM method that made ``heatmap``
+    heatmap_target: str = ""  # the class whose evidence ``heatmap`` shows
 
     def to_dict(self) -> dict[str, Any]:
         return {"probabilities": self.probabilities, "label": self.label, "decision": self.decision,
@@ -313,7 +315,9 @@ class Predictor:
         probs, engines = self.score_inputs([x])
         prediction = self._prediction(probs[0], engines[0])
         if heatmap:
-            prediction.heatmap = self.explain(film, roi=roi, laterality=laterality or film.laterality)
+            explained = self._explanation(film, roi=roi, laterality=laterality or film.laterality)
+            prediction.heatmap = np.asarray(explained.heatmap, dtype=np.float32)
+            prediction.heatmap_method, prediction.heatmap_target = explained.method, explained.target
         return prediction
 
     def predict_batch(self, sources: Sequence[str | Path | np.ndarray], *, rois: Sequence[Any] | None = None,
@@ -412,6 +416,10 @@ class Predictor:
 
     def explain(self, image: Film | np.ndarray, *, roi: Any = None, laterality: str = "") -> np.ndarray:
         """An original-sized float32 [0, 1] heatmap from ``mammolens.explain`` (the torch model)."""
+        return np.asarray(self._explanation(image, roi=roi, laterality=laterality).heatmap, dtype=np.float32)
+
+    def _explanation(self, image: Film | np.ndarray, *, roi: Any = None, laterality: str = "") -> Any:
+        """``mammolens.explain``'s Explanation: the map, and the method and class it shows."""
         import mammolens.explain as explain
 
         refusal = self.heatmap_refusal
@@ -424,9 +432,8 @@ class Predictor:
 
                 self._bundle = load_model_bundle(self.bundle_path)
             rois = check_rois(roi, film.pixels.shape) or None
-            result = explain.explain_image(self._bundle, film.pixels, rois=rois, laterality=laterality,
-                                           pixel_mm=film.pixel_mm)  # fmt: skip
-        return np.asarray(result.heatmap, dtype=np.float32)
+            return explain.explain_image(self._bundle, film.pixels, rois=rois, laterality=laterality,
+                                         pixel_mm=film.pixel_mm)  # fmt: skip
 
 
 def _guard_band(int8: _OrtRunner, path: Path, factor: float, threads: int | None) -> GuardBand:

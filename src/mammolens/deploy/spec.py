@@ -22,7 +22,7 @@ NO_AGGREGATOR = {"method": "max", "params": None, "level": "film", "threshold": 
 ROI_STEPS = ("crop_roi", "multiscale_crop", "lesion_descriptors")
 # Provenance keys that are safe to publish: no file paths, which can name a hospital, a study or a woman.
 _PUBLIC_PROVENANCE = ("git_commit", "git_dirty", "packages", "created_at", "manifest_hash", "split_file_hash",
-                      "preprocess_hash", "manifest_sha256", "split_sha256")  # fmt: skip
+                      "preprocess_hash", "manifest_sha256", "split_sha256", "temperature_fit")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,40 @@ class ModelSpec:
     def binary(self) -> bool:
         return len(self.classes) == 2
 
+    @property
+    def threshold_band(self) -> tuple[float, float] | None:
+        """The threshold's own uncertainty recorded at training (``evaluate.thresholds.threshold_band``), if any."""
+        val = self.metrics.get("val")
+        band = val.get("threshold_band") if isinstance(val, dict) else None
+        return None if band is None else (float(band[0]), float(band[1]))
+
+    def close_to_threshold(self, probs: np.ndarray) -> bool | None:
+        """Whether a binary result lies inside the threshold band (None: no band recorded, or not binary)."""
+        band = self.threshold_band
+        if band is None or not self.binary:
+            return None
+        return bool(band[0] <= float(probs[1]) <= band[1])
+
+    def warnings(self) -> list[str]:
+        """What the card's reader must know before trusting a result: held-out AUCs that do not clear
+        chance (their 95 % interval over women reaches 0.5; without one, the AUC itself is at most 0.5),
+        a temperature fit that failed."""
+        out = []
+        for part, m in self.metrics.items():
+            if not (isinstance(m, dict) and isinstance(m.get("auc"), (int, float))):
+                continue
+            low, high = m.get("auc_ci") or (None, None)
+            if low is not None and low <= 0.5:
+                out.append(f"held-out {part} AUC {m['auc']:.3f} (95 % CI {low:.3f}\u2013{high:.3f} over women) does not "
+                           "clear chance (0.5): the model may not separate the classes on films it was not trained on")  # fmt: skip
+            elif low is None and m["auc"] <= 0.5:
+                out.append(f"held-out {part} AUC {m['auc']:.3f} does not clear chance (0.5): this model does not "
+                           "separate the classes on films it was not trained on")  # fmt: skip
+        fit = self.provenance.get("temperature_fit")
+        if isinstance(fit, dict) and fit.get("failure"):
+            out.append(str(fit["failure"]))
+        return out
+
     def input_spec(self) -> dict[str, Any]:
         return {
             "image": "2-D greyscale, float in [0, 1] (files: any format mammolens.io.read_image reads)",
@@ -98,6 +132,8 @@ class ModelSpec:
         card = asdict(self)
         card["provenance"] = {k: v for k, v in self.provenance.items() if k in _PUBLIC_PROVENANCE}
         card["input"] = self.input_spec()
+        card["threshold_band"] = self.threshold_band
+        card["warnings"] = self.warnings()
         return card
 
     def to_metadata(self) -> dict[str, str]:

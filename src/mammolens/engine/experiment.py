@@ -65,17 +65,23 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool =
         "class_counts": {p: np.bincount(labels[v], minlength=len(task.classes)).tolist() for p, v in parts.items()},
         "groups": int(manifest.df["group"].nunique()),
         "preprocess": trained.build.summary(),
-        "notes": manifest.notes + _warnings(trained.build, task),
+        "notes": manifest.notes + _warnings(trained.build, task) + _fit_notes(trained.bundle.provenance),
         "best_epoch": trained.fit.best_epoch,
         "epochs_run": len(trained.fit.history),
         "stopped_early": trained.fit.stopped_early,
         "history": trained.fit.history,
         "metrics": trained.metrics,
+        "temperature_fit": trained.bundle.provenance.get("temperature_fit"),
         "bundle": str(trained.bundle.path),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     atomic.write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _fit_notes(provenance: dict[str, Any]) -> list[str]:
+    failure = provenance.get("temperature_fit")
+    return [] if failure is None else [failure["failure"]]
 
 
 def _warnings(build: BuildReport, task: Task) -> list[str]:

@@ -20,6 +20,7 @@ from mammolens.engine.trainers import (
     choose_bundle_aggregator,
     choose_operating_point,
     part_metrics,
+    record_operating_point,
 )
 from mammolens.models import create_model
 from mammolens.preprocess import Pipeline, PreprocessCache
@@ -83,9 +84,13 @@ def train_lightning_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.
     else:
         def predict(part: str) -> np.ndarray:
             return _predict(bundle, [sample_ids[i] for i in parts[part]], load, cache)
-    bundle.temperature, bundle.threshold = choose_operating_point(cfg.operating_point, labels[parts["val"]], predict("val"))
+    y_val, proba_val = labels[parts["val"]], predict("val")
+    bundle.temperature, bundle.threshold = choose_operating_point(cfg.operating_point, y_val, proba_val)
     probas = {part: predict(part) for part, idx in parts.items() if part != "train" and len(idx)}
-    bundle.metrics = {part: part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
+    groups = manifest.df["group"].to_numpy()
+    bundle.metrics = {part: part_metrics(bundle, labels[parts[part]], proba, groups[parts[part]])
+                      for part, proba in probas.items()}  # fmt: skip
+    record_operating_point(bundle, cfg.operating_point, y_val, proba_val, groups[parts["val"]], cfg.data.split.seed)
     bundle.aggregator = choose_bundle_aggregator(cfg, manifest, labels, task, parts["val"], probas.get("val"))
     save_bundle(bundle.path, bundle.model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,

@@ -40,6 +40,7 @@ from mammolens.engine.trainers import (
     choose_bundle_aggregator,
     choose_operating_point,
     part_metrics,
+    record_operating_point,
 )
 from mammolens.evaluate.metrics import macro_f1, roc_auc
 from mammolens.models import create_model
@@ -196,14 +197,18 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
                     "chosen": {"C": chosen["C"], "aggregate": chosen["aggregate"]},
                     **({"finetune_epoch": tuned["best_epoch"]} if tuned else {})},
     )
-    bundle.temperature, bundle.threshold = choose_operating_point(cfg.operating_point, y_val, film_proba(parts["val"]))
+    proba_val = film_proba(parts["val"])
+    bundle.temperature, bundle.threshold = choose_operating_point(cfg.operating_point, y_val, proba_val)
     probas = {}
     for part, idx in parts.items():
         if part != "train" and len(idx):
             with torch.inference_mode():
                 logits = model.forward_head(summaries(idx)).double() / bundle.temperature
             probas[part] = torch.softmax(logits, dim=1).numpy()
-    bundle.metrics = {part: part_metrics(bundle, labels[parts[part]], proba) for part, proba in probas.items()}
+    groups = manifest.df["group"].to_numpy()
+    bundle.metrics = {part: part_metrics(bundle, labels[parts[part]], proba, groups[parts[part]])
+                      for part, proba in probas.items()}  # fmt: skip
+    record_operating_point(bundle, cfg.operating_point, y_val, proba_val, groups[parts["val"]], cfg.data.split.seed)
     bundle.aggregator = choose_bundle_aggregator(cfg, manifest, labels, task, parts["val"], probas.get("val"))
     save_bundle(bundle.path, model, classes=bundle.classes, task=bundle.task, preprocess=bundle.preprocess,
                 normalisation=bundle.normalisation, threshold=bundle.threshold, temperature=bundle.temperature,

@@ -17,8 +17,10 @@ from mammolens.bundle import Bundle
 from mammolens.data.manifest import Manifest
 from mammolens.data.tasks import Task
 from mammolens.engine.config import ExperimentConfig, OperatingPointConfig
+from mammolens.evaluate.bootstrap import bootstrap_cis, fast_auc
+from mammolens.evaluate.calibration import apply_temperature, calibrate_temperature
 from mammolens.evaluate.metrics import roc_auc
-from mammolens.evaluate.thresholds import choose_threshold, operating_point
+from mammolens.evaluate.thresholds import choose_threshold, operating_point, threshold_band
 from mammolens.preprocess import BuildReport
 from mammolens.train import FitResult
 from mammolens.utils.registry import Registry
@@ -81,12 +83,33 @@ def choose_bundle_aggregator(cfg: ExperimentConfig, manifest: Manifest, labels: 
                              lambda y, p: choose_threshold(y, p, op.threshold, op.beta, op.target_sensitivity))
 
 
-def part_metrics(bundle: Bundle, y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+def record_operating_point(bundle: Bundle, op: OperatingPointConfig, y_val: np.ndarray, proba_val: np.ndarray,
+                           groups_val: np.ndarray, seed: int) -> None:  # fmt: skip
+    """What the bundle's card must say about its operating point, from the validation part it was chosen on
+    (``proba_val`` at T = 1; ``bundle.metrics`` already set): a temperature fit that failed (provenance
+    ``temperature_fit``: T = 1 was applied) and, for a binary task, the threshold's bootstrap band
+    (``metrics.val.threshold_band``), inside which the service marks a result close to the threshold."""
+    if len(np.unique(y_val)) < 2:
+        return
+    if op.temperature and (fit := calibrate_temperature(proba_val, y_val)).failure is not None:
+        bundle.provenance["temperature_fit"] = fit.record()
+    if "val" in bundle.metrics and proba_val.shape[1] == 2:
+        bundle.metrics["val"]["threshold_band"] = threshold_band(
+            y_val, apply_temperature(proba_val, bundle.temperature), groups_val, op.threshold, op.beta,
+            op.target_sensitivity, seed=seed)  # fmt: skip
+
+
+def part_metrics(bundle: Bundle, y: np.ndarray, proba: np.ndarray, groups: np.ndarray | None = None) -> dict[str, Any]:
     """Threshold-free AUC plus accuracy (and, for two classes, sensitivity/specificity) at the bundle's
-    threshold / argmax; None where a metric is undefined (a class absent from the part)."""
+    threshold / argmax; None where a metric is undefined (a class absent from the part). With the
+    part's patient ``groups``: ``auc_ci``, the AUC's 95 % bootstrap interval over women ([None, None]
+    where too few), which the model card reads to say whether the AUC clears chance."""
     binary = proba.shape[1] == 2
     pred = (proba[:, 1] >= bundle.threshold).astype(int) if binary else proba.argmax(1)
     out: dict[str, Any] = {"auc": roc_auc(y, proba), "accuracy": float((pred == y).mean()), "n": int(len(y))}
+    if groups is not None and out["auc"] is not None:
+        ci = bootstrap_cis({"auc": fast_auc}, y, proba, groups)["auc"]
+        out["auc_ci"] = [ci["low"], ci["high"]]
     if binary:
         pos, neg = y == 1, y == 0
         out["sensitivity"] = float((pred[pos] == 1).mean()) if pos.any() else None

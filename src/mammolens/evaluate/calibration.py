@@ -3,11 +3,16 @@
 Temperature scaling (Guo et al. 2017) divides the logits by T. Probabilities are softmax(logits),
 so log p equals the logits up to a per-sample constant and softmax(log p / T) is the scaled
 output: T can be fitted from, and applied to, stored probabilities alone.
+
+A fit that ends on a bound of ``T_BOUNDS`` has failed: it found no minimum. A model that ranks the
+validation classes no better than chance drives T up until every probability is 1/C, which erases
+the ranking a reader sees (0.504 against a 0.494 threshold). ``calibrate_temperature`` ships T = 1
+then and says why.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -16,6 +21,19 @@ from mammolens.utils.errors import DataError
 
 _EPS = 1e-12
 T_BOUNDS = (0.05, 20.0)
+BOUND_RTOL = 1e-3  # a fitted T within this relative distance of a bound ended on it
+
+
+class TemperatureFit(NamedTuple):
+    """The temperature a bundle applies, what the fit ended on, and why they differ (None: they do not)."""
+
+    temperature: float
+    fitted: float
+    failure: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """What a run summary and a bundle card say about the fit."""
+        return {"applied": self.temperature, "fitted": self.fitted, "bounds": list(T_BOUNDS), "failure": self.failure}
 
 
 def apply_temperature(proba: Any, temperature: float) -> np.ndarray:
@@ -43,6 +61,20 @@ def fit_temperature(proba_val: Any, y_val: Any) -> float:
 
     res = minimize_scalar(nll, bounds=tuple(np.log(T_BOUNDS)), method="bounded", options={"xatol": 1e-6})
     return float(np.exp(res.x))
+
+
+def calibrate_temperature(proba_val: Any, y_val: Any) -> TemperatureFit:
+    """``fit_temperature``, refused (T = 1, with the reason) where the fit ended on a bound of ``T_BOUNDS``."""
+    fitted = fit_temperature(proba_val, y_val)
+    low, high = T_BOUNDS
+    if abs(fitted - low) <= BOUND_RTOL * low or abs(fitted - high) <= BOUND_RTOL * high:
+        side = "upper" if fitted > 1 else "lower"
+        why = ("the model ranks the validation classes no better than chance, so the fit flattens every "
+               "probability towards 1/C" if side == "upper" else
+               "the validation outputs ask for a sharper scaling than the bounds allow")
+        return TemperatureFit(1.0, fitted, f"temperature fit failed: it ended on its {side} bound "
+                                           f"(T = {fitted:.4g}, bounds {low:g}..{high:g}); {why}; T = 1 applied")  # fmt: skip
+    return TemperatureFit(fitted, fitted)
 
 
 def brier_score(y: Any, proba: Any) -> float | None:

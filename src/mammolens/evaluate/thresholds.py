@@ -3,6 +3,10 @@
 ``fbeta`` maximises F-beta (beta = 2 weighs a missed cancer four times a false alarm, the seed
 projects' choice); ``sensitivity`` takes the threshold that reaches a target sensitivity with
 the best specificity. A sample is called positive when p(class 1) >= threshold.
+
+Every threshold between the chosen validation score and the next lower one makes the same
+validation decisions; the middle of that interval is returned, not its top edge, which a film
+scored exactly there (a saturated 1.0, float rounding) would sit on.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def _max_fbeta(y: np.ndarray, p: np.ndarray, beta: float, target_sensitivity: fl
     with np.errstate(invalid="ignore", divide="ignore"):
         f = np.where(precision + recall > 0, (1 + b2) * precision * recall / (b2 * precision + recall), 0.0)
     best = np.flatnonzero(f == f.max())
-    return float(thresholds[best[-1]])  # ties: the highest threshold, i.e. the fewest false alarms
+    return _middle(p, float(thresholds[best[-1]]))  # ties: the highest threshold, i.e. the fewest false alarms
 
 
 @METHODS.register("sensitivity")
@@ -52,7 +56,13 @@ def _target_sensitivity(y: np.ndarray, p: np.ndarray, beta: float, target_sensit
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     reach = np.flatnonzero(tpr >= target_sensitivity - 1e-12)
     best = reach[fpr[reach] == fpr[reach].min()]
-    return float(min(thresholds[best[0]], 1.0))  # the highest such threshold; roc_curve's first is +inf
+    return _middle(p, float(min(thresholds[best[0]], 1.0)))  # the highest such threshold; roc_curve's first is +inf
+
+
+def _middle(p: np.ndarray, edge: float) -> float:
+    """The middle of the thresholds that decide like ``edge`` on scores ``p``: (next lower score, edge]."""
+    below = p[p < edge]
+    return float((edge + (below.max() if len(below) else 0.0)) / 2)
 
 
 def choose_threshold(
@@ -73,14 +83,36 @@ def operating_point(
 ) -> tuple[float, float]:
     """(threshold, temperature) from validation predictions made at temperature 1.
 
-    The temperature is fitted first and the threshold chosen on the *scaled* probabilities, since
-    a bundle applies its temperature before its threshold. Multi-class tasks decide by argmax, so
+    The temperature is fitted first (``calibrate_temperature``: T = 1 where the fit failed) and the
+    threshold chosen on the *scaled* probabilities, since a bundle applies its temperature before
+    its threshold. Multi-class tasks decide by argmax, so
     their threshold is 0.5 (unused).
     """
-    from mammolens.evaluate.calibration import apply_temperature, fit_temperature
+    from mammolens.evaluate.calibration import apply_temperature, calibrate_temperature
 
-    temperature = fit_temperature(proba_val, y_val)
+    temperature = calibrate_temperature(proba_val, y_val).temperature  # T = 1 where the fit failed
     proba = apply_temperature(proba_val, temperature)
     if proba.shape[1] != 2:
         return 0.5, temperature
     return choose_threshold(y_val, proba, method, beta=beta, target_sensitivity=target_sensitivity), temperature
+
+
+def threshold_band(y_val: Any, p_val: Any, groups: Any, method: str = "fbeta", beta: float = 2.0,
+                   target_sensitivity: float | None = None, *, n_boot: int = 200, seed: int = 0,
+                   level: float = 0.9) -> list[float] | None:  # fmt: skip
+    """Where the threshold could as well have been: the central ``level`` interval of the thresholds
+    chosen again on patient-grouped bootstrap resamples of the validation part. A probability inside
+    it sits where the validation data cannot say which side it belongs to. None: too few patient
+    groups, or too few resamples holding both classes, for the interval to mean anything."""
+    from mammolens.evaluate.bootstrap import MIN_DEFINED, MIN_GROUPS, group_draws
+
+    y, p = _binary_inputs(y_val, p_val)
+    if len(np.unique(np.asarray(groups).astype(str))) < MIN_GROUPS:
+        return None
+    chosen = [METHODS.get(method)(y[rows], p[rows], beta, target_sensitivity)
+              for rows in group_draws(groups, n_boot, seed) if 0 < y[rows].sum() < len(rows)]  # fmt: skip
+    if len(chosen) < MIN_DEFINED * n_boot:
+        return None
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(chosen, [tail, 100 - tail])
+    return [float(np.floor(low * 1e6) / 1e6), float(np.ceil(high * 1e6) / 1e6)]  # 6 decimals, rounded outwards

@@ -26,7 +26,7 @@ def _open(path: Path) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise ImageReadError(f"invalid or truncated .npy file ({err})", path=path) from err
+        raise ImageReadError("invalid or truncated .npy file: its header or data does not match", path=path) from err
     kind = array.dtype.kind
     if kind not in "biuf":
         raise ImageReadError(f"has dtype {array.dtype}, expected bool, integer or float pixels", path=path)
@@ -66,7 +66,7 @@ def read(path: Path, frame: int | None, max_pixels: int) -> Image:
     try:
         stored = np.array(array if index is None else array[index])
     except (ValueError, OSError) as err:
-        raise ImageReadError(f"cannot read the pixel data ({err})", path=path) from err
+        raise ImageReadError("cannot read the pixel data: the file is shorter than its header says", path=path) from err
     check_finite(path, stored)
     pixels, normalization = to_unit(stored)
     return Image(pixels=pixels, meta=replace(meta, normalization=normalization))

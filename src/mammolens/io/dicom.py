@@ -66,7 +66,8 @@ def _header(path: Path) -> Dataset:
     except InvalidDicomError as err:
         raise ImageReadError("is not a DICOM file (no 'DICM' preamble)", path=path) from err
     except Exception as err:  # pydicom raises many types for a truncated or garbled header
-        raise ImageReadError(f"corrupt or truncated DICOM header ({type(err).__name__}: {err})", path=path) from err
+        raise ImageReadError("corrupt or truncated DICOM header: it ends early or holds a malformed element",
+                             path=path) from err  # pydicom's own words can quote the file's content
     if "Rows" not in ds or "Columns" not in ds:
         raise ImageReadError("holds no image (no Rows/Columns): truncated, or not an image object", path=path)
     return ds
@@ -182,8 +183,26 @@ def _parsed(path: Path, what: str, fn: Callable[..., T], *args: Any) -> T:
     """Run a header-parsing step; a malformed value (say WindowWidth 'abc') becomes one line."""
     try:
         return fn(*args)
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
-        raise ImageReadError(f"invalid DICOM {what} ({type(err).__name__}: {err})", path=path) from err
+    except Exception as err:  # pydicom converts values lazily, and raises many types (BytesLengthException...)
+        raise ImageReadError(f"invalid DICOM {what}: {_field(err)}", path=path) from err
+
+
+def _pixel_fault(meta: ImageMeta) -> str:
+    """What is wrong with pixel data that would not decode, in our words (a decoder's can quote the file)."""
+    syntax = pydicom.uid.UID(meta.transfer_syntax)
+    if syntax and syntax.is_compressed:
+        return f"{syntax.name} data that is corrupt or truncated, or no decoder for it is installed"
+    return (f"its length does not match {meta.frames} frame(s) of Rows x Columns = {meta.shape[0]}x{meta.shape[1]} "
+            f"{meta.dtype} samples: the file is truncated or corrupt")
+
+
+def _field(err: Exception) -> str:
+    """Our own messages name the field (``_window``'s, ``check_*``'s); a library's might quote a patient."""
+    return str(err) if isinstance(err, _FieldError) else "a value cannot be read as the standard defines it"
+
+
+class _FieldError(ValueError):
+    """A header value mammolens itself found malformed; its message is ours and names the field."""
 
 
 def read_meta(path: Path, frame: int | None = None) -> ImageMeta:
@@ -206,7 +225,9 @@ def _window(values: np.ndarray, ds: Dataset) -> np.ndarray:
         try:
             float(first)
         except (TypeError, ValueError):
-            raise ValueError(f"{keyword} {str(first)!r} is not a number") from None
+            raise _FieldError(f"{keyword} is not a number") from None
+        if keyword == "WindowWidth" and float(first) < 1:
+            raise _FieldError("WindowWidth must be at least 1")
     windowed = apply_windowing(np.asarray(values, dtype=np.float64), ds)
     lo, hi = apply_windowing(np.array([-1e300, 1e300]), ds)
     return between(windowed, float(lo), float(hi))
@@ -275,12 +296,7 @@ def read(path: Path, frame: int | None, max_pixels: int) -> Image:
         with _quiet():
             stored = pixel_array(path, index=index)
     except Exception as err:  # decoder plugins raise many types for corrupt or unsupported data
-        syntax = pydicom.uid.UID(meta.transfer_syntax).name
-        raise ImageReadError(
-            f"cannot decode the pixel data ({syntax}; corrupt, truncated or no decoder installed): "
-            f"{type(err).__name__}: {err}",
-            path=path,
-        ) from err
+        raise ImageReadError(f"cannot decode the pixel data: {_pixel_fault(meta)}", path=path) from err
     if stored.shape[:2] != meta.shape:
         raise ImageReadError(f"decoded shape {stored.shape} does not match Rows x Columns {meta.shape}", path=path)
     with _quiet():

@@ -46,14 +46,14 @@ def _open(path: Path, expected: str) -> Iterator[PILImage.Image]:
             first_error = first_error or err
             continue
         except _DECODE_ERRORS as err:
-            raise ImageReadError(f"corrupt {fmt.upper()} header ({err})", path=path) from err
+            raise ImageReadError(f"corrupt {fmt.upper()} header", path=path) from err
         try:
             yield im
         finally:
             im.close()
         return
     raise ImageReadError(
-        f"is not a readable {expected.upper()} image, nor any other supported raster format ({first_error})",
+        f"is not a readable {expected.upper()} image, nor any other supported raster format",
         path=path,
     )
 
@@ -100,7 +100,7 @@ def _seek(path: Path, im: PILImage.Image, frame: int | None, *, need_one: bool) 
         try:
             im.seek(index)
         except _DECODE_ERRORS as err:
-            raise ImageReadError(f"cannot read frame {index} ({err})", path=path) from err
+            raise ImageReadError(f"cannot read frame {index}: the file is corrupt or truncated there", path=path) from err
     return frames
 
 
@@ -121,9 +121,10 @@ def read(path: Path, expected: str, frame: int | None, max_pixels: int) -> Image
             try:
                 im.load()
             except PILImage.DecompressionBombError as err:
-                raise ImageReadError(f"exceeds Pillow's decompression-bomb limit ({err})", path=path) from err
+                raise ImageReadError("exceeds Pillow's decompression-bomb limit", path=path) from err
             except _DECODE_ERRORS as err:
-                raise ImageReadError(f"corrupt or truncated {meta.format.upper()} data ({err})", path=path) from err
+                raise ImageReadError(f"corrupt or truncated {meta.format.upper()} data: the pixels end early or "
+                                     "do not decode", path=path) from err
         if im.mode in _COLOUR_MODES:
             pixels, normalization = between(luma(np.asarray(im.convert("RGB"))), 0, 255), "dtype_max"
         else:

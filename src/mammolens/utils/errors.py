@@ -18,13 +18,14 @@ class MammolensError(Exception):
         self.path = None if path is None else str(path)
 
 
-class ImageReadError(MammolensError):
-    """An image file cannot be read: corrupt, truncated, too large, not an image."""
-
-
 class ConfigError(MammolensError):
     """A config file or option names an unknown key or holds a bad value."""
 
 
 class DataError(MammolensError):
     """A dataset source is malformed: missing files, missing columns, unmapped labels."""
+
+
+class ImageReadError(DataError):
+    """An image file cannot be read: corrupt, truncated, too large, not an image. Its message is in
+    mammolens's words, never a decoder's (those can quote the file's content, a patient's name)."""

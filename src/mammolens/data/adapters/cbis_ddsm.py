@@ -162,8 +162,9 @@ def _series_kind(path: Path) -> str:
         if "crop" in description:
             return "crop"
         pixels = pydicom.dcmread(path).pixel_array
-    except Exception as exc:  # noqa: BLE001 - unreadable DICOM is the user's file
-        raise DataError(f"cannot read DICOM ({type(exc).__name__}: {exc})", path=path) from None
+    except Exception:  # noqa: BLE001 - unreadable DICOM is the user's file
+        # pydicom's own words can quote the header, which holds the patient's name
+        raise DataError("cannot read DICOM: corrupt or truncated header or pixel data", path=path) from None
     return "mask" if np.unique(pixels).size <= 2 else "crop"
 
 
@@ -306,8 +307,8 @@ def cbis_from_dicom_files(csv_path: str | Path, dicom_paths: Iterable[str | Path
     for dicom in map(Path, dicom_paths):
         try:
             tag = pydicom.dcmread(dicom, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", "")
-        except Exception as exc:  # noqa: BLE001 - unreadable DICOM is the user's file
-            raise DataError(f"cannot read DICOM ({type(exc).__name__}: {exc})", path=dicom) from None
+        except Exception:  # noqa: BLE001 - unreadable DICOM is the user's file
+            raise DataError("cannot read DICOM: corrupt or truncated header", path=dicom) from None
         match = CASE.fullmatch(str(tag).strip())
         if match is None:
             raise DataError("PatientID does not hold a CBIS-DDSM case name (like Mass-Test_P_00001_LEFT_CC)", path=dicom)

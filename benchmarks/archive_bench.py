@@ -56,10 +56,12 @@ def generate(root: Path, exams: int, size: tuple[int, int], seed: int) -> dict[s
 
 
 # ------------------------------------------------------------------------------ measurement
-def _tree_rss_bytes(root: int) -> int:
-    """Summed resident memory of ``root`` and all its descendants, from /proc."""
+def _tree(root: int) -> tuple[int, dict[int, int]]:
+    """Summed resident memory (bytes) of ``root`` and all its descendants, and each one's CPU time so far
+    (clock ticks, user + system), from /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
+    ticks: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -70,28 +72,34 @@ def _tree_rss_bytes(root: int) -> int:
                 pages = int(fh.read().split()[1])
         except OSError:  # gone meanwhile
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+        fields = stat.rsplit(")", 1)[1].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
         rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
-    total, todo = 0, [root]
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime
+    total, todo, cpu = 0, [root], {}
     while todo:
         pid = todo.pop()
         total += rss.get(pid, 0)
+        cpu[pid] = ticks.get(pid, 0)
         todo += children.get(pid, [])
-    return total
+    return total, cpu
 
 
 def measured(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``command``; wall seconds, peak summed RSS of its process tree, exit code, output tail."""
+    """Run ``command``; wall seconds, peak summed RSS of its process tree, the CPU seconds its processes
+    used (sampled: a lower bound, the last 0.1 s of each process is missed), exit code and output."""
     load = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
-    peak = [0]
+    peak, cpu = [0], {}
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss_bytes(proc.pid))
+            rss, ticks = _tree(proc.pid)
+            peak[0] = max(peak[0], rss)
+            for pid, t in ticks.items():
+                cpu[pid] = max(cpu.get(pid, 0), t)
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -100,6 +108,7 @@ def measured(command: list[str], env: dict[str, str] | None = None) -> dict[str,
     seconds = time.perf_counter() - start
     sampler.join()
     result = {"command": " ".join(command), "seconds": round(seconds, 2), "peak_mb": round(peak[0] / 2**20, 1),
+              "cpu_s": round(sum(cpu.values()) / os.sysconf("SC_CLK_TCK"), 1),
               "rc": proc.returncode, "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
               "output": output}
     if proc.returncode != 0:
@@ -187,19 +196,19 @@ def run(root: Path, workers: int, size: int, parts: list[str], tmp: Path) -> dic
     if "inspect" in parts:
         r = measured([*cli, "data", "inspect", str(root), "--json"])
         report = json.loads(r["output"])
-        out["inspect"] = {k: r[k] for k in ("command", "seconds", "peak_mb", "load_before", "load_after")}
+        out["inspect"] = {k: r[k] for k in ("command", "seconds", "peak_mb", "cpu_s", "load_before", "load_after")}
         out["inspect"].update(films_s=films / r["seconds"], samples=report["samples"],
                               image_files=report["image_files"], unreadable=len(report["unreadable_files"]),
                               exams=report.get("exams"), view=report["view"], laterality=report["laterality"])
     if "cache" in parts:
         r = measured([*me, "_decode", str(root), "--workers", str(workers)])
-        decode = {**_last_json(r["output"]), "peak_mb": r["peak_mb"], "wall_s": r["seconds"]}
+        decode = {**_last_json(r["output"]), "peak_mb": r["peak_mb"], "wall_s": r["seconds"], "cpu_s": r["cpu_s"]}
         builds = []
         for n in sorted({max(1, films // 4), max(1, films // 2), films}):
             r = measured([*me, "_cache", str(root), "--limit", str(n), "--workers", str(workers),
                           "--cache", str(tmp / f"cache-{n}"), "--size", str(size)])
             builds.append({**_last_json(r["output"]), "peak_mb": r["peak_mb"], "wall_s": r["seconds"],
-                           "load_before": r["load_before"]})
+                           "cpu_s": r["cpu_s"], "load_before": r["load_before"]})
         out["cache"] = {"decode": decode, "builds": builds,
                         "build_vs_decode": builds[-1]["films_s"] / decode["films_s"],
                         "peak_mb_largest_vs_smallest": builds[-1]["peak_mb"] / builds[0]["peak_mb"]}
@@ -211,8 +220,9 @@ def run(root: Path, workers: int, size: int, parts: list[str], tmp: Path) -> dic
             csv_path = tmp / f"predict-{name}.csv"
             r = measured([*cli, "predict", str(bundle), str(root / "images"), "--out", str(csv_path),
                           "--no-progress", "--force", *extra], env={"OMP_NUM_THREADS": "1"})
-            runs[name] = {k: r[k] for k in ("command", "seconds", "peak_mb", "load_before", "load_after")}
+            runs[name] = {k: r[k] for k in ("command", "seconds", "peak_mb", "cpu_s", "load_before", "load_after")}
             runs[name]["films_s"] = films / r["seconds"]
+            runs[name]["films_per_cpu_s"] = films / r["cpu_s"]
             runs[name]["says"] = r["output"].strip().splitlines()[-1]
         for name in ("ray-1", "ray-2"):
             runs[name]["agreement_with_local"] = _agree(tmp / "predict-local.csv", tmp / f"predict-{name}.csv")
@@ -242,8 +252,8 @@ def print_table(results: dict[str, Any]) -> None:
         for name, r in p["runs"].items():
             agree = r.get("agreement_with_local")
             tail = f"; vs local: max |dp| {agree['max_abs_dprob']:.2g}, same files {agree['same_files']}" if agree else ""
-            print(f"predict {name:<6} {r['seconds']:7.1f} s ({r['films_s']:.2f} films/s), peak {r['peak_mb']:.0f} MB, "
-                  f"load {r['load_before']:.1f}{tail}")
+            print(f"predict {name:<6} {r['seconds']:7.1f} s ({r['films_s']:.2f} films/s), {r['cpu_s']:.0f} CPU s "
+                  f"({r['films_per_cpu_s']:.2f} films per CPU s), peak {r['peak_mb']:.0f} MB, load {r['load_before']:.1f}{tail}")
         print(f"ray 2 actors vs 1: {p['ray2_vs_ray1']:.2f}x; ray 2 actors vs local: {p['ray2_vs_local']:.2f}x")
 
 

@@ -44,6 +44,8 @@ def test_exam_level_auc_equals_a_hand_computation():
     # the film-level AUC on the same views is another number: aggregation is not a no-op
     views = toy_views()
     assert roc_auc(views["y"], views["p_malignant"]) != pytest.approx(3 / 4)
+    # sides unknown: the views go straight to the exam, same max
+    assert aggregate(views.drop(columns=["laterality"]), "exam")["p_malignant"].tolist() == [0.3, 0.6, 0.5, 0.4]
 
 
 def test_breast_level_rows_labels_and_passthrough():

@@ -39,7 +39,6 @@ import pandas as pd
 from mammolens.utils.errors import ConfigError, DataError
 from mammolens.utils.registry import Registry
 
-LEVELS = ("film", "breast", "exam")
 KEYS = {"breast": ["exam_id", "laterality"], "exam": ["exam_id"]}
 LABEL_COLUMNS = ("y", "label_index")
 GROUP_COLUMNS = ("group", "patient_id")
@@ -113,16 +112,17 @@ def _label(values: np.ndarray) -> int:
 
 
 def _reduce(views: pd.DataFrame, keys: list[str], columns: list[str], reducer: Reducer,
-            params: Mapping[str, Any] | None, count: str) -> pd.DataFrame:
-    """One row per unit of ``keys``: probabilities by ``reducer``, labels by max, constants passed on."""
+            params: Mapping[str, Any] | None) -> pd.DataFrame:
+    """One row per unit of ``keys``: probabilities by ``reducer``, labels by max, constants passed on,
+    ``n_views`` counted (summed when the rows are breasts that already carry it)."""
     labels = [c for c in LABEL_COLUMNS if c in views.columns]
-    others = [c for c in views.columns if c not in (*keys, *columns, *labels, count)]
+    others = [c for c in views.columns if c not in (*keys, *columns, *labels, "n_views")]
     rows, varying = [], set()
     for key, unit in views.groupby(keys, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         row: dict[str, Any] = dict(zip(keys, key))
         row.update(zip(columns, reducer(unit[columns].to_numpy(dtype=np.float64), params)))
-        row["n_views"] = int(unit[count].sum()) if count in unit else len(unit)
+        row["n_views"] = int(unit["n_views"].sum()) if "n_views" in unit else len(unit)
         row.update({c: _label(unit[c].to_numpy(dtype=np.int64)) for c in labels})
         for c in others:
             distinct = unit[c].unique()
@@ -149,12 +149,12 @@ def aggregate(views: pd.DataFrame, level: str, method: str = "max",
     if method == "fitted":
         _check_fitted(params, columns)
     views = views.assign(laterality=views["laterality"].astype(str).str.upper()) if "laterality" in views else views
-    if level == "exam" and "laterality" not in views.columns:
-        return _reduce(views, KEYS["exam"], columns, to_breast, params, "n_views")
-    breasts = _reduce(views, KEYS["breast"], columns, to_breast, params, "n_views")
+    if level == "exam" and "laterality" not in views.columns:  # sides unknown: the views straight to the exam
+        return _reduce(views, KEYS["exam"], columns, to_breast, params)
+    breasts = _reduce(views, KEYS["breast"], columns, to_breast, params)
     if level == "breast":
         return breasts
-    return _reduce(breasts.drop(columns=["laterality"]), KEYS["exam"], columns, to_exam, params, "n_views")
+    return _reduce(breasts.drop(columns=["laterality"]), KEYS["exam"], columns, to_exam, params)
 
 
 def _check_fitted(params: Mapping[str, Any] | None, columns: list[str]) -> None:

@@ -247,12 +247,12 @@ class Node:
         except Exception as exc:  # noqa: BLE001 - a decoder's own error type: noted, never a crash loop
             problems.append(f"{name}: pixel data cannot be decoded ({type(exc).__name__})")
             return None
-        timer.add("decode", start)
         laterality, view = image.meta.laterality, image.meta.view
         if laterality not in ("L", "R"):
             problems.append(f"{name}: no ImageLaterality (skipped)")
             return None
-        film = self.scorers[0].predictor.read(image)
+        film = self.scorers[0].predictor.read(image)  # the Predictor's checked film: part of decoding
+        timer.add("decode", start)
         return View(header, laterality, view or "?", film)
 
     def _score(self, views: list[View], timer: Timer) -> tuple[list[Finding], list[Dataset]]:

@@ -219,7 +219,7 @@ def run(root: Path, workers: int, size: int, parts: list[str], tmp: Path) -> dic
                             ("ray-2", ["--engine", "ray", "--actors", "2"])):
             csv_path = tmp / f"predict-{name}.csv"
             r = measured([*cli, "predict", str(bundle), str(root / "images"), "--out", str(csv_path),
-                          "--no-progress", "--force", *extra], env={"OMP_NUM_THREADS": "1"})
+                          "--no-progress", "--fresh", *extra], env={"OMP_NUM_THREADS": "1"})
             runs[name] = {k: r[k] for k in ("command", "seconds", "peak_mb", "cpu_s", "load_before", "load_after")}
             runs[name]["films_s"] = films / r["seconds"]
             runs[name]["films_per_cpu_s"] = films / r["cpu_s"]

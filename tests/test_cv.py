@@ -121,3 +121,58 @@ def test_threshold_and_temperature_never_see_the_held_out_part(tiny_config: Path
     assert first.bundle.temperature == second.bundle.temperature
     assert first.bundle.temperature != 1.0 or first.bundle.threshold != 0.5  # they were fitted at all
     assert first.metrics["test"] != second.metrics["test"]
+
+
+def test_resume_refuses_a_finished_fold_whose_samples_are_now_cut_otherwise(tiny_config: Path, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    """A finished fold's out-of-fold rows are reused only if the recomputed fold holds the same samples."""
+    from mammolens.engine import crossval
+    from mammolens.utils.errors import ConfigError
+    from mammolens.engine.config import load_config
+
+    cfg, out = load_config(tiny_config), tmp_path / "cv"
+    crossval.run_cv(cfg, out, folds=2, n_boot=0, progress=False)
+    record = json.loads((out / "cv.json").read_text())
+    assert [len(f["test"]) for f in record["membership"]["0"]] == [16, 16]
+    from mammolens.data.fingerprints import fingerprints
+
+    fold0 = json.loads((out / "repeat0" / "fold0" / "bundle" / "bundle.json").read_text())["provenance"]["fitted_on"]
+    assert fold0["val"]["samples"] == fingerprints(record["membership"]["0"][0]["val"])  # each bundle knows its data
+    assert not set(fold0["train"]["samples"]) & set(fingerprints(record["membership"]["0"][0]["test"]))
+    (out / "repeat0" / "fold1" / "oof.csv").unlink()  # interrupted during fold 1
+    real = crossval.make_kfold
+    monkeypatch.setattr(crossval, "make_kfold", lambda *a, seed, **kw: real(*a, seed=seed + 7, **kw))  # another splitter
+    with pytest.raises(ConfigError, match="repeat 0 fold 0: its test part would now hold other samples"):
+        crossval.run_cv(cfg, out, folds=2, n_boot=0, progress=False, resume=True)
+
+
+def test_the_ensembles_operating_point_is_fitted_on_its_own_output(tiny_config: Path, tmp_path: Path) -> None:
+    """--ensemble-part: women set aside before the folds, seen by no fold model; the ensemble's temperature and
+    threshold are those fitted there on the mean of its members (each at its own temperature != 1)."""
+    from mammolens.engine import crossval
+    from mammolens.data.fingerprints import fingerprints
+    from mammolens.engine.sources import task_samples
+    from mammolens.bundle import load_bundle as load_any_bundle
+    from mammolens.evaluate.predict import predict_manifest
+    from mammolens.engine.trainers import choose_operating_point
+    from mammolens.engine.config import load_config
+
+    cfg, out = load_config(tiny_config), tmp_path / "cv"
+    metrics = crossval.run_cv(cfg, out, folds=2, n_boot=0, progress=False, ensemble_part=0.25)
+    record = json.loads((out / "cv.json").read_text())
+    reserved = set(record["ensemble_part_samples"])
+    assert 0 < len(reserved) < 32 and metrics["n_samples"] == 32 - len(reserved)
+    for fold in record["membership"]["0"]:
+        assert not reserved & set(fold["test"]) and not reserved & set(fold["val"])
+    for i in range(2):
+        fitted = json.loads((out / f"repeat0/fold{i}/bundle/bundle.json").read_text())["provenance"]["fitted_on"]
+        assert not set(fitted["train"]["samples"]) & set(fingerprints(reserved))
+    ensemble = load_any_bundle(out / "ensemble")
+    assert any(m.temperature != 1.0 for m in ensemble.members)  # a failed fit ships T = 1 (clinic)
+    manifest, labels, _ = task_samples(cfg, progress=False)
+    rows = [i for i, s in enumerate(manifest.df["sample_id"]) if s in reserved]
+    part = manifest.subset(rows)
+    served = np.mean([predict_manifest(m, part, cfg.cache_dir, progress=False) for m in ensemble.members], axis=0)
+    point = choose_operating_point(cfg.operating_point, labels[rows], served)
+    assert (ensemble.temperature, ensemble.threshold) == pytest.approx((point.temperature, point.threshold))
+    assert "set aside before the folds" in ensemble.provenance["operating_point_fitted_on"]

@@ -1,4 +1,6 @@
-"""`mammolens predict`: walks folders, one row per image, survives a corrupt file, resumes, writes atomically."""
+"""`mammolens predict`: walks folders, one row per image, survives a corrupt file, resumes, writes atomically.
+
+The hard kills (a child process sent SIGKILL) are in test_deploy_batch_kill.py."""
 
 from __future__ import annotations
 
@@ -6,11 +8,12 @@ import csv
 import re
 
 import pytest
-from deploy_fixtures import film, make_bundle, write_dicom, write_png
+from deploy_fixtures import film, make_bundle, source, write_dicom, write_png  # noqa: F401 - source is a fixture
 
 from mammolens.cli import main
 from mammolens.deploy import batch
 from mammolens.deploy.batch import list_images, predict_files, read_rois
+from mammolens.deploy.journal import Journal, journal_path
 from mammolens.deploy.predictor import Predictor
 from mammolens.utils.errors import ConfigError
 
@@ -55,7 +58,8 @@ def test_walks_folders_and_a_corrupt_file_is_a_row_not_a_crash(bundle_dir, image
         assert float(row["p_malignant"]) == pytest.approx(predictor.predict(row["file"]).probabilities["malignant"],
                                                           abs=1e-6)  # fmt: skip
         assert row["decision"] == ("malignant" if float(row["p_malignant"]) >= 0.4 else "benign")
-    assert not (tmp_path / "results.csv.partial").exists()
+        assert row["threshold"] == "0.400000"  # as many decimals as the probabilities, not %g
+    assert not journal_path(out).exists()
 
 
 def test_rerun_skips_what_is_done_unless_forced(bundle_dir, images, tmp_path, monkeypatch):
@@ -66,7 +70,7 @@ def test_rerun_skips_what_is_done_unless_forced(bundle_dir, images, tmp_path, mo
     assert (first.scored, first.failed, first.skipped) == (6, 1, 0)
     again = predict_files(predictor, files, out, progress=False)
     assert again.skipped == 6 and again.failed == 1  # the broken file is tried again, the rest skipped
-    forced = predict_files(predictor, files, out, force=True, progress=False)
+    forced = predict_files(predictor, files, out, fresh=True, progress=False)
     assert forced.skipped == 0 and forced.scored == 6
     assert len(_rows(out)) == 7
 
@@ -93,14 +97,15 @@ def test_an_interrupted_run_resumes(bundle_dir, images, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         predict_files(predictor, files, out, progress=False)
     assert not out.exists()  # the final CSV appears only complete
-    assert len(_rows(tmp_path / "r.csv.partial")) == 4  # the journal holds what was finished
+    with Journal(journal_path(out), batch.columns(predictor.spec.classes)) as journal:
+        assert len(journal.rows()) == 4  # the journal holds what was finished
     monkeypatch.setattr(batch, "_score", real)
     resumed = predict_files(predictor, files, out, progress=False)
     assert resumed.skipped == 4 and resumed.scored + resumed.failed == 3
     assert [r["file"] for r in _rows(out)] == [str(f) for f in files]
 
 
-def test_csvs_written_before_the_engine_column_resume(bundle_dir, images, tmp_path, monkeypatch):
+def test_csvs_written_before_the_engine_column_resume(bundle_dir, images, tmp_path):
     out = tmp_path / "r.csv"
     predictor = Predictor.load(bundle_dir, batch_size=2)
     files = list_images([images])
@@ -120,31 +125,90 @@ def test_csvs_written_before_the_engine_column_resume(bundle_dir, images, tmp_pa
     assert [r["engine"] for r in again] == ["", "", "", "torch", "torch", "torch", ""]  # old rows: not recorded
     assert [{k: v for k, v in r.items() if k != "engine"} for r in again] == [
         {k: v for k, v in r.items() if k != "engine"} for r in rows]  # fmt: skip
-    # an interrupted old run's journal: rewritten in the new columns before rows are appended to it
-    journal = tmp_path / "r.csv.partial"
     out.unlink()
-    old(journal, rows[:2])
-    real = _interrupt_after(monkeypatch, 2)  # one batch of 2
-    with pytest.raises(KeyboardInterrupt):
-        predict_files(predictor, files, out, progress=False)
-    assert [r["engine"] for r in _rows(journal)] == ["", "", "torch", "torch"]  # every line whole, none dropped
-    monkeypatch.setattr(batch, "_score", real)
+    old(tmp_path / "r.csv.partial", rows[:2])  # an interrupted old run's CSV journal
     resumed = predict_files(predictor, files, out, progress=False)
-    assert (resumed.skipped, resumed.scored, resumed.failed) == (4, 2, 1)
+    assert (resumed.skipped, resumed.scored, resumed.failed) == (2, 4, 1)
+    assert [r["engine"] for r in _rows(out)] == ["", "", "torch", "torch", "torch", "torch", ""]
 
 
-def test_a_torn_journal_line_is_dropped_and_other_models_results_are_refused(bundle_dir, images, tmp_path):
+def test_an_older_csv_journal_resumes_without_its_torn_or_merged_rows(bundle_dir, images, tmp_path):
+    """The CSV journal of older versions (``<out>.partial``, perhaps from before the engine column) resumes:
+    its whole rows for this run's files are kept; the bogus row that a torn line merged into (a half
+    file name followed by the next row) and a torn last line are not."""
+    out, legacy = tmp_path / "r.csv", tmp_path / "r.csv.partial"
+    predictor = Predictor.load(bundle_dir)
+    files = list_images([images])
+    predict_files(predictor, files, tmp_path / "ref.csv", progress=False)
+    ref = _rows(tmp_path / "ref.csv")
+    lines = (tmp_path / "ref.csv").read_text().splitlines(keepends=True)
+    # rows 0, 1 whole; row 2 torn inside its file name, row 3 appended after it; row 4 torn at the end
+    legacy.write_text("".join([*lines[:3], lines[3][:12], *lines[4:5], lines[5][:40]]))
+    assert list(_rows(legacy)[2].values())[1:] == list(ref[3].values())[1:]  # valid-looking, with a bogus file name
+    report = predict_files(predictor, files, out, progress=False)
+    assert (report.skipped, report.scored, report.failed) == (2, 4, 1)  # rows 2, 3 and 4 scored again
+    assert _rows(out) == ref and not legacy.exists()
+    legacy.write_text("")  # killed before its first flush: no rows, no refusal
+    out.unlink()
+    assert predict_files(predictor, files, out, progress=False).skipped == 0 and _rows(out) == ref
+
+
+def test_a_journal_killed_before_its_first_commit_or_foreign_is_handled(bundle_dir, images, tmp_path, capsys):
     out = tmp_path / "r.csv"
     predictor = Predictor.load(bundle_dir)
     files = list_images([images])
-    predict_files(predictor, files[:2], out, progress=False)
-    journal = tmp_path / "r.csv.partial"
-    journal.write_text(out.read_text() + f"{files[2]},0.5")  # a crash mid-line
+    journal_path(out).write_bytes(b"")  # created, killed before SQLite wrote a page
+    assert predict_files(predictor, files, out, progress=False).scored == 6
+    journal_path(out).write_bytes(b"\x00" * 4096)  # not SQLite
+    args = ["predict", str(bundle_dir), str(images), "--out", str(out), "--no-progress", "--resume"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "r.csv.journal.sqlite: is not a journal this version can read" in err and err.count("\n") == 1
+    journal_path(out).unlink()
+    with Journal(journal_path(out), ["file", "x", "y", "r", "p_benign"]):
+        pass  # a journal of a lesion run
+    assert main(args) == 2
+    assert "was written for other columns (file, x, y, r, p_benign); pass --fresh" in capsys.readouterr().err
+    assert main([*args[:-1], "--fresh"]) == 0 and not journal_path(out).exists()
+
+
+def test_the_local_engine_resumes_from_ray_shards_and_force_drops_them(bundle_dir, images, tmp_path):
+    from mammolens.deploy.ray_engine import write_shard  # no Ray needed to write one
+
+    out, shards = tmp_path / "r.csv", batch.shards_dir(tmp_path / "r.csv")
+    predictor = Predictor.load(bundle_dir)
+    files = list_images([images])
+    predict_files(predictor, files, tmp_path / "ref.csv", progress=False)
+    ref = _rows(tmp_path / "ref.csv")
+    write_shard(shards, list(ref[0]), ref[:2])
+    write_shard(shards, list(ref[0]), ref[2:3])  # an interrupted Ray run's two batches
     report = predict_files(predictor, files, out, progress=False)
-    assert report.skipped == 2 and len(_rows(out)) == 7
+    assert (report.skipped, report.scored, report.failed) == (3, 3, 1)
+    assert _rows(out) == ref and not shards.exists()
+    write_shard(shards, list(ref[0]), ref[:2])
+    assert predict_files(predictor, files, out, fresh=True, progress=False).skipped == 0 and not shards.exists()
+
+
+def test_other_models_results_are_refused(bundle_dir, images, tmp_path):
+    out = tmp_path / "r.csv"
+    files = list_images([images])
+    predict_files(Predictor.load(bundle_dir), files, out, progress=False)
     other = make_bundle(tmp_path / "other", seed=1)
-    with pytest.raises(ConfigError, match="holds results of model scratch-cnn-.* pass --force"):
+    with pytest.raises(ConfigError, match="holds results of model scratch-cnn-.* pass --fresh"):
         predict_files(Predictor.load(other), files, out, progress=False)
+
+
+def test_the_file_column_is_the_path_given_not_the_symlink_target(bundle_dir, tmp_path):
+    real = tmp_path / "store" / "2026-12-07"
+    real.mkdir(parents=True)
+    write_png(real / "a.png", film(0))
+    (tmp_path / "today").symlink_to(real, target_is_directory=True)
+    (tmp_path / "b.png").symlink_to(real / "a.png")  # the same file again, by a link: scored once
+    files = list_images([tmp_path / "today", tmp_path / "b.png"])
+    assert files == [tmp_path / "today" / "a.png"]
+    out = tmp_path / "r.csv"
+    predict_files(Predictor.load(bundle_dir), files, out, progress=False)
+    assert [r["file"] for r in _rows(out)] == [str(tmp_path / "today" / "a.png")]
 
 
 def test_inputs_and_lesion_models_are_checked(bundle_dir, tmp_path, capsys):
@@ -214,3 +278,48 @@ def test_rois_are_checked(bundle_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert re.search(message, err) and err.count("\n") == 1, (args, err)
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_the_backend_follows_the_model_file_and_the_file_found_is_named(tmp_path, source, capsys):
+    from mammolens.deploy.export import export_onnx
+
+    bundle = make_bundle(tmp_path / "bundle")
+    int8 = export_onnx(bundle, None, int8=True, calibration=source, calibration_samples=4, exporter="torchscript").path
+    assert int8 == bundle / "model.int8.onnx"  # the bundle holds only the int8 file
+    png = write_png(tmp_path / "f.png", film(0))
+    by_file, by_folder = tmp_path / "file.csv", tmp_path / "folder.csv"
+    assert main(["predict", str(int8), str(png), "--out", str(by_file), "--no-progress"]) == 0  # no --backend
+    assert f"model {int8} (onnxruntime-int8)" in capsys.readouterr().out
+    assert main(["predict", str(bundle), str(png), "--out", str(by_folder), "--backend", "onnxruntime",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert f"model {int8} (onnxruntime-int8)" in capsys.readouterr().out
+    assert _rows(by_file) == _rows(by_folder) and _rows(by_file)[0]["engine"] == "onnxruntime-int8"
+    assert main(["predict", str(bundle), str(png), "--out", str(tmp_path / "t.csv"), "--no-progress"]) == 0
+    assert f"model {bundle} (torch)" in capsys.readouterr().out  # a folder: torch unless told
+    refusals = [
+        ([str(int8), "--backend", "torch"], ("model.int8.onnx: is an ONNX export: the torch backend runs a bundle "
+                                             "folder; use backend onnxruntime")),
+        ([str(tmp_path), "--backend", "onnxruntime"], "no ONNX model here (looked for model.onnx and model.int8.onnx)"),
+    ]  # fmt: skip
+    for args, message in refusals:
+        assert main(["predict", *args, str(png), "--out", str(tmp_path / "no.csv"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "no.csv").exists()
+
+
+def test_a_journal_another_run_is_writing_is_one_line(bundle_dir, images, tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    out = tmp_path / "r.csv"
+    with Journal(journal_path(out), batch.columns(["benign", "malignant"])):
+        pass
+    monkeypatch.setattr(Journal, "busy_seconds", 0.2)
+    other = sqlite3.connect(journal_path(out), isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another predict, mid-commit
+    try:
+        assert main(["predict", str(bundle_dir), str(images), "--out", str(out), "--no-progress", "--resume"]) == 2
+    finally:
+        other.close()
+    err = capsys.readouterr().err
+    assert "r.csv.journal.sqlite: cannot be written: another run is writing it" in err and err.count("\n") == 1

@@ -146,7 +146,7 @@ def test_predict_pairs_lists_each_film_with_its_other_film(run, tmp_path):
     assert [r["error"] for r in rows] == [""] * len(ids)
     assert [r["other"] for r in rows] == [str(Path(path[partner[s]]).resolve()) if partner[s] != s else "" for s in ids]
     np.testing.assert_allclose([float(r["p_abnormal"]) for r in rows], expected, atol=1e-6)
-    again = CliRunner().invoke(app, ["predict", str(bundle_dir), "--pairs", str(pairs), "--out", str(out), "--no-progress"])
+    again = CliRunner().invoke(app, ["predict", str(bundle_dir), "--pairs", str(pairs), "--out", str(out), "--no-progress", "--resume"])
     assert f"{len(ids)} already done" in again.output  # resumes by (file, other)
 
 

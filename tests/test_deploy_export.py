@@ -50,7 +50,7 @@ def test_static_int8_is_qdq_and_keeps_decisions(bundle_dir, source, tmp_path):
     with pytest.raises(ConfigError, match="--int8 needs --calibration"):
         export_onnx(bundle_dir, tmp_path / "q.onnx", int8=True)
     report = export_onnx(bundle_dir, tmp_path / "q.onnx", int8=True, calibration=source, calibration_samples=8, **FAST)
-    assert report.precision == "int8" and report.calibration_images == 8
+    assert report.precision == "int8" and report.calibration_images + report.guard_images == 8 and report.guard_images
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # static QDQ, not dynamic (no DynamicQuantizeLinear)
     assert "DynamicQuantizeLinear" not in ops

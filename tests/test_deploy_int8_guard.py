@@ -71,7 +71,8 @@ def test_export_records_the_search_and_the_calibration_error(guarded_export):
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(guarded_export.path)).metadata_props}
     assert meta["mammolens.precision"] == "int8" and meta["mammolens.int8.fp32_fallback"] == "model.onnx"
     assert meta["mammolens.int8.calibration_max_abs_dprob"] == guarded_export.calibration_max_abs_dprob
-    assert meta["mammolens.int8.calibration_images"] == 8
+    assert meta["mammolens.int8.calibration_images"] + meta["mammolens.int8.guard_images"] == 8
+    assert meta["mammolens.int8.guard_max_abs_dprob"] == guarded_export.guard_max_abs_dprob
     search = meta["mammolens.int8.search"]
     assert search["groups"] >= 1 and len(search["steps"]) == 1  # budget 1
     chosen = [n for s in search["steps"][: search["chosen_groups"]] for n in s["nodes"]]
@@ -84,12 +85,14 @@ def test_export_records_the_search_and_the_calibration_error(guarded_export):
 def test_guard_band_falls_back_exactly_inside_the_margin(guarded_export, tmp_path):
     int8 = Predictor.load(guarded_export.path, backend="onnxruntime")
     fp32 = Predictor.load(guarded_export.fallback_path, backend="onnxruntime")
-    images = np.stack([int8.preprocess(film(i)) for i in range(9)])
+    files = [write_png(tmp_path / f"{i}.png", film(i)) for i in range(9)]
+    images = np.stack([int8.preprocess(f) for f in files])  # the files' own pixels: int8 steps are coarse
     p8, p32 = int8.predict_arrays(images), fp32.predict_arrays(images)
     t = int8.spec.threshold
     distance = np.abs(p8[:, 1] - t)
-    # a factor whose band holds the films nearer the threshold than the median one: some in, some out
-    factor = float(np.median(distance)) / guarded_export.calibration_max_abs_dprob
+    # a factor whose band edge lies midway between two films' distances: some in, some out, none on the edge
+    d = np.sort(distance)
+    factor = float(d[3] + d[4]) / 2 / guarded_export.guard_max_abs_dprob
     guarded = Predictor.load(guarded_export.path, backend="onnxruntime", guard_band=factor)
     probs, engines = guarded.score_arrays(images)
     inside = distance <= guarded.guard.margin
@@ -97,7 +100,6 @@ def test_guard_band_falls_back_exactly_inside_the_margin(guarded_export, tmp_pat
     assert engines == ["onnxruntime-fp32" if i else "onnxruntime-int8" for i in inside]
     np.testing.assert_array_equal(probs[inside], p32[inside])
     np.testing.assert_array_equal(probs[~inside], p8[~inside])
-    files = [write_png(tmp_path / f"{i}.png", film(i)) for i in range(9)]
     batch = guarded.predict_batch(files)
     assert [p.engine for p in batch] == engines and [p.to_dict()["engine"] for p in batch] == engines
     assert [p.decision for p in batch] == [fp32.predict(f).decision if i else int8.predict(f).decision
@@ -163,13 +165,13 @@ def test_serve_scores_with_the_guard_band_and_says_which_engine(guarded_export, 
     int8 = Predictor.load(guarded_export.path, backend="onnxruntime")
     files = [write_png(tmp_path / f"{i}.png", film(i)) for i in range(9)]
     distance = [abs(int8.predict(f).probabilities["malignant"] - int8.spec.threshold) for f in files]
-    factor = float(np.median(distance)) / guarded_export.calibration_max_abs_dprob
+    factor = float(np.median(distance)) / guarded_export.guard_max_abs_dprob
     serve = ["serve", str(guarded_export.path), "--backend", "onnxruntime"]
     assert main([*serve, "--guard-band", repr(factor)]) == 0
     client = TestClient(served.pop())
     card = client.get("/v1/model").json()
     assert card["engine"] == "onnxruntime-int8" and card["guard_band"] == {
-        "factor": factor, "margin": pytest.approx(factor * guarded_export.calibration_max_abs_dprob),
+        "factor": factor, "margin": pytest.approx(factor * guarded_export.guard_max_abs_dprob),
         "fallback_engine": "onnxruntime-fp32"}  # fmt: skip
     guarded = Predictor.load(guarded_export.path, backend="onnxruntime", guard_band=factor)
     engines = []
@@ -197,3 +199,56 @@ def test_serve_scores_with_the_guard_band_and_says_which_engine(guarded_export, 
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
     assert not served  # nothing was served
+
+
+def test_the_guard_margin_is_measured_on_films_held_out_of_the_quantisation(guarded_export, bundle_dir, source,
+                                                                           monkeypatch):  # fmt: skip
+    """The women whose films set the ranges and chose the float layers are not those the margin is measured on."""
+    from mammolens.deploy import export
+    from mammolens.deploy.spec import ModelSpec
+    from mammolens.bundle import load_model_bundle as load_bundle
+
+    spec = ModelSpec.from_bundle(load_bundle(bundle_dir))
+    tuning, guard = export.split_guard(export.calibration_rows(spec, source, 8, 0), 0)
+    assert guard and tuning and not {r["group"] for r in guard} & {r["group"] for r in tuning}
+    assert guarded_export.guard_images == len(guard) and guarded_export.calibration_images == len(tuning)
+    images = export.preprocess_rows(spec, guard)
+    measured = np.abs(onnx_probabilities(guarded_export.path, images)
+                      - onnx_probabilities(guarded_export.fallback_path, images)).max()
+    assert guarded_export.guard_max_abs_dprob == pytest.approx(float(measured), abs=1e-7)
+    # the quantiser calibrated on the tuning films only
+    seen = []
+    real = export.Quantiser.__init__
+    monkeypatch.setattr(export.Quantiser, "__init__", lambda self, p, r, imgs: (seen.append(len(imgs)), real(self, p, r, imgs))[1])
+    export.export_onnx(bundle_dir, guarded_export.path.parent / "again.onnx", int8=True, calibration=source,
+                       calibration_samples=8, **FAST)  # fmt: skip
+    assert seen == [len(tuning)]
+
+
+def test_int8_refuses_calibration_films_from_the_bundles_test_part(source, tmp_path):
+    from deploy_fixtures import make_bundle
+    from mammolens.data.adapters.base import load_source
+    from mammolens.data.fingerprints import HELD_OUT, fitted_on_record
+    from mammolens.bundle import load_model_bundle as load_bundle, save_bundle
+
+    manifest = load_source(str(source)).manifest
+    b = load_bundle(make_bundle(tmp_path / "plain"))
+    test_part = {"test": np.arange(len(manifest))}  # the whole source is this bundle's test part
+    save_bundle(tmp_path / "b", b.model, classes=b.classes, task=b.task, preprocess=b.preprocess,
+                normalisation=b.normalisation, threshold=b.threshold, temperature=b.temperature, metrics={}, config={},
+                provenance={HELD_OUT: fitted_on_record(manifest, test_part, ("test",))})  # fmt: skip
+    with pytest.raises(ConfigError, match="the calibration source holds [1-9][0-9]* film.* of the bundle's test part"):
+        export_onnx(tmp_path / "b", tmp_path / "q.onnx", int8=True, calibration=source, calibration_samples=8, **FAST)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_an_int8_file_whose_margin_was_not_measured_on_held_out_films_is_refused(guarded_export, tmp_path):
+    model = onnx.load(str(guarded_export.path))
+    kept = [p for p in model.metadata_props if p.key != "mammolens.int8.guard_max_abs_dprob"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    old = tmp_path / "model.int8.onnx"
+    onnx.save(model, str(old))
+    (tmp_path / "model.onnx").write_bytes(guarded_export.fallback_path.read_bytes())
+    with pytest.raises(ConfigError, match="measured its error only on the films its quantisation was tuned on"):
+        Predictor.load(old, backend="onnxruntime", guard_band=2.0)

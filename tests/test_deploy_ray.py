@@ -1,5 +1,5 @@
 """`--engine ray` gives the same rows as the single-process engine (a local Ray of 2 CPUs), the int8
-guard band included.
+guard band included, and a Ray run sent SIGKILL mid-run resumes from the shards its actors wrote.
 
 Ray is installed by `make setup` (the `ray` extra); without it this test skips outside CI and
 fails in CI (tests/realdata.py), so a broken install cannot pass as green.
@@ -7,13 +7,15 @@ fails in CI (tests/realdata.py), so a broken install cannot pass as green.
 
 from __future__ import annotations
 
+import collections
 import csv
 
 import pytest
 
 from deploy_fixtures import film, make_bundle, source, write_png  # noqa: F401 - source is a fixture
+from kill_helpers import kill_when, start_predict
 from mammolens.cli import main
-from mammolens.deploy.batch import list_images, predict_files, read_rois
+from mammolens.deploy.batch import list_images, predict_files, read_rois, read_rows, shards_dir
 from mammolens.deploy.predictor import Predictor
 from realdata import import_or_absent
 
@@ -60,10 +62,10 @@ def test_ray_rows_equal_single_process_rows(tmp_path, source, capsys):
     assert ray_rows == local_rows  # same files in the same order, same probabilities, decisions and errors
     errors = {r["file"].rsplit("/", 1)[1]: r["error"] for r in ray_rows}
     assert "bad.png" in errors.pop("bad.png") and set(errors.values()) == {""}
-    assert list((tmp_path / "ray.csv.shards").glob("*.parquet"))  # the results went through Parquet shards
+    assert not shards_dir(ray_csv).exists()  # the shards, merged into the CSV, are gone
 
     good = [str(f) for f in files if f.name != "bad.png"]  # (a failed file would be tried again)
-    assert main([*args[:2], *good, *args[3:]]) == 0  # all done: skipped, no actor started
+    assert main([*args[:2], *good, *args[3:], "--resume"]) == 0  # all done: skipped, no actor started
     assert "7 images: 0 scored, 0 failed, 7 already done" in capsys.readouterr().out
     assert _rows(ray_csv) == [r for r in local_rows if not r["error"]]
     assert {r["engine"] for r in local_rows} == {"torch", ""}  # the error row has none
@@ -123,3 +125,35 @@ def test_ray_actors_write_the_heatmaps_the_local_engine_writes(tmp_path, capsys)
         local, ray = (np.asarray(Image.open(tmp_path / d / name), dtype=np.int16) for d in ("local", "ray"))
         assert np.abs(local - ray).max() <= 1
     assert _rows(tmp_path / "ray.csv") == _rows(tmp_path / "local.csv")
+
+
+def test_a_ray_run_killed_mid_run_resumes_from_its_shards(tmp_path):
+    """The driver of `predict --engine ray` (a child process, its own local Ray) is sent SIGKILL, with its
+    Ray, once the first shard is written; the resumed run scores only what no shard holds."""
+    from mammolens.deploy.ray_engine import predict_ray
+
+    bundle = make_bundle(tmp_path / "bundle")
+    root = tmp_path / "films"
+    root.mkdir()
+    for i in range(12):
+        write_png(root / f"f{i}.png", film(i))
+    files = list_images([root])
+    predict_files(Predictor.load(bundle, batch_size=2), files, tmp_path / "local.csv", progress=False)
+    expected = _rows(tmp_path / "local.csv")
+
+    out = tmp_path / "ray.csv"
+    shards = shards_dir(out)
+    args = [str(bundle), str(root), "--out", str(out), "--engine", "ray", "--batch-size", "2", "--no-progress"]
+    kill_when(start_predict(args, tmp_path / "site", 1.0), lambda: any(shards.glob("*.csv")), timeout=400)
+    assert not out.exists()
+    kept = {}
+    for shard in shards.glob("*.csv"):  # whole shards only: every one reads, with whole batches
+        rows = read_rows(shard, list(expected[0]))
+        assert len(rows) == 2 and all(r in expected for r in rows.values())
+        kept.update(rows)
+    assert 2 <= len(kept) < 12
+    report = predict_ray(bundle, files, out, batch_size=2)  # this module's Ray
+    assert (report.skipped, report.scored, report.failed) == (len(kept), 12 - len(kept), 0)
+    rows = _rows(out)
+    assert collections.Counter(r["file"] for r in rows) == collections.Counter(str(f) for f in files)  # each once
+    assert rows == expected and not shards.exists()

@@ -173,3 +173,17 @@ def test_sniffing_ignores_names():
     assert sniff(b"P5\n12 12\n255\n") == "pgm"
     assert sniff(b"II*\x00" + b"\x00" * 128) == "tif"
     assert sniff(b"GIF89a" + b"\x00" * 128) is None
+
+
+def test_the_model_card_publishes_held_out_figures_only_and_says_so(tmp_path):
+    """A validation part chose the operating point (and a patch classifier's C and aggregation): its figures
+    are not shown beside the test part's."""
+    import json as _json
+
+    bundle = make_bundle(tmp_path / "b")
+    manifest = tmp_path / "b" / "bundle.json"
+    data = _json.loads(manifest.read_text())
+    data["metrics"] = {"val": {"auc": 0.97, "n": 20}, "test": {"auc": 0.71, "n": 40}}
+    manifest.write_text(_json.dumps(data))
+    card = TestClient(create_app(Predictor.load(bundle))).get("/v1/model").json()
+    assert card["metrics"] == {"test part": {"auc": 0.71, "n": 40}}  # the page: "held-out test part AUC"

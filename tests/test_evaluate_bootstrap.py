@@ -82,3 +82,11 @@ def test_roc_band_contains_the_curve():
     curve = np.interp(band["fpr"], fpr, tpr)
     inside = (np.asarray(band["tpr_low"]) <= curve + 1e-9) & (curve <= np.asarray(band["tpr_high"]) + 1e-9)
     assert inside.mean() > 0.95
+
+
+def test_an_undefined_within_group_ci_keeps_its_reason():
+    from mammolens.evaluate.bootstrap import within_group_auc_ci
+
+    y, p1 = np.array([0, 1] * 3), np.array([0.2, 0.7, 0.4, 0.3, 0.1, 0.9])
+    ci = within_group_auc_ci(y, p1, ["a", "a", "b", "b", "c", "c"], n_boot=50)
+    assert ci["low"] is None and ci["reason"] == "only 3 patient group(s); a bootstrap needs at least 5"

@@ -17,6 +17,7 @@ from mammolens.evaluate import ensembles as ens
 from mammolens.evaluate.calibration import apply_temperature
 from mammolens.evaluate.predict import predict_manifest
 from mammolens.evaluate.predictions import predictions_frame, write_predictions
+from mammolens.evaluate.thresholds import operating_point
 from mammolens.models import create_model
 from mammolens.utils.errors import ConfigError, DataError
 
@@ -24,17 +25,20 @@ CLASSES = ["benign", "malignant"]
 
 
 def make_bundle(path: Path, seed: int, *, size: int = 32, task: str = "benign-malignant",
-                classes: list[str] = CLASSES) -> Path:
+                classes: list[str] = CLASSES, temperature: float = 1.4) -> Path:
     torch.manual_seed(seed)
     model = create_model("scratch-cnn", len(classes), depth=1, width=4, hidden=8)
     return save_bundle(path, model, classes=classes, task=task, preprocess={"steps": [{"name": "resize", "size": size}]},
-                       normalisation={"mean": 0.5, "std": 0.25}, metrics={}, provenance={}, config={})
+                       normalisation={"mean": 0.5, "std": 0.25}, metrics={}, provenance={}, config={},
+                       temperature=temperature)
 
 
-def fake_run(root: Path, seed: int, y: np.ndarray, groups: np.ndarray, p1: np.ndarray, **bundle_kw) -> Path:
-    """A cv run directory as the cv verb writes it: ensemble/ and pooled out-of-fold predictions.csv."""
+def fake_run(root: Path, seed: int, y: np.ndarray, groups: np.ndarray, p1: np.ndarray, *, temperature: float = 1.0,
+             **bundle_kw) -> Path:
+    """A cv run directory as the cv verb writes it: ensemble/ (at ``temperature``) and pooled out-of-fold
+    predictions.csv (the fold models' own, temperature-scaled, probabilities)."""
     member = make_bundle(root / "fold0" / "bundle", seed, **bundle_kw)
-    save_mean_ensemble(root / "ensemble", [member], threshold=0.5, temperature=1.0)
+    save_mean_ensemble(root / "ensemble", [member], threshold=0.5, temperature=temperature)
     ids = [f"s{i:03d}" for i in range(len(y))]
     write_predictions(root / "predictions.csv", predictions_frame(ids, groups, y, np.stack([1 - p1, p1], 1), CLASSES))
     return root
@@ -157,6 +161,22 @@ def test_stacking_sees_only_the_out_of_fold_predictions(tmp_path, oof):
     assert not np.allclose(flipped.combiner["coef"], stacked.combiner["coef"])
 
 
+def test_the_stacker_is_fitted_on_what_its_members_serve(tmp_path, oof):
+    """Members are served at their ensemble's temperature: the stacker, its threshold and its temperature
+    are fitted on the out-of-fold probabilities at that temperature, not on the fold models' raw rows."""
+    y, groups, a, b = oof
+    runs = [fake_run(tmp_path / "r1", 0, y, groups, a, temperature=2.5),
+            fake_run(tmp_path / "r2", 1, y, groups, b, temperature=0.6)]
+    stacked = mammolens.load_bundle(build_ensemble(tmp_path / "stack", runs, "logreg", n_boot=0)[0])
+    served = [apply_temperature(np.stack([1 - a, a], 1), 2.5), apply_temperature(np.stack([1 - b, b], 1), 0.6)]
+    assert stacked.members[0].temperature == 2.5 and stacked.members[0].members[0].temperature == 1.4
+    expected = ens.fit_stacker("logreg", served, y, groups)
+    np.testing.assert_allclose(stacked.combiner["coef"], expected["coef"], rtol=1e-6)
+    held_out = ens.nested_stacking_proba("logreg", served, y, groups)
+    temperature, threshold = operating_point(y, held_out, "fbeta", beta=2.0)
+    assert (stacked.threshold, stacked.temperature) == pytest.approx((threshold, temperature))
+
+
 def test_ensemble_verb_and_its_errors(tmp_path, oof, capsys):
     y, groups, a, b = oof
     r1, r2 = fake_run(tmp_path / "r1", 0, y, groups, a), fake_run(tmp_path / "r2", 1, y, groups, b)
@@ -174,3 +194,18 @@ def test_ensemble_verb_and_its_errors(tmp_path, oof, capsys):
     err = capsys.readouterr().err
     assert "disagree on task" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_stacker_folds_count_patient_groups_not_rows(tmp_path, oof, capsys):
+    """Many rows of the rarer class from few women: the stacker's folds follow the women (one line when too few)."""
+    y, groups, a, b = oof
+    y = np.zeros_like(y)
+    y[groups == "w00"], y[groups == "w01"] = 1, 1  # class 1: 4 rows, 2 women
+    runs = [fake_run(tmp_path / "r1", 0, y, groups, a, temperature=1.3), fake_run(tmp_path / "r2", 1, y, groups, b)]
+    assert main(["ensemble", *map(str, runs), "--stack", "logreg", "--out", str(tmp_path / "s"), "--n-boot", "0"]) == 0
+    y[groups == "w01"] = 0  # class 1: one woman
+    runs = [fake_run(tmp_path / "r1", 0, y, groups, a), fake_run(tmp_path / "r2", 1, y, groups, b)]
+    capsys.readouterr()
+    assert main(["ensemble", *map(str, runs), "--stack", "logreg", "--out", str(tmp_path / "t"), "--n-boot", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "class 1 has 1" in err[0]

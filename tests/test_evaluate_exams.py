@@ -115,6 +115,16 @@ def test_fitted_aggregator_is_plain_json_and_applied_the_same_everywhere():
     per_exam = breasts.groupby("exam_id")["p_malignant"].max()
     assert np.allclose(exams.set_index("exam_id")["p_malignant"], per_exam.loc[exams["exam_id"]])
     assert roc_auc(exams["y"], exams["p_malignant"]) > 0.8
+    # the same penalised log-loss as scikit-learn's, which agrees when its weights come out >= 0
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.column_stack([logit(maxes["p_malignant"]), logit(means["p_malignant"])])
+    free = LogisticRegression(C=1.0, tol=1e-10).fit(x, maxes["y"])
+    assert (free.coef_ >= 0).all()
+    assert np.allclose(params["coef"], free.coef_[0], atol=1e-4) and params["intercept"] == pytest.approx(free.intercept_[0], abs=1e-4)
+    # validation views ranked upside down: no negative weight, the breasts fall back to the base rate
+    flipped = fit_aggregator(views.assign(y=1 - views["y"]))
+    assert min(flipped["coef"]) >= 0 and max(flipped["coef"]) < 1e-6
 
 
 def test_bad_input_is_one_clear_error():

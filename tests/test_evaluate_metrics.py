@@ -173,7 +173,9 @@ def test_brier_ece_reliability_on_known_inputs(binary, multi):
 def test_operating_point_scales_first_then_chooses_the_threshold(binary):
     y, proba = binary
     sharp = apply_temperature(proba, 0.3)  # overconfident validation outputs
-    threshold, temperature = operating_point(y, sharp)
+    point = operating_point(y, sharp)
+    temperature, threshold = point.temperature, point.threshold
+    assert tuple(point) == (temperature, threshold)  # one named pair, temperature first, as the bundle applies them
     assert temperature == pytest.approx(fit_temperature(sharp, y))
     assert threshold == choose_threshold(y, apply_temperature(sharp, temperature))
     # The bundle applies T then the threshold: its decisions are those F2 chose on validation.

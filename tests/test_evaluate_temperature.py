@@ -26,7 +26,7 @@ def test_a_fit_on_its_bound_fails_and_ships_temperature_one():
     fit = calibrate_temperature(p, y)
     assert fit.temperature == 1.0 and fit.fitted == pytest.approx(T_BOUNDS[1], rel=1e-3)
     assert "upper bound" in fit.failure and "T = 1 applied" in fit.failure
-    _, temperature = operating_point(y, p)
+    temperature = operating_point(y, p).temperature
     assert temperature == 1.0  # not 20: probabilities keep their spread
     # a separable, under-confident model drives T onto the lower bound: refused the same way
     sharp_y = np.r_[np.zeros(50), np.ones(50)].astype(int)

@@ -118,3 +118,14 @@ def test_cache_keeps_channels_and_descriptors(tmp_path):
     row = manifest.df.iloc[0]
     (_, _, r), = json.loads(row["rois"])
     assert cache.load_descriptors(sid)[0] == pytest.approx(r * 0.2)
+
+
+def test_texture_quantisation_clamps_before_the_uint8_cast():
+    """At 256 levels a white pixel (1.0 * 256) is level 255, its neighbour at 254/256 level 254: contrast 1,
+    not the 254**2 of a white that wrapped round to black."""
+    from mammolens.preprocess.descriptors import texture_descriptors
+
+    pixels = np.full((64, 64), 254 / 256, np.float32)
+    pixels[:, ::2] = 1.0
+    values = dict(texture_descriptors(pixels, 32, 32, 20, levels=256, distances=(1,)))
+    assert values["glcm_contrast_d1"] <= 1.0

@@ -136,3 +136,21 @@ def test_onnx_export_matches_torch_on_films_with_background(tmp_path) -> None:
     bundle = load_model_bundle(tmp_path / "b")
     diff, agreement = compare_with_torch(bundle, ModelSpec.from_bundle(bundle), report.path, _films(4)[:, 0].numpy())
     assert diff < 1e-5 and agreement == 1.0
+
+
+def test_gradcam_on_the_map_layer_puts_each_window_where_it_lies() -> None:
+    """Windows start every stride plus one flush with the far edge (60 px, patch 16, stride 12: 0, 12, 24, 36, 44):
+    the CAM is the score map laid on those windows, not the grid stretched evenly over the film."""
+    from mammolens.explain.methods import CAM_METHODS, CamRequest, _unit
+    from mammolens.patches.geometry import map_to_pixels
+
+    model = _model(2, patch_size=16, stride=12)
+    films = torch.from_numpy(np.random.default_rng(3).random((1, 1, 60, 60), dtype=np.float32))
+    result = CAM_METHODS.get("gradcam")(CamRequest(model, films, model.cam_target_layers(), 1, False, 0.0))
+    with torch.inference_mode():
+        scores = model.score_map(films)[0, 1].numpy()
+    assert model.grid(60, 60) == ([0, 12, 24, 36, 44], [0, 12, 24, 36, 44])
+    # Grad-CAM of a max-aggregated map: the class's own scores, min-max scaled (the library's), on the windows
+    cells = (scores - scores.min()) / (scores.max() - scores.min() + 1e-7)
+    expected = _unit(map_to_pixels(cells, model.grid(60, 60), 16, (60, 60)))
+    np.testing.assert_allclose(result.maps["patches"], expected, atol=1e-4)

@@ -124,3 +124,35 @@ def test_contact_sheet_of_held_out_maps(cv_run: Path, tmp_path: Path) -> None:
 
     out = make_sheet(cv_run, tmp_path / "sheet.png", abnormal=2, normal=2)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stage2_learns_from_out_of_fold_maps() -> None:
+    """Each training film's map summary comes from a patch head that never saw its woman's patches:
+    changing a film's own patch labels leaves its summary as it was; the model's head is restored."""
+    import torch
+
+    from mammolens.models import create_model
+    from mammolens.engine.patch_trainer import PatchSet, stage2_inputs
+
+    torch.manual_seed(0)
+    model = create_model("patch-classifier", 2, backbone="tiny", patch_size=16, stride=8, aggregate="max").eval()
+    d = model.encoder.num_features
+    rng = np.random.default_rng(0)
+    rows, groups = np.arange(6), np.array(["a", "a", "b", "c", "d", "e"])
+    windows = {int(i): rng.normal(size=(4, d)).astype(np.float32) for i in rows}  # 2x2 windows per film
+
+    def summaries(idx: np.ndarray) -> torch.Tensor:
+        feats = torch.from_numpy(np.concatenate([windows[int(i)] for i in idx]))
+        with torch.inference_mode():
+            return model.summarise(model.map_from_features(feats, torch.ones(len(idx), 4, dtype=torch.bool), (2, 2)))
+
+    films = np.repeat(rows, 4)
+    labels = rng.integers(0, 2, len(films))
+    patches = PatchSet(np.concatenate([windows[int(i)] for i in rows]), labels, films, np.zeros((24, 2)), 0)
+    head = {k: v.clone() for k, v in model.patch_head.state_dict().items()}
+    first = stage2_inputs(model, patches, rows, groups, summaries, 2, 1.0, None, 0)
+    assert all(torch.equal(v, model.patch_head.state_dict()[k]) for k, v in head.items())
+    flipped = PatchSet(patches.features, np.where(films == 3, 1 - labels, labels), films, patches.positions, 0)
+    second = stage2_inputs(model, flipped, rows, groups, summaries, 2, 1.0, None, 0)
+    np.testing.assert_allclose(second[3], first[3])  # film 3's summary never saw its own patches
+    assert not np.allclose(np.delete(second, 3, 0), np.delete(first, 3, 0))  # others were fitted on them

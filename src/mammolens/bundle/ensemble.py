@@ -117,7 +117,7 @@ def save_ensemble(
         raise ConfigError("an ensemble needs at least one member bundle")
     members = [load_bundle(d) for d in member_dirs]  # checks every member is a sound bundle
     check_members(members, [str(d) for d in member_dirs])
-    with bundle_writer(out_dir, threshold, temperature) as tmp:
+    with bundle_writer(out_dir, threshold=threshold, temperature=temperature) as tmp:
         rel = []
         for i, src in enumerate(member_dirs):
             shutil.copytree(src, tmp / "members" / str(i), copy_function=_link_or_copy,

@@ -196,7 +196,7 @@ def save_bundle(
         raise ConfigError(f"a bundle needs at least 2 classes, got {classes}")
     if tta not in (1, 8):
         raise ConfigError(f"tta must be 1 or 8, got {tta}")
-    with bundle_writer(out_dir, threshold, temperature) as tmp:
+    with bundle_writer(out_dir, threshold=threshold, temperature=temperature) as tmp:
         # safetensors stores contiguous tensors only; inference may have left the model in NHWC.
         save_model(model.to(memory_format=torch.contiguous_format), str(tmp / WEIGHTS), metadata={"format": "pt"})
         umask_mode(tmp / WEIGHTS)

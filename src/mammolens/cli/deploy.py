@@ -13,7 +13,7 @@ import typer
 
 from mammolens.utils.errors import ConfigError
 
-BackendOpt = typer.Option("torch", "--backend", help="torch, or onnxruntime (runs BUNDLE/model.onnx from `export`).")
+BackendOpt = typer.Option(None, "--backend", help="torch (runs a bundle folder) or onnxruntime (an exported .onnx file, or the bundle's model.onnx, else model.int8.onnx); default: onnxruntime for an .onnx file, torch otherwise.")
 GuardBandOpt = typer.Option(None, "--guard-band", help="int8 ONNX (BUNDLE = its .onnx file, --backend onnxruntime): re-score in fp32 the films within this factor x the export's calibration error of the threshold.")
 
 
@@ -64,18 +64,26 @@ def predict(
     rois: Optional[Path] = typer.Option(None, "--rois", help="Lesion bundles: CSV of file, x, y, r (original-image pixels), one row per lesion; lists the images instead of INPUT."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Bilateral bundles: CSV of file, other (the same woman's other film; empty for none); lists the images instead of INPUT."),
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for heatmap overlay PNGs."),
-    force: bool = typer.Option(False, "--force", help="Score every image again instead of resuming."),
-    backend: str = BackendOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue an earlier run into --out: what is done is skipped, failed rows are tried again."),
+    fresh: bool = typer.Option(False, "--fresh", help="Score every image again, replacing an earlier run's results in --out."),
+    backend: Optional[str] = BackendOpt,
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, local Ray)."),
     actors: Optional[int] = typer.Option(None, "--actors", min=1, help="--engine ray: actors, each with its own model copy (default 2)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     guard_band: Optional[float] = GuardBandOpt,
 ) -> None:
-    """Score images into a CSV; resumes an interrupted run, skips what is done unless --force."""
-    from mammolens.deploy.batch import list_images, predict_files, read_pairs, read_rois
+    """Score images into a CSV; --resume continues an interrupted run (what is done is skipped)."""
+    from mammolens.deploy.batch import leftovers, list_images, predict_files, read_pairs, read_rois
     from mammolens.deploy.predictor import Predictor
 
+    if resume and fresh:
+        raise ConfigError("--resume continues the run in --out and --fresh replaces it: choose one")
+    held = leftovers(out)
+    if held and not (resume or fresh):
+        raise ConfigError(f"already holds results ({', '.join(p.name for p in held)}); pass --resume to continue "
+                          "(what is done is skipped), --fresh to score every image again, or --out another file",
+                          path=out)
     listed = [flag for flag, value in (("--rois", rois), ("--pairs", pairs)) if value is not None]
     if len(listed) > 1:
         raise ConfigError("--rois (lesion bundles) and --pairs (bilateral bundles) do not go together")
@@ -95,17 +103,17 @@ def predict(
         from mammolens.deploy.ray_engine import predict_ray
 
         report = predict_ray(bundle, files, out, rois=lesions, others=others, heatmaps=heatmaps, backend=backend,
-                             batch_size=batch_size, force=force, guard_band=guard_band, actors=actors)  # fmt: skip
+                             batch_size=batch_size, fresh=fresh, guard_band=guard_band, actors=actors)  # fmt: skip
     elif engine == "local":
         if actors is not None:
             raise ConfigError("--actors is for --engine ray")
         predictor = Predictor.load(bundle, backend=backend, batch_size=batch_size, guard_band=guard_band)  # type: ignore[arg-type]
-        report = predict_files(predictor, files, out, rois=lesions, others=others, heatmaps=heatmaps, force=force,
+        report = predict_files(predictor, files, out, rois=lesions, others=others, heatmaps=heatmaps, fresh=fresh,
                                progress=progress)  # fmt: skip
     else:
         raise ConfigError(f"--engine: unknown engine {engine!r}; known engines: local, ray")
     typer.echo(f"{report.total} {'images' if lesions is None else 'lesions'}: {report.scored} scored, {report.failed} failed, "
-               f"{report.skipped} already done -> {report.out} ({report.seconds} s)")  # fmt: skip
+               f"{report.skipped} already done -> {report.out} ({report.seconds} s; model {report.model})")  # fmt: skip
 
 
 def serve(
@@ -116,7 +124,7 @@ def serve(
     max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", help="Limit on one request's files together."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Per-request time limit (seconds)."),
     max_in_flight: int = typer.Option(4, "--max-in-flight", min=1, help="Predictions at once; beyond: 503 with Retry-After."),
-    backend: str = BackendOpt,
+    backend: Optional[str] = BackendOpt,
     guard_band: Optional[float] = GuardBandOpt,
 ) -> None:
     """Serve the bundle over HTTP: a REST API and a web page for clinicians."""

@@ -68,13 +68,16 @@ def evaluate_bundle(
     bundle_path: Path, source: str, *, task: str | None = None, kind: str | None = None,
     options: dict[str, Any] | None = None, cache_dir: str | Path, workers: int | None = None,
     threshold: float | None = None, n_boot: int = 2000, seed: int = 0, progress: bool = True, command: str = "",
-    level: str = "film", aggregate: str | None = None,
+    strict: bool = False, level: str = "film", aggregate: str | None = None,
 ) -> tuple[dict[str, Any], Any, str, Any]:
     """(metrics, predictions table, report HTML, the ``level`` table or None) of a bundle on every
-    labelled sample of ``source``; at breast or exam level ``metrics["levels"]`` holds that level's
-    figures, the films combined by the bundle's aggregator (``aggregate`` overrides its method)."""
+    labelled sample of ``source``; ``metrics["warnings"]`` says when those samples or women are the
+    bundle's own training data (``strict``: refused instead); at breast or exam level
+    ``metrics["levels"]`` holds that level's figures, the films combined by the bundle's aggregator
+    (``aggregate`` overrides its method)."""
     from mammolens.bundle import load_bundle
     from mammolens.data.adapters.base import load_source
+    from mammolens.evaluate.overlap import refuse_if_strict, training_overlap
     from mammolens.evaluate.predict import bundle_cache, predict_manifest
     from mammolens.evaluate.predictions import predictions_frame
     from mammolens.evaluate.report import render_report
@@ -91,13 +94,15 @@ def evaluate_bundle(
                           "fitted)", path=bundle_path)
     manifest = load_source(source, kind, **(options or {})).manifest
     manifest, y = label_source(manifest, task)
-    proba = predict_manifest(bundle, manifest, cache_dir, workers=workers, progress=progress)
-    fixed, threshold = threshold, bundle.threshold if threshold is None else threshold
     groups = manifest.df["group"].astype(str).tolist()
     sample_ids = manifest.df["sample_id"].astype(str).tolist()
+    warnings = training_overlap(bundle, sample_ids, groups)
+    refuse_if_strict(warnings, strict)  # before any scoring
+    proba = predict_manifest(bundle, manifest, cache_dir, workers=workers, progress=progress)
+    fixed, threshold = threshold, bundle.threshold if threshold is None else threshold
     metrics = evaluate_predictions(y, proba, groups, bundle.classes, threshold, n_boot=n_boot, seed=seed)
     metrics.update(task=task, bundle=str(Path(bundle_path).resolve()), source=str(source),
-                   threshold_from="bundle" if fixed is None else f"fixed {fixed:g}")
+                   threshold_from="bundle" if fixed is None else f"fixed {fixed:g}", warnings=warnings)
     table = predictions_frame(sample_ids, groups, y, proba, bundle.classes, threshold, exams=exam_columns(manifest))
     units = None
     if level != "film":
@@ -110,7 +115,9 @@ def evaluate_bundle(
                  f"{threshold:.3f} ({metrics['threshold_from']})",
         thumbnails=lambda sid: (cache.load(sid), cache.load_rois(sid)), command=command or None,
         config=getattr(bundle, "config", None) or None,
-        provenance={"bundle": metrics["bundle"], "bundle_provenance": getattr(bundle, "provenance", {})},
+        provenance={"bundle": metrics["bundle"], "bundle_provenance": {
+            k: v for k, v in getattr(bundle, "provenance", {}).items() if k not in ("fitted_on", "held_out")}},
+        warnings=warnings,
     )
     return metrics, table, html, units
 
@@ -154,6 +161,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Bootstrap seed."),
         workers: Optional[int] = typer.Option(None, help="Preprocessing worker processes."),
         cache_dir: Optional[str] = typer.Option(None, help="Preprocessing cache (default $MAMMOLENS_CACHE or .cache/mammolens)."),
+        strict: bool = typer.Option(False, "--strict", help="Refuse SOURCE when it holds samples or women the bundle was trained or validated on (default: warn)."),
         level: str = typer.Option("film", "--level", help="Also score breasts or exams: film, breast or exam."),
         aggregate: Optional[str] = typer.Option(None, "--aggregate", help="How films combine at --level: max, mean or fitted (default: the bundle's)."),
     ) -> None:
@@ -179,8 +187,11 @@ def register(app: typer.Typer) -> None:
             AGGREGATORS.get(aggregate)  # one line listing the known names, before any scoring
         metrics, table, html, units = evaluate_bundle(
             bundle, source, task=task, kind=kind, options=parse_options(option), cache_dir=cache, workers=workers,
-            threshold=fixed, n_boot=n_boot, seed=seed, command=command, level=level, aggregate=aggregate,
+            threshold=fixed, n_boot=n_boot, seed=seed, command=command, strict=strict, level=level,
+            aggregate=aggregate,
         )
+        for line in metrics["warnings"]:
+            typer.echo(f"mammolens: WARNING: {line}", err=True)
         # Everything is computed before anything is written: a failure leaves --out untouched.
         open_output(out_dir, "evaluate", fresh=fresh)
         write_predictions(out_dir / "predictions.csv", table)

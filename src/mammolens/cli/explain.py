@@ -69,7 +69,6 @@ def register(app: typer.Typer) -> None:
         fresh: bool = FreshOpt,
     ) -> None:
         """Heatmap overlays on the ORIGINAL films, one panel per image (original | overlay | decision)."""
-        from mammolens.bundle.model import load_model_bundle
         from mammolens.deploy.batch import read_rois
         from mammolens.explain.api import (
             explain_preprocessed,
@@ -81,6 +80,8 @@ def register(app: typer.Typer) -> None:
         from mammolens.explain.methods import CAM_METHODS
         from mammolens.explain.overlay import overlay_png, panel_png
         from mammolens.io import read_image
+        from mammolens.bundle import load_bundle
+        from mammolens.evaluate.predict import leaf_bundles
         from mammolens.preprocess.sample import read_film
         from mammolens.utils.atomic import write_json
 
@@ -90,9 +91,10 @@ def register(app: typer.Typer) -> None:
         if bool(images) == (rois is not None):
             raise ConfigError("give image files (IMAGES) or --rois ROIS.csv, one of the two")
         claim_output(out, "explain", fresh=fresh)
-        bundle = load_model_bundle(bundle_path)
+        bundle = load_bundle(bundle_path)  # a model bundle or an ensemble (cv's ensemble/)
         CAM_METHODS.get(method)
-        resolve_layers(bundle.model, layer or None)
+        for leaf in leaf_bundles(bundle):
+            resolve_layers(leaf.model, layer or None)
         wanted = _target(target)
         resolve_target(bundle, wanted)
         if rois is not None:
@@ -147,13 +149,14 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(0, "--limit", help="Score at most this many images (0: all)."),
         name: Optional[str] = typer.Option(None, "--name", help="Model label in the table (default: bundle folder)."),
         fresh: bool = FreshOpt,
+        strict: bool = typer.Option(False, "--strict", help="Refuse SOURCE when it holds samples or women the bundle was trained or validated on (default: warn)."),
     ) -> None:
         """Pointing game, energy inside and top-k IoU per method, against centre-prior and breast-mask maps.
 
         Writes localisation.csv (means, 95 % CIs), localisation_per_image.csv, localisation.html
         (table + overlays of the first method, embedded) and gallery.png (those overlays).
         """
-        from mammolens.bundle.model import load_model_bundle
+        from mammolens.bundle import load_bundle
         from mammolens.data.adapters.base import load_source
         from mammolens.data.tasks import derive_task
         from mammolens.engine.crossval import RECORD, held_out_bundles
@@ -161,11 +164,12 @@ def register(app: typer.Typer) -> None:
         from mammolens.explain.localisation import summarise
         from mammolens.explain.methods import CAM_METHODS
         from mammolens.explain.overlay import gallery_png
+        from mammolens.evaluate.overlap import refuse_if_strict
         from mammolens.explain.report import localisation_html
         from mammolens.utils.atomic import write_text
 
         folds = held_out_bundles(bundle_path) if (bundle_path / RECORD).is_file() else None
-        bundle = load_model_bundle(next(iter(folds)) if folds else bundle_path)
+        bundle = load_bundle(next(iter(folds)) if folds else bundle_path)  # a model bundle or an ensemble
         claim_output(out, "explain-eval", fresh=fresh)
         chosen = _methods(method, DEFAULT_METHODS)
         for m in chosen:
@@ -184,6 +188,10 @@ def register(app: typer.Typer) -> None:
             with_findings = with_findings[:limit]
         if not with_findings:
             raise ConfigError(f"{source}: no image with a marked finding (ROI circle or mask) to score")
+        warnings = _training_overlap(bundle, folds, with_findings)
+        refuse_if_strict(warnings, strict)
+        for line in warnings:
+            typer.echo(f"mammolens: WARNING: {line}", err=True)
         label = name or bundle_path.resolve().name
         if label == "bundle":
             label = bundle_path.resolve().parent.name
@@ -207,12 +215,12 @@ def register(app: typer.Typer) -> None:
         write_text(out / "localisation.csv", _csv(table))
         notes = [
             f"{'cv run (each image scored by the fold model that held it out)' if folds else 'bundle'} {bundle_path} "
-            f"(task {bundle.task}, model {bundle.model.config.get('name')}), source {source}",
+            f"(task {bundle.task}, model {_model_name(bundle)}), source {source}",
             (
                 f"Scores on the original film inside the model's field of view; top-k = {top:g} %; "
                 "95 % bootstrap intervals over patient groups."
             ),
-        ] + ([f"skipped: {s}" for s in result.skipped])
+        ] + [f"WARNING: {w}" for w in warnings] + [f"skipped: {s}" for s in result.skipped]
         write_text(out / "localisation.html", localisation_html(f"Localisation: {label}", table, metrics, result.tiles, notes))
         if result.tiles:
             _write_bytes(out / "gallery.png", gallery_png(result.tiles, columns=4))
@@ -222,6 +230,34 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {out / 'localisation.csv'} and {out / 'localisation.html'}")
         if result.skipped:
             typer.echo(f"skipped {len(result.skipped)} image(s); see the HTML page", err=True)
+
+
+def _model_name(bundle: Any) -> str:
+    """The architecture's name; an ensemble's members' names."""
+    from mammolens.evaluate.predict import leaf_bundles
+
+    names = sorted({str(leaf.model.config.get("name")) for leaf in leaf_bundles(bundle)})
+    return names[0] if getattr(bundle, "members", None) is None else f"ensemble of {', '.join(names)}"
+
+
+def _training_overlap(bundle: Any, folds: dict[Path, set[str]] | None, records: list[dict]) -> list[str]:
+    """``evaluate.overlap.training_overlap`` of the images each model scores: all of them for a bundle,
+    for a cv run each fold's own (read from its bundle.json, without loading the model)."""
+    import json
+    from types import SimpleNamespace
+
+    from mammolens.evaluate.overlap import training_overlap
+
+    if not folds:
+        return training_overlap(bundle, [r["sample_id"] for r in records], [r["group"] for r in records])
+    lines = []
+    for path, ids in folds.items():
+        part = [r for r in records if r["sample_id"] in ids]
+        provenance = json.loads((path / "bundle.json").read_text(encoding="utf-8")).get("provenance") or {}
+        found = training_overlap(SimpleNamespace(provenance=provenance), [r["sample_id"] for r in part],
+                                 [r["group"] for r in part])  # fmt: skip
+        lines += [f"{path.parent.name}: {line}" for line in found if part]
+    return lines
 
 
 def _csv(rows: list[dict]) -> str:

@@ -64,6 +64,7 @@ def cv(
     strategy: Optional[str] = StrategyOpt,
     accelerator: Optional[str] = AcceleratorOpt,
     num_nodes: Optional[int] = NodesOpt,
+    ensemble_part: float = typer.Option(0.0, "--ensemble-part", help="Share of the women set aside before the folds: the ensemble's temperature and threshold are fitted on its own output there (0: on the single fold models' pooled out-of-fold output, an approximation)."),
 ) -> None:
     """Patient-grouped k-fold cross-validation: pooled out-of-fold metrics with patient CIs, fold bundles,
     an ensemble bundle and report.html. --resume continues an interrupted run (finished folds are kept)."""
@@ -74,7 +75,7 @@ def cv(
 
     command = "mammolens " + " ".join(sys.argv[1:]) if sys.argv and "cv" in sys.argv else None
     metrics = run_cv(cfg, out or Path("runs") / f"cv-{cfg.name}", folds=folds, repeats=repeats, inner_val=inner_val,
-                     resume=resume, fresh=fresh, n_boot=n_boot, command=command)
+                     resume=resume, fresh=fresh, n_boot=n_boot, command=command, ensemble_part=ensemble_part)
     typer.echo(render_cv(metrics))
 
 

@@ -1,9 +1,14 @@
 """Batch prediction over files and folders into one CSV: resumable, atomic, one bad file never stops it.
 
-While it runs, finished rows are appended (and flushed) to ``<out>.partial``, a journal; the final CSV
-is written atomically at the end and the journal removed. A re-run reads both, so an interrupted
-run resumes where it stopped and a finished one skips every image already scored (``force``
-starts over). Rows that failed are tried again on a re-run: the file may have been fixed.
+While it runs, each finished batch of rows is committed to ``<out>.journal.sqlite`` (``journal``: a
+``kill -9`` leaves whole batches, never a torn row); the Ray engine writes each batch as its own
+shard file in ``<out>.shards/`` instead. The final CSV is written atomically and durably (fsynced,
+file and folder) at the end, then journal and shards are removed. A re-run reads all of them (and
+the CSV journal ``<out>.partial`` of older versions), so an interrupted run resumes where it stopped,
+with either engine, and a finished one skips every image already scored (``fresh`` starts over).
+Rows that failed are tried again on a re-run: the file may have been fixed.
+
+The ``file`` column is the path as given, made absolute: a symlink is not replaced by its target.
 
 A lesion bundle (its pipeline crops to or measures the finding) scores lesions, not films:
 ``read_rois`` reads a CSV of ``file, x, y, r`` (original-image pixels, one row per lesion) and each
@@ -18,13 +23,15 @@ import csv
 import hashlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mammolens.utils.atomic import atomic_open
+from mammolens.deploy.journal import Journal, journal_path, remove_journal
+from mammolens.utils.atomic import atomic_open, fsync_dir
 from mammolens.utils.errors import ConfigError, DataError, MammolensError
 
 # What a screening export holds; '.npy' is read_image's too, but is not an image a scanner writes.
@@ -41,29 +48,37 @@ class BatchReport:
     scored: int  # scored in this run
     failed: int  # rows with an error, this run
     seconds: float
+    model: str = ""  # what scored: the ONNX file, or the bundle folder (torch)
 
 
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files given directly, and every image under the folders given (sorted, each once).
+    """Files given directly, and every image under the folders given (sorted, each once: a file
+    reached twice, e.g. through a symlink, keeps the first path it was reached by).
 
     In folders, a file is an image by its extension, or by the DICOM preamble when it has none
-    (PACS exports are often named by UID). A file given by name is always tried.
+    (PACS exports are often named by UID). A file given by name is always tried. Paths are made
+    absolute but symlinks are kept: the CSV names the file as the user knows it.
     """
     found: dict[str, Path] = {}
     for item in inputs:
-        path = Path(item)
+        path = _absolute(item)
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs.sort()
                 for name in sorted(files):
                     candidate = Path(root) / name
                     if _looks_like_image(candidate):
-                        found.setdefault(str(candidate.resolve()), candidate.resolve())
+                        found.setdefault(str(candidate.resolve()), candidate)
         elif path.exists():
-            found.setdefault(str(path.resolve()), path.resolve())
+            found.setdefault(str(path.resolve()), path)
         else:
             raise ConfigError("input not found (expected an image file or a folder of them)", path=path)
     return list(found.values())
+
+
+def _absolute(path: str | Path) -> Path:
+    """``path`` made absolute without following symlinks (``Path.resolve`` would)."""
+    return Path(os.path.abspath(path))
 
 
 def _looks_like_image(path: Path) -> bool:
@@ -170,22 +185,24 @@ def read_pairs(path: str | Path) -> tuple[list[Path], list[Path | str]]:
 
 
 def _beside(csv_path: Path, name: str) -> Path:
-    file = Path(name)
-    return (file if file.is_absolute() else csv_path.parent / file).resolve()
+    return _absolute(csv_path.parent / name)  # an absolute name stays as it is
 
 
 def read_rows(path: Path, header: list[str]) -> dict[tuple[str, ...], dict[str, str]]:
-    """Rows of an earlier CSV or journal by what they score (``row_key``); a journal's torn last line
-    (a crash mid-write) is dropped. A CSV written before the engine column existed is read too: its
-    rows get an empty engine (not recorded then), so a resumed run keeps them."""
+    """Rows of an earlier CSV, shard or older CSV journal by what they score (``row_key``); a journal's
+    torn line (a crash mid-write) is dropped, and an empty journal (killed before its first flush)
+    holds no rows. A CSV written before the engine column existed is read too: its rows get an empty
+    engine (not recorded then), so a resumed run keeps them."""
     if not path.is_file():
         return {}
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
+        if reader.fieldnames is None:
+            return {}
         if reader.fieldnames != header and reader.fieldnames != [c for c in header if c != ENGINE]:
             raise ConfigError(
                 f"was written for other columns ({', '.join(reader.fieldnames or [])}); "
-                "pass --force to start over, or --out another file",
+                "pass --fresh to start over, or --out another file",
                 path=path,
             )
         rows = {}
@@ -196,9 +213,67 @@ def read_rows(path: Path, header: list[str]) -> dict[tuple[str, ...], dict[str, 
     return rows
 
 
-def _header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return next(csv.reader(fh), [])
+def shards_dir(out: str | Path) -> Path:
+    """Where the Ray engine's actors write one CSV shard per batch."""
+    out = Path(out)
+    return out.with_name(out.name + ".shards")
+
+
+def _legacy_journal(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")  # the CSV journal of versions before the SQLite one
+
+
+def finished(out: str | Path, header: list[str], units: Sequence[Unit], model_id: str, *, fresh: bool = False
+             ) -> dict[tuple[str, ...], dict[str, str]]:  # fmt: skip
+    """Rows an earlier run into ``out`` finished: its CSV, and what an interrupted run left (the journal,
+    the Ray shards, an older version's CSV journal). ``fresh``: none, and those leftovers are removed.
+
+    An older CSV journal was appended after a possibly torn line, so a half row and the next could
+    read as one valid-looking row with a bogus file name: only its whole rows for units of this run
+    are kept (the bogus name is no unit; the file it hid is scored again).
+    """
+    out = Path(out)
+    if fresh:
+        _remove_leftovers(out)
+        return {}
+    done = read_rows(out, header)
+    wanted = {unit_key(*u) for u in units}
+    done.update((k, r) for k, r in read_rows(_legacy_journal(out), header).items() if k in wanted)
+    for shard in sorted(shards_dir(out).glob("*.csv")):  # each written atomically: whole or absent
+        done.update(read_rows(shard, header))
+    if journal_path(out).exists():
+        with Journal(journal_path(out), header) as journal:
+            done.update(journal.rows())
+    other = {r["model_id"] for r in done.values()} - {model_id}
+    if other:
+        raise ConfigError(f"holds results of model {sorted(other)[0]}, not {model_id}; pass --fresh", path=out)
+    return done
+
+
+def finish(out: str | Path, header: list[str], rows: dict[tuple[str, ...], dict[str, str]],
+           units: Sequence[Unit]) -> None:  # fmt: skip
+    """Write the final CSV (atomically, fsynced before and after the rename), then drop the leftovers
+    that it now holds."""
+    out = Path(out)
+    with atomic_open(out, "w", durable=True, newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        writer.writerows({c: r.get(c, "") for c in header} for r in in_order(rows, units))
+    _remove_leftovers(out)
+
+
+def leftovers(out: str | Path) -> list[Path]:
+    """What an earlier run into ``out`` left: its CSV, journal, Ray shards, an older version's CSV journal."""
+    out = Path(out)
+    return [p for p in (out, journal_path(out), shards_dir(out), _legacy_journal(out)) if p.exists()]
+
+
+def _remove_leftovers(out: Path) -> None:
+    remove_journal(journal_path(out))
+    _legacy_journal(out).unlink(missing_ok=True)
+    shutil.rmtree(shards_dir(out), ignore_errors=True)
+    if out.parent.is_dir():
+        fsync_dir(out.parent)
 
 
 def check_units(spec: Any, rois: Sequence[Any] | None, others: Sequence[Any] | None = None) -> None:
@@ -237,7 +312,7 @@ def check_heatmaps(predictor: Any) -> None:
 
 
 def predict_files(predictor: Any, files: Sequence[Path], out: str | Path, *, rois: Sequence[Any] | None = None,
-                  others: Sequence[Any] | None = None, heatmaps: str | Path | None = None, force: bool = False,
+                  others: Sequence[Any] | None = None, heatmaps: str | Path | None = None, fresh: bool = False,
                   progress: bool = True) -> BatchReport:  # fmt: skip
     """Score ``files`` into the CSV ``out`` (see the module docstring for resuming).
 
@@ -251,50 +326,29 @@ def predict_files(predictor: Any, files: Sequence[Path], out: str | Path, *, roi
     header, units = plan(spec, files, rois, others)
     if heatmaps is not None:
         check_heatmaps(predictor)
-    journal = out.with_name(out.name + ".partial")
-    if force:
-        journal.unlink(missing_ok=True)
-        done: dict[tuple[str, ...], dict[str, str]] = {}
-    else:
-        journaled = read_rows(journal, header)
-        if journal.exists() and _header(journal) != header:  # from before the engine column: appended rows must match
-            with atomic_open(journal, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=header)
-                writer.writeheader()
-                writer.writerows(journaled.values())
-        done = {**read_rows(out, header), **journaled}
-        other = {r["model_id"] for r in done.values()} - {spec.model_id}
-        if other:
-            raise ConfigError(f"holds results of model {sorted(other)[0]}, not {spec.model_id}; pass --force",
-                              path=out)  # fmt: skip
+    done = finished(out, header, units, spec.model_id, fresh=fresh)
     keep = {k: r for k, r in done.items() if not r["error"]}
     todo = [u for u in units if unit_key(*u) not in keep]
     start = time.perf_counter()
     failed = 0
-    new_journal = not journal.exists() or force
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(journal, "a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header)
-        if new_journal:
-            writer.writeheader()
+    with Journal(journal_path(out), header) as journal:
         bar = tqdm(total=len(todo), desc="predict", unit="image" if rois is None else "lesion", disable=not progress)
         for chunk in _chunks(todo, predictor.batch_size):
             rows = _score(predictor, chunk, header, heatmaps)
+            journal.add([(row_key(row), row) for row in rows])  # one transaction: the batch whole, or not at all
             for row in rows:
-                writer.writerow(row)
                 keep[row_key(row)] = row
                 failed += bool(row["error"])
-            fh.flush()
-            os.fsync(fh.fileno())
             bar.update(len(chunk))
         bar.close()
-    with atomic_open(out, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(in_order(keep, units))
-    journal.unlink(missing_ok=True)
+    finish(out, header, keep, units)
     return BatchReport(out=out, total=len(units), skipped=len(units) - len(todo), scored=len(todo) - failed,
-                       failed=failed, seconds=round(time.perf_counter() - start, 3))  # fmt: skip
+                       failed=failed, seconds=round(time.perf_counter() - start, 3), model=scored_by(predictor))  # fmt: skip
+
+
+def scored_by(predictor: Any) -> str:
+    """The file or folder whose model scored, with its engine: what a user checks after inferring the backend."""
+    return f"{predictor.model_file or predictor.bundle_path} ({predictor.engine})"
 
 
 def in_order(rows: dict[tuple[str, ...], dict[str, str]], units: Sequence[Unit]) -> list[dict[str, str]]:
@@ -330,7 +384,7 @@ def _score(predictor: Any, units: Sequence[Unit], header: list[str], heatmaps: s
         probs, engines = predictor.score_inputs(inputs)  # the guard band's fallback re-scores some of them
         for (row, image, roi), p in zip(ready, map(predictor._prediction, probs, engines)):
             row.update({f"p_{c}": f"{v:.6f}" for c, v in p.probabilities.items()})
-            row.update(label=p.label, decision=p.decision, threshold=f"{p.threshold:g}", engine=p.engine)
+            row.update(label=p.label, decision=p.decision, threshold=f"{p.threshold:.6f}", engine=p.engine)
             if heatmaps is not None:
                 try:
                     _write_heatmap(predictor, Path(heatmaps), Path(row["file"]), image, roi)

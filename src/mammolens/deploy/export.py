@@ -42,6 +42,9 @@ OPSET = OPSETS["dynamo"]
 FP32_TOLERANCE = 1e-4  # max |delta probability| accepted between torch and the fp32 export
 FORMATS = ("onnx",)
 CALIBRATION_SAMPLES = 256  # int8 calibration films by default (all of a small train part, like MIAS's 154)
+# Of the calibration films' women, this share is held out of the quantisation (ranges, float-layer search)
+# and only measures the int8 error: the guard band's margin must not come from its own tuning data.
+GUARD_SHARE = 0.25
 
 
 @dataclass
@@ -56,8 +59,10 @@ class ExportReport:
     decision_agreement: float  # fraction of those images with the same decision as torch
     calibration_images: int = 0
     notes: list[str] = field(default_factory=list)
-    calibration_max_abs_dprob: float | None = None  # int8 vs fp32 over the calibration images (the guard band's margin)
+    calibration_max_abs_dprob: float | None = None  # int8 vs fp32 over the images the quantisation was tuned on
     fallback_path: Path | None = None  # the fp32 twin written with fp32_fallback
+    guard_images: int = 0  # calibration films held out of the quantisation
+    guard_max_abs_dprob: float | None = None  # int8 vs fp32 over them: the guard band's margin
 
     def summary(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -75,6 +80,8 @@ def probability_graph(bundle: Any) -> Any:
     from mammolens.models.classifier import BackboneClassifier
     from mammolens.train.losses import probabilities
 
+    if getattr(bundle, "members", None) is not None:
+        return _ensemble_graph(bundle)
     model = copy.deepcopy(bundle.model).eval()
     if isinstance(model, BackboneClassifier):
         model.fold_input_adapter()
@@ -94,6 +101,43 @@ def probability_graph(bundle: Any) -> Any:
     return ProbabilityGraph().eval()
 
 
+def _ensemble_graph(ensemble: Any) -> Any:
+    """An ensemble bundle's graph: its members' probability graphs, combined as ``combiner_output`` does
+    (the mean, or a logistic-regression stacker on the members' probabilities), then its temperature
+    (``apply_temperature``: softmax(log p / T)); the SVC stackers are not expressed in the graph."""
+    import torch
+
+    method = ensemble.combiner["method"]
+    if method not in ("mean", "logreg"):
+        raise ConfigError(f"the ONNX export takes mean and logreg ensembles, not a {method!r} stacker; serve it "
+                          "with the torch backend", path=ensemble.path)  # fmt: skip
+    members = torch.nn.ModuleList(probability_graph(m) for m in ensemble.members)
+    n_classes = len(ensemble.classes)
+
+    class EnsembleGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = members
+            self.temperature = float(ensemble.temperature)
+            if method == "logreg":
+                self.register_buffer("coef", torch.tensor(ensemble.combiner["coef"], dtype=torch.float32))
+                self.register_buffer("intercept", torch.tensor(ensemble.combiner["intercept"], dtype=torch.float32))
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            probas = [m(image) for m in self.members]
+            if method == "mean":
+                p = torch.stack(probas).mean(dim=0)
+            else:  # stack_features: p(class 1) of each member (binary), else all its probabilities
+                x = torch.stack([q[:, 1] for q in probas], 1) if n_classes == 2 else torch.cat(probas, 1)
+                z = x @ self.coef.T + self.intercept
+                p = torch.cat([1 - torch.sigmoid(z), torch.sigmoid(z)], 1) if n_classes == 2 else torch.softmax(z, 1)
+            if self.temperature == 1.0:
+                return p
+            return torch.softmax(torch.log(p.clamp_min(1e-12)) / self.temperature, dim=1)
+
+    return EnsembleGraph().eval()
+
+
 def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8: bool = False,
                 calibration: str | Path | None = None, calibration_split: str | Path | None = None,
                 calibration_samples: int = CALIBRATION_SAMPLES, check_images: int = 32, seed: int = 0,
@@ -108,13 +152,13 @@ def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8:
     writes the fp32 file beside the int8 one (``fallback_path``) and names it in the int8 metadata,
     for the Predictor's guard band.
     """
-    from mammolens.bundle.model import load_model_bundle
+    from mammolens.bundle import load_bundle
 
     if exporter not in OPSETS:
         raise ConfigError(f"unknown exporter {exporter!r}; known exporters: {', '.join(EXPORTERS)}")
     if fp32_fallback and not int8:
         raise ConfigError("--fp32-fallback is for --int8 exports (the fp32 file the guard band re-scores with)")
-    bundle = load_model_bundle(bundle_path)
+    bundle = load_bundle(bundle_path)  # a model bundle or an ensemble (cv's ensemble/)
     spec = ModelSpec.from_bundle(bundle)
     spec.check_onnx(bundle_path)
     if spec.input_size is None:
@@ -125,14 +169,21 @@ def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8:
         raise ConfigError("--int8 needs --calibration SOURCE (training images to calibrate activation ranges on)")
     out = Path(out) if out else Path(bundle_path) / ("model.int8.onnx" if int8 else "model.onnx")
     fallback = fallback_path(out) if fp32_fallback else None
-    images = calibration_images(spec, calibration, calibration_samples, seed, split=calibration_split) if calibration is not None else None
+    images = guard = None
+    if calibration is not None:
+        rows = calibration_rows(spec, calibration, calibration_samples, seed, split=calibration_split)
+        if int8:
+            check_not_held_out(bundle, rows, calibration)
+        tuning, held = split_guard(rows, seed) if int8 else (rows, [])
+        images = preprocess_rows(spec, tuning)
+        guard = preprocess_rows(spec, held) if held else None
     check = images[:check_images] if images is not None else _random_images(spec.input_size, check_images, seed)
     with tempfile.TemporaryDirectory(prefix="mammolens-export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         _torch_export(bundle, spec.input_size, fp32, exporter)
         written, notes, extra = fp32, [], {}
         if int8:
-            result = quantize_onnx(fp32, Path(tmp) / "int8.onnx", images, recipe or DEFAULT_RECIPE)
+            result = quantize_onnx(fp32, Path(tmp) / "int8.onnx", images, recipe or DEFAULT_RECIPE, guard_images=guard)
             written, notes, extra = Path(tmp) / "int8.onnx", result.notes, result.metadata
             if fallback is not None:
                 stamp(fp32, spec, "fp32", OPSETS[exporter])
@@ -156,6 +207,7 @@ def export_onnx(bundle_path: str | Path, out: str | Path | None = None, *, int8:
         parity_images=len(check), max_abs_diff=diff, decision_agreement=agreement,
         calibration_images=0 if images is None or not int8 else len(images), notes=notes,
         calibration_max_abs_dprob=extra.get("calibration_max_abs_dprob"), fallback_path=fallback,
+        guard_images=int(extra.get("guard_images", 0)), guard_max_abs_dprob=extra.get("guard_max_abs_dprob"),
     )  # fmt: skip
 
 
@@ -288,16 +340,19 @@ class QuantResult:
     notes: list[str]
     metadata: dict[str, Any]  # "mammolens.int8.*" entries for the file's metadata_props (JSON values)
     calibration_max_abs_dprob: float  # max |delta p| of the int8 file vs fp32 over the calibration images
+    guard_max_abs_dprob: float | None = None  # the same over the held-out guard images (None: none given)
 
 
-def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, recipe: QuantRecipe = DEFAULT_RECIPE) -> QuantResult:
+def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, recipe: QuantRecipe = DEFAULT_RECIPE, *,
+                  guard_images: np.ndarray | None = None) -> QuantResult:
     """Static QDQ int8 of the fp32 file ``fp32``, per-channel s8 weights, activations calibrated on ``images``.
 
     ``reduce_range`` (7-bit weights): x86 CPUs without VNNI (AVX2 only, like this machine's) saturate
     u8 x s8 products in 16 bits. Which recipe keeps MIAS decisions best: benchmarks/deploy_int8_agreement.py.
     Activation ranges are computed once (an onnxruntime calibration cache), so the sensitivity search
     (``recipe.float_budget``) re-quantises without re-calibrating. The int8 file's max |delta p| against
-    fp32 on ``images`` is measured and returned: the Predictor's guard band reads it from the metadata.
+    fp32 on ``images`` is measured and returned, and on ``guard_images`` (films the quantisation never saw),
+    whose figure is the margin the Predictor's guard band reads from the metadata.
     """
     import onnx
 
@@ -328,9 +383,15 @@ def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, recipe: QuantRecipe
         metadata |= {"float_nodes": keep + search.chosen, "search": search.summary()}
         notes.append(search.note())
     metadata |= {"calibration_images": len(images), "calibration_max_abs_dprob": error}
+    guard = None
+    if guard_images is not None and len(guard_images):
+        guard = float(np.abs(onnx_probabilities(out, guard_images) - onnx_probabilities(fp32, guard_images)).max())
+        metadata |= {"guard_images": len(guard_images), "guard_max_abs_dprob": guard}
+        notes.append(f"max |delta p| vs fp32: {error:.2e} on the {len(images)} calibration images, {guard:.2e} on "
+                     f"{len(guard_images)} held out of the quantisation (the guard band's margin)")  # fmt: skip
     prepared.unlink()
     quantise.cache.unlink(missing_ok=True)
-    return QuantResult(notes=notes, metadata=metadata, calibration_max_abs_dprob=error)
+    return QuantResult(notes=notes, metadata=metadata, calibration_max_abs_dprob=error, guard_max_abs_dprob=guard)
 
 
 class Quantiser:
@@ -422,6 +483,44 @@ def calibration_rows(spec: ModelSpec, source: str | Path, n: int, seed: int = 0,
         raise DataError("has no usable images to calibrate on" + (" (none with an ROI)" if spec.needs_roi else ""),
                         path=source)  # fmt: skip
     return df.sample(n=min(n, len(df)), random_state=seed).to_dict("records")
+
+
+def split_guard(rows: list[dict[str, Any]], seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(quantisation rows, guard rows): ``GUARD_SHARE`` of the women (at least one) held out, all their films
+    together, so the margin is measured on films and women the ranges and the float-layer search never saw."""
+    groups = sorted({str(r["group"]) for r in rows})
+    if len(groups) < 2:
+        raise DataError(f"int8 calibration needs films of at least 2 women (one is held out to measure the int8 "
+                        f"error on); the calibration rows hold {len(groups)}")  # fmt: skip
+    order = np.random.default_rng(seed).permutation(len(groups))
+    held = {groups[i] for i in order[: max(1, round(GUARD_SHARE * len(groups)))]}
+    return [r for r in rows if str(r["group"]) not in held], [r for r in rows if str(r["group"]) in held]
+
+
+def check_not_held_out(bundle: Any, rows: list[dict[str, Any]], source: str | Path) -> None:
+    """Refuse calibration films from the bundle's test part (by film or by woman): the int8 ranges would be
+    tuned on the data its figures are measured on. An ensemble's test part is what none of its members saw."""
+    from mammolens.data.fingerprints import FITTED_ON, HELD_OUT, overlap
+    from mammolens.evaluate.predict import leaf_bundles
+
+    leaves = leaf_bundles(bundle)
+    if any(HELD_OUT not in (leaf.provenance or {}) for leaf in leaves):
+        return  # made before bundles recorded their parts: nothing to check against
+    ids, groups = [r["sample_id"] for r in rows], [r["group"] for r in rows]
+    seen_ids, seen_groups = set(), set()
+    for leaf in leaves:
+        s, g = overlap(leaf.provenance.get(FITTED_ON, {}), ids, groups)
+        seen_ids |= s
+        seen_groups |= g
+    test_ids, test_groups = set(), set()
+    for leaf in leaves:
+        s, g = overlap(leaf.provenance[HELD_OUT], ids, groups)
+        test_ids |= s - seen_ids
+        test_groups |= g - seen_groups
+    if test_ids or test_groups:
+        raise ConfigError(f"the calibration source holds {len(test_ids)} film(s) and {len(test_groups)} woman/women of "
+                          "the bundle's test part; calibrate int8 on its training data (--calibration-split SPLIT "
+                          "takes the split's train part)", path=source)  # fmt: skip
 
 
 def preprocess_rows(spec: ModelSpec, rows: list[dict[str, Any]]) -> np.ndarray:

@@ -2,11 +2,13 @@
 
 It reads any format ``mammolens.io.read_image`` reads, preprocesses exactly as the bundle says,
 checks its input against the bundle's spec (a lesion model gets an ROI or refuses), loads the
-model once and is safe to share across threads: inference is stateless, and only explanations
-(which hook the model) are serialised.
+model once and is safe to share across threads: inference is stateless, and explanations run on a
+model copy of their own, one at a time. (pytorch-grad-cam hooks record the activation of every forward
+pass through the target layer: on a shared model, a film scored in another thread during a CAM
+forward would end up in that CAM, one woman's heatmap built from another's film.)
 
 The guard band (int8 ONNX files exported with ``--fp32-fallback``): int8 moves probabilities by at
-most the max |delta p| its export measured on the calibration films. A film whose int8 probability
+most the max |delta p| its export measured on calibration films held out of the quantisation. A film whose int8 probability
 lies farther than ``guard_band`` times that from the threshold therefore gets fp32's decision; the
 films inside the band are re-scored by the fp32 file. Same decision as fp32 is then guaranteed for
 every film whose int8 error stays within the band (the safety factor covers films unlike the
@@ -15,6 +17,7 @@ calibration ones), at the cost of an fp32 pass for the films inside it.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import threading
@@ -31,6 +34,7 @@ from mammolens.utils.errors import ConfigError, DataError
 Backend = Literal["torch", "onnxruntime"]
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 ONNX_NAME = "model.onnx"  # where `mammolens export` puts the fp32 file inside a bundle by default
+INT8_NAME = "model.int8.onnx"  # and the int8 one
 
 
 @dataclass
@@ -87,13 +91,17 @@ class _Runner(Protocol):
 
 
 class _TorchRunner:
-    """The bundle's model in channels-last memory and inference mode (thread-safe: eval-mode forward)."""
+    """The bundle's model (an ensemble's: every member's) in channels-last memory and inference mode
+    (thread-safe: eval-mode forward)."""
 
     def __init__(self, bundle: Any) -> None:
         import torch
 
+        from mammolens.evaluate.predict import leaf_bundles
+
         self.bundle = bundle
-        self.model = bundle.model.eval().to(memory_format=torch.channels_last)  # once, before any thread
+        for leaf in leaf_bundles(bundle):  # once, before any thread
+            leaf.model.eval().to(memory_format=torch.channels_last)
 
     def __call__(self, batch: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
         # NHWC, inference mode, temperature, test-time augmentation and the descriptor head
@@ -107,6 +115,7 @@ class _OrtRunner:
     def __init__(self, path: Path, threads: int | None) -> None:
         import onnxruntime as ort
 
+        self.path = path
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -159,46 +168,58 @@ class Predictor:
         self.pipeline = Pipeline(spec.preprocess)
         self._run = runner
         self._bundle = bundle
+        self._explainer: Any = None  # the bundle copy that explanations hook; never the scoring model
         self._explain_lock = threading.Lock()
 
     @classmethod
-    def load(cls, bundle_path: str | Path, backend: Backend = "torch", *, onnx_path: str | Path | None = None,
+    def load(cls, bundle_path: str | Path, backend: Backend | None = None, *, onnx_path: str | Path | None = None,
              threads: int | None = None, batch_size: int = 16, guard_band: float | None = None) -> Predictor:  # fmt: skip
         """``bundle_path``: a bundle directory, or for ``onnxruntime`` also an exported ``.onnx`` file
-        (default: ``model.onnx`` inside the bundle). ``threads`` caps intra-op threads. ``guard_band``
-        (int8 files exported with an fp32 fallback): the safety factor on the export's calibration
-        max |delta p| within which a film's decision is re-scored in fp32 (see the module docstring)."""
+        (in a bundle: ``model.onnx``, else ``model.int8.onnx``; the int8 one first with a guard band).
+        ``backend`` None: onnxruntime for an ``.onnx`` file, torch for a bundle. ``threads`` caps intra-op
+        threads. ``guard_band`` (int8 files exported with an fp32 fallback): the safety factor on the
+        export's calibration max |delta p| within which a film's decision is re-scored in fp32 (see the
+        module docstring)."""
+        path = Path(bundle_path)
+        is_onnx = path.suffix == ".onnx" and not path.is_dir()
+        if backend is None:
+            backend = "onnxruntime" if is_onnx or onnx_path is not None else "torch"
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
         if guard_band is not None and not (math.isfinite(guard_band) and guard_band > 0):
             raise ConfigError(f"guard band: the safety factor must be a number > 0, got {guard_band!r}")
-        path = Path(bundle_path)
         if backend == "torch":
+            if is_onnx:
+                raise ConfigError("is an ONNX export: the torch backend runs a bundle folder; use backend onnxruntime "
+                                  "(--backend onnxruntime, or leave --backend out)", path=path)  # fmt: skip
             if onnx_path is not None:
                 raise ConfigError("onnx_path is only for backend='onnxruntime'")
             if guard_band is not None:
                 raise ConfigError("the guard band is for int8 ONNX models (backend='onnxruntime')")
-            from mammolens.bundle.model import load_model_bundle
+            from mammolens.bundle import load_bundle
 
             if threads:
                 import torch
 
                 torch.set_num_threads(threads)
-            bundle = load_model_bundle(path)
+            bundle = load_bundle(path)  # a model bundle or an ensemble (cv's ensemble/)
             return cls(ModelSpec.from_bundle(bundle), _TorchRunner(bundle), backend=backend, bundle_path=path,
                        bundle=bundle, batch_size=batch_size)  # fmt: skip
         if onnx_path is None:
-            onnx_path = path if path.suffix == ".onnx" else path / ONNX_NAME
+            onnx_path = path if path.suffix == ".onnx" else _onnx_in(path, int8_first=guard_band is not None)
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
-            raise ConfigError(
-                f"no ONNX model here; run `mammolens export {path} --format onnx` first", path=onnx_path
-            )
+            raise ConfigError(f"no ONNX model here; run `mammolens export {path} --format onnx` first", path=onnx_path)
         runner = _OrtRunner(onnx_path, threads)
         guard = _guard_band(runner, onnx_path, guard_band, threads) if guard_band is not None else None
         bundle_dir = path if path.is_dir() else None
         return cls(runner.spec, runner, backend=backend, bundle_path=bundle_dir, batch_size=batch_size,
                    engine=f"onnxruntime-{runner.precision}", guard=guard)  # fmt: skip
+
+    @property
+    def model_file(self) -> Path | None:
+        """The ONNX file that scores (None: the bundle's torch model)."""
+        return getattr(self._run, "path", None)
 
     # -- input ---------------------------------------------------------------------------------
     def read(self, source: str | Path | np.ndarray | Any) -> Film:
@@ -426,14 +447,30 @@ class Predictor:
         if refusal is not None:
             raise ConfigError(refusal)
         film = image if isinstance(image, Film) else Film(check_image(image))
-        with self._explain_lock:  # CAM methods hook the model: one explanation at a time
-            if self._bundle is None:
-                from mammolens.bundle.model import load_model_bundle
-
-                self._bundle = load_model_bundle(self.bundle_path)
+        with self._explain_lock:  # CAM methods hook the model: one explanation at a time, on its own copy
+            if self._explainer is None:
+                self._explainer = self._explanation_copy()
             rois = check_rois(roi, film.pixels.shape) or None
-            return explain.explain_image(self._bundle, film.pixels, rois=rois, laterality=laterality,
+            return explain.explain_image(self._explainer, film.pixels, rois=rois, laterality=laterality,
                                          pixel_mm=film.pixel_mm)  # fmt: skip
+
+    def _explanation_copy(self) -> Any:
+        """A bundle whose model no scoring request runs through: the CAM hooks see only its own forward."""
+        if self._bundle is not None:
+            return copy.deepcopy(self._bundle)
+        from mammolens.bundle import load_bundle
+
+        return load_bundle(self.bundle_path)
+
+
+def _onnx_in(folder: Path, *, int8_first: bool) -> Path:
+    """The export inside a bundle folder, as `mammolens export` names it (the first of the two there)."""
+    names = (INT8_NAME, ONNX_NAME) if int8_first else (ONNX_NAME, INT8_NAME)
+    found = [folder / name for name in names if (folder / name).is_file()]
+    if not found:
+        raise ConfigError(f"no ONNX model here (looked for {' and '.join(names)}); "
+                          f"run `mammolens export {folder} --format onnx` first", path=folder)  # fmt: skip
+    return found[0]
 
 
 def _guard_band(int8: _OrtRunner, path: Path, factor: float, threads: int | None) -> GuardBand:
@@ -442,6 +479,10 @@ def _guard_band(int8: _OrtRunner, path: Path, factor: float, threads: int | None
     if int8.precision != "int8" or "mammolens.int8.calibration_max_abs_dprob" not in meta:
         raise ConfigError("the guard band needs an int8 export that measured its calibration error "
                           "(`mammolens export --int8 --fp32-fallback`)", path=path)  # fmt: skip
+    if "mammolens.int8.guard_max_abs_dprob" not in meta:
+        raise ConfigError("this int8 file measured its error only on the films its quantisation was tuned on; "
+                          "re-export it (the margin is now measured on calibration films held out of the "
+                          "quantisation)", path=path)  # fmt: skip
     if "mammolens.int8.fp32_fallback" not in meta:
         raise ConfigError("the guard band needs the fp32 model to fall back on: re-export with --fp32-fallback",
                           path=path)  # fmt: skip
@@ -451,7 +492,7 @@ def _guard_band(int8: _OrtRunner, path: Path, factor: float, threads: int | None
     fallback = _OrtRunner(fp32, threads)
     if fallback.spec != int8.spec:
         raise ConfigError(f"{fp32.name} is not the fp32 twin of this int8 file (their model specs differ)", path=path)
-    margin = factor * float(json.loads(meta["mammolens.int8.calibration_max_abs_dprob"]))
+    margin = factor * float(json.loads(meta["mammolens.int8.guard_max_abs_dprob"]))
     return GuardBand(margin=margin, factor=factor, fallback=fallback)
 
 

@@ -18,6 +18,16 @@ from mammolens.utils.errors import ConfigError, DataError
 
 ROI = tuple[float, float, float]
 NO_AGGREGATOR = {"method": "max", "params": None, "level": "film", "threshold": None}
+RECORDS = ("fitted_on", "held_out")  # the bundle's sample fingerprints (data.fingerprints): kept out of exports
+# The bundle metrics a model card shows (the page reads "held-out <label> AUC"), under what they are:
+# figures on data no model was fitted on. A validation part picked the epoch, temperature, threshold (and
+# a patch classifier's C and aggregation): its figures are optimistic and not published.
+HELD_OUT_METRICS = {
+    "test": "test part",
+    "pooled_oof": "cross-validation folds (pooled, single fold models)",
+    "ensemble_part": "women set aside from every fold (where the operating point was fitted)",
+    "held_out": "combiner outputs (nested cross-validation)",
+}
 # Preprocessing steps that read the finding's circle: a bundle with one of them scores lesions.
 ROI_STEPS = ("crop_roi", "multiscale_crop", "lesion_descriptors")
 # Provenance keys that are safe to publish: no file paths, which can name a hospital, a study or a woman.
@@ -128,9 +138,11 @@ class ModelSpec:
         }
 
     def public(self) -> dict[str, Any]:
-        """The model card a service publishes: no paths, nothing that could identify anyone."""
+        """The model card a service publishes: no paths, nothing that could identify anyone, and only
+        held-out figures, each labelled with what it was measured on (``HELD_OUT_METRICS``)."""
         card = asdict(self)
         card["provenance"] = {k: v for k, v in self.provenance.items() if k in _PUBLIC_PROVENANCE}
+        card["metrics"] = {label: self.metrics[part] for part, label in HELD_OUT_METRICS.items() if part in self.metrics}
         card["input"] = self.input_spec()
         card["threshold_band"] = self.threshold_band
         card["warnings"] = self.warnings()
@@ -150,6 +162,9 @@ class ModelSpec:
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> ModelSpec:
+        """The spec of a model bundle, or of an ensemble bundle (``_ensemble_spec``)."""
+        if getattr(bundle, "members", None) is not None:
+            return _ensemble_spec(bundle)
         from mammolens.data.pairs import bundle_pairing
 
         manifest = json.loads((Path(bundle.path) / "bundle.json").read_text(encoding="utf-8"))
@@ -174,7 +189,7 @@ class ModelSpec:
             normalisation=dict(bundle.normalisation),
             threshold=float(bundle.threshold),
             temperature=float(bundle.temperature),
-            provenance=dict(bundle.provenance),
+            provenance={k: v for k, v in bundle.provenance.items() if k not in RECORDS},  # ids stay in the bundle
             metrics=dict(bundle.metrics),
             version=str(bundle.provenance.get("created_at", "")),
             channels=channels,
@@ -208,6 +223,43 @@ class ModelSpec:
         else the film threshold (with ``max``: a breast is positive when any of its films is)."""
         chosen = self.aggregator.get("threshold")
         return self.threshold if chosen is None else float(chosen)
+
+
+def _ensemble_spec(ensemble: Any) -> ModelSpec:
+    """An ensemble is fed like its members (one shared pipeline and input) and read at its own
+    threshold and temperature; its id hashes its manifest, which checksums every member."""
+    import hashlib
+
+    from mammolens.evaluate.predict import leaf_bundles
+
+    if ensemble.preprocess is None:
+        raise ConfigError("the members of this ensemble preprocess differently, so no single input feeds them; "
+                          "score it with `mammolens evaluate`", path=ensemble.path)  # fmt: skip
+    leaves = [ModelSpec.from_bundle(leaf) for leaf in leaf_bundles(ensemble)]
+    first = leaves[0]
+    for leaf in leaves[1:]:
+        if (leaf.channels, leaf.descriptors, leaf.pairs) != (first.channels, first.descriptors, first.pairs):
+            raise ConfigError("the members of this ensemble read different inputs (channels, descriptors or film "
+                              "pairs), so no single input feeds them", path=ensemble.path)  # fmt: skip
+    digest = hashlib.sha256((Path(ensemble.path) / "bundle.json").read_bytes()).hexdigest()
+    architectures = sorted({leaf.architecture for leaf in leaves})
+    return ModelSpec(
+        model_id=f"ensemble-{digest[:12]}",
+        architecture=f"ensemble of {len(leaves)} ({', '.join(architectures)}; {ensemble.combiner['method']})",
+        classes=list(ensemble.classes),
+        task=ensemble.task,
+        preprocess=dict(ensemble.preprocess),
+        normalisation=dict(first.normalisation),  # the first member's; each member normalises its own input
+        threshold=float(ensemble.threshold),
+        temperature=float(ensemble.temperature),
+        provenance={k: v for k, v in ensemble.provenance.items() if k not in RECORDS},
+        metrics=dict(ensemble.metrics),
+        version=str(ensemble.provenance.get("created_at", "")),
+        channels=first.channels,
+        descriptors=first.descriptors,
+        pairs=first.pairs,
+        aggregator=dict(getattr(ensemble, "aggregator", None) or NO_AGGREGATOR),
+    )
 
 
 def check_image(pixels: Any, where: str = "image") -> np.ndarray:

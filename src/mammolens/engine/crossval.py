@@ -4,17 +4,23 @@ For each repeat (split seed ``data.split.seed + r``) the task's samples are cut 
 patient-grouped, stratified folds. Fold i is held out; from the other folds an inner
 patient-grouped validation part is taken for early stopping, the temperature and the operating
 threshold; the model then scores fold i once. The pooled out-of-fold predictions give the
-headline metrics with patient-bootstrap CIs; the fold bundles become a mean ensemble bundle whose
-threshold and temperature come from those pooled out-of-fold predictions. A fold that finished
-(its ``oof.csv`` written last) is never trained again, so an interrupted run resumes.
+headline metrics with patient-bootstrap CIs; the fold bundles become a mean ensemble bundle.
+
+The ensemble's temperature and threshold: the mean of k fold models is never out of fold, so with
+``ensemble_part`` (``--ensemble-part``) a patient-grouped part is set aside before the folds are cut,
+no fold model trains or validates on it, and the ensemble's operating point is fitted on the
+ensemble's own output there (what it serves). Without it they come from the pooled out-of-fold
+predictions of single fold models, an approximation the ensemble records as such. A fold that
+finished (its ``oof.csv`` written last) is never trained again, so an interrupted run resumes.
 
 out/
-  cv.json                     what the run started with (refuses a resume with other settings)
+  cv.json                     what the run started with (refuses a resume with other settings), and
+                              each fold's membership (refuses reusing a fold the splitter now cuts otherwise)
   repeat{r}/fold{i}/          a run folder per fold: training/, bundle/, oof.csv
   predictions.csv             pooled out-of-fold predictions of repeat 0 (fold, repeat columns)
   predictions-all.csv         every repeat's (with --repeats > 1)
   metrics.json, report.html   pooled metrics (+ per-fold table, + mean ± sd over repeats)
-  ensemble/                   mean of repeat 0's fold bundles
+  ensemble/                   mean of repeat 0's fold bundles (its operating point: see above)
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mammolens.bundle import save_mean_ensemble
+from mammolens.bundle import load_bundle, save_mean_ensemble
 from mammolens.data.splits import Split, check_no_leakage, make_holdout, make_kfold
 from mammolens.engine.config import ExperimentConfig, first_difference, preprocess_config
 from mammolens.engine.run_dir import claim_output, clear_run_dir, open_output, training_history
 from mammolens.engine.sources import task_samples
 from mammolens.engine.trainers import choose_operating_point, train_on_parts
+from mammolens.evaluate.levels import exam_columns
+from mammolens.evaluate.metrics import roc_auc
+from mammolens.evaluate.predict import predict_manifest
 from mammolens.evaluate.predictions import predictions_frame, read_predictions, write_predictions
 from mammolens.evaluate.report import write_report
 from mammolens.evaluate.summary import evaluate_predictions, render_table
@@ -71,30 +80,40 @@ def _check_disjoint_groups(manifest, parts: dict[str, np.ndarray]) -> None:  # n
 
 
 def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeats: int = 1, inner_val: float = 0.2,
-           resume: bool = False, fresh: bool = False, n_boot: int = 2000, progress: bool = True, command: str | None = None) -> dict[str, Any]:
-    """Cross-validate ``cfg``; returns the pooled metrics written to ``metrics.json``."""
+           resume: bool = False, fresh: bool = False, n_boot: int = 2000, progress: bool = True,
+           command: str | None = None, ensemble_part: float = 0.0) -> dict[str, Any]:
+    """Cross-validate ``cfg``; returns the pooled metrics written to ``metrics.json``. ``ensemble_part``:
+    the share of women set aside for the ensemble's operating point (see the module docstring)."""
     if folds < 2:
         raise ConfigError(f"--folds must be at least 2, got {folds}")
     if repeats < 1:
         raise ConfigError(f"--repeats must be at least 1, got {repeats}")
     if not 0 < inner_val < 1:
         raise ConfigError(f"--inner-val must lie in (0, 1), got {inner_val}")
+    if not 0 <= ensemble_part < 1:
+        raise ConfigError(f"--ensemble-part must lie in [0, 1), got {ensemble_part}")
     t0 = time.perf_counter()
     out = Path(out_dir)
     claim_output(out, "cv", resume=resume, fresh=fresh, resumable=True)  # before any data is read
     manifest, labels, task = task_samples(cfg, progress=progress)
-    record = {"config": to_dict(cfg), "folds": folds, "inner_val": inner_val, "manifest_hash": manifest.content_hash()}
+    record = {"config": to_dict(cfg), "folds": folds, "inner_val": inner_val, "manifest_hash": manifest.content_hash(),
+              "ensemble_part": ensemble_part}  # fmt: skip
     if resume:
         _check_resume(out, record)
-    open_output(out, "cv", fresh=fresh)
-    atomic.write_json(out / RECORD, {**record, "repeats": repeats})
+    open_output(out, "cv", fresh=fresh)  # cv.json (with the folds' membership) is written once they are cut
     classes = list(task.classes)
     groups = manifest.df["group"].to_numpy()
     sample_ids = manifest.df["sample_id"].tolist()
+    reserved, pool = _set_aside(manifest, labels, ensemble_part, cfg.data.split.seed, task.name)
+    plans = [_folds_of(manifest, labels, pool, folds=folds, seed=cfg.data.split.seed + r, inner_val=inner_val,
+                       task=task.name) for r in range(repeats)]  # fmt: skip
+    membership = _check_membership(out, {str(r): [fold_membership(sample_ids, parts) for parts in plan]
+                                         for r, plan in enumerate(plans)})  # fmt: skip
+    atomic.write_json(out / RECORD, {**record, "repeats": repeats, "membership": membership,
+                                     "ensemble_part_samples": sorted(sample_ids[j] for j in reserved)})
     per_fold, pooled = [], []
-    for r in range(repeats):
-        seed = cfg.data.split.seed + r
-        for i, parts in enumerate(fold_parts(manifest, labels, folds=folds, seed=seed, inner_val=inner_val, task=task.name)):
+    for r, plan in enumerate(plans):
+        for i, parts in enumerate(plan):
             fold_dir = out / f"repeat{r}" / f"fold{i}"
             if not (fold_dir / DONE).is_file():
                 _train_fold(cfg, manifest, labels, task, parts, fold_dir, sample_ids, groups, classes, r, i, progress)
@@ -113,15 +132,31 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     metrics["folds"] = per_fold
     if repeats > 1:
         metrics["repeats"] = _repeat_summary(everything, classes, n_boot=0)
-    # The ensemble's temperature and threshold: from the pooled out-of-fold predictions.
-    op = cfg.operating_point
-    temperature, threshold = choose_operating_point(op, y, proba)
     members = [out / "repeat0" / f"fold{i}" / "bundle" for i in range(folds)]
-    save_mean_ensemble(out / "ensemble", members, threshold=threshold, temperature=temperature,
-                       metrics={"pooled_oof": {k: metrics.get(k) for k in ("auc", "macro_f1")}},
-                       provenance={"cv": str(out), "folds": folds, "manifest_hash": record["manifest_hash"]},
-                       aggregator=_ensemble_aggregator(cfg, task, first, classes, temperature))
-    metrics["ensemble"] = {"path": str(out / "ensemble"), "threshold": threshold, "temperature": temperature}
+    provenance = {"cv": str(out), "folds": folds, "manifest_hash": record["manifest_hash"]}
+    ens_metrics = {"pooled_oof": {k: metrics.get(k) for k in ("auc", "macro_f1")}}
+    if len(reserved):  # the ensemble's own output on women no fold model saw
+        save_mean_ensemble(out / "ensemble", members, threshold=0.5, temperature=1.0, provenance=provenance)
+        part = manifest.subset(reserved.tolist())
+        served = predict_manifest(load_bundle(out / "ensemble"), part, cfg.cache_dir, workers=cfg.workers,
+                                  progress=progress)  # fmt: skip
+        point = choose_operating_point(cfg.operating_point, labels[reserved], served)
+        fitted_on = (f"the ensemble's own output on {len(reserved)} samples of {len(set(groups[reserved]))} women set "
+                     "aside before the folds (--ensemble-part)")  # fmt: skip
+        ens_metrics["ensemble_part"] = {"n": int(len(reserved)), "auc": roc_auc(labels[reserved], served)}
+        aggregated_on = predictions_frame(part.df["sample_id"].tolist(), part.df["group"].tolist(), labels[reserved],
+                                          served, classes, exams=exam_columns(part))
+    else:
+        point = choose_operating_point(cfg.operating_point, y, proba)
+        fitted_on = ("pooled out-of-fold outputs of single fold models: an approximation, the mean of the fold "
+                     "models is never out of fold (--ensemble-part fits it on the ensemble's own output)")  # fmt: skip
+        aggregated_on = first
+    save_mean_ensemble(out / "ensemble", members, threshold=point.threshold, temperature=point.temperature,
+                       metrics=ens_metrics, provenance={**provenance, "operating_point_fitted_on": fitted_on},
+                       aggregator=_ensemble_aggregator(cfg, task, aggregated_on, classes, point.temperature))
+    metrics["ensemble"] = {"path": str(out / "ensemble"), "threshold": point.threshold,
+                           "temperature": point.temperature, "operating_point_fitted_on": fitted_on,
+                           **({"ensemble_part": ens_metrics["ensemble_part"]} if len(reserved) else {})}  # fmt: skip
     level_table = None
     if cfg.exams.level != "film":
         metrics["levels"], level_table = _level_metrics(cfg, task, first, classes, out, n_boot)
@@ -162,6 +197,55 @@ def held_out_bundles(cv_dir: str | Path) -> dict[Path, set[str]]:
     return folds
 
 
+def _set_aside(manifest, labels: np.ndarray, share: float, seed: int, task: str) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """(rows set aside for the ensemble's operating point, rows the folds are cut from): by whole women,
+    stratified; nothing set aside when ``share`` is 0."""
+    everything = np.arange(len(manifest))
+    if not share:
+        return everything[:0], everything
+    split = make_holdout(manifest, labels, val=share, test=0.0, seed=seed, task=task)
+    return split.indices(manifest, "val"), split.indices(manifest, "train")
+
+
+def _folds_of(manifest, labels: np.ndarray, pool: np.ndarray, **kwargs: Any) -> list[dict[str, np.ndarray]]:  # noqa: ANN001
+    """``fold_parts`` of the rows ``pool``, as row indices of the whole manifest."""
+    if len(pool) == len(manifest):
+        return fold_parts(manifest, labels, **kwargs)
+    sub = manifest.subset(pool.tolist())
+    return [{k: pool[v] for k, v in parts.items()} for parts in fold_parts(sub, labels[pool], **kwargs)]
+
+
+def fold_membership(sample_ids: list[str], parts: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """The sample ids a fold held out ("test") and validated on ("val"); it trained on the rest."""
+    return {part: sorted(sample_ids[j] for j in parts[part]) for part in ("test", "val")}
+
+
+def _check_membership(out: Path, membership: dict[str, list[dict[str, list[str]]]]) -> dict[str, Any]:
+    """Every finished fold must hold the samples it was trained with: its out-of-fold rows are reused,
+    so a fold recomputed otherwise (another scikit-learn, another splitter) would pool rows scored
+    by a model that trained on them. Returns the membership to record (earlier repeats kept)."""
+    path = out / RECORD
+    stored = json.loads(path.read_text(encoding="utf-8")).get("membership", {}) if path.is_file() else {}
+    for r, folds in membership.items():
+        for i, now in enumerate(folds):
+            done = out / f"repeat{r}" / f"fold{i}" / DONE
+            if not done.is_file():
+                continue
+            was = stored[r][i] if r in stored else None  # the fold count is a checked setting
+            if was is None:  # recorded before membership was: the fold's own out-of-fold rows say what it held out
+                df, _ = read_predictions(done)
+                was = {"test": sorted(df["sample_id"].astype(str)), "val": now["val"]}
+            for part in ("test", "val"):
+                if was[part] != now[part]:
+                    moved = sorted(set(was[part]) ^ set(now[part]))
+                    raise ConfigError(
+                        f"repeat {r} fold {i}: its {part} part would now hold other samples than when it was trained "
+                        f"({len(moved)} differ, e.g. {moved[0]!r}), so its finished out-of-fold rows cannot be reused; "
+                        "the folds are not reproducible here (another scikit-learn or splitter?): pass --fresh",
+                        path=path)  # fmt: skip
+    return {**stored, **membership}
+
+
 def _train_fold(cfg, manifest, labels, task, parts, fold_dir, sample_ids, groups, classes, r, i, progress) -> None:  # noqa: ANN001
     clear_run_dir(fold_dir)  # an interrupted fold starts over; finished folds are never touched
     trained = train_on_parts(cfg, manifest, labels, task, parts, fold_dir, progress=progress,
@@ -179,9 +263,9 @@ def _check_resume(out: Path, record: dict[str, Any]) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot resume: unreadable cv record ({exc})", path=path) from None
-    settings = ("folds", "inner_val", "manifest_hash")
+    settings = ("folds", "inner_val", "manifest_hash", "ensemble_part")
     diff = first_difference(old.get("config"), record["config"]) or first_difference(
-        {k: old.get(k) for k in settings}, {k: record[k] for k in settings})
+        {k: old.get(k, 0.0 if k == "ensemble_part" else None) for k in settings}, {k: record[k] for k in settings})
     if diff:
         key, was, now = diff
         raise ConfigError(f"this cv run was started with {key} = {json.dumps(was)}, not {json.dumps(now)}; "
@@ -191,8 +275,6 @@ def _check_resume(out: Path, record: dict[str, Any]) -> None:
 def _with_exams(df: pd.DataFrame, manifest) -> pd.DataFrame:  # noqa: ANN001
     """The films' ``exam_id, laterality, view`` from the manifest (folds finished before these columns
     existed lack them; the manifest is the same, as ``cv.json``'s hash checks)."""
-    from mammolens.evaluate.levels import exam_columns
-
     exams = exam_columns(manifest).set_index(manifest.df["sample_id"].to_numpy())
     df = df.drop(columns=[c for c in exams.columns if c in df.columns])
     return df.join(exams, on="sample_id")
@@ -221,17 +303,18 @@ def _level_metrics(cfg: ExperimentConfig, task, first: pd.DataFrame, classes: li
     return {level: metrics}, units
 
 
-def _ensemble_aggregator(cfg: ExperimentConfig, task, first: pd.DataFrame, classes: list[str],  # noqa: ANN001
+def _ensemble_aggregator(cfg: ExperimentConfig, task, table: pd.DataFrame, classes: list[str],  # noqa: ANN001
                          temperature: float) -> dict[str, Any] | None:
-    """The ensemble's aggregator, like its threshold from the pooled out-of-fold films (at its temperature)."""
+    """The ensemble's aggregator, from the films its operating point was fitted on (``table``: the
+    reserved part's ensemble outputs, or the pooled out-of-fold films), at its temperature."""
     from mammolens.evaluate.calibration import apply_temperature
     from mammolens.evaluate.levels import choose_aggregator
     from mammolens.evaluate.thresholds import choose_threshold
 
     if task.unit != "film":
         return None
-    scaled = first.copy()
-    scaled[[f"p_{c}" for c in classes]] = apply_temperature(_proba(first, classes), temperature)
+    scaled = table.copy()
+    scaled[[f"p_{c}" for c in classes]] = apply_temperature(_proba(table, classes), temperature)
     op = cfg.operating_point
     return choose_aggregator(scaled, classes, cfg.exams.level, cfg.exams.aggregate,
                              lambda y, p: choose_threshold(y, p, op.threshold, op.beta, op.target_sensitivity))
@@ -319,5 +402,6 @@ def render_cv(metrics: dict[str, Any]) -> str:
         lines.append(render_table(m, threshold_label="the pooled rows' threshold"))
         lines.append(f"at each fold's validation-chosen {level} threshold: "
                      + "  ".join(f"{k} {format_value(v)}" for k, v in m["at_fold_thresholds"].items()))
-    lines.append(f"ensemble bundle: {metrics['ensemble']['path']}  ({metrics['seconds']} s)")
+    lines.append(f"ensemble bundle: {metrics['ensemble']['path']}  ({metrics['seconds']} s); its operating point "
+                 f"fitted on {metrics['ensemble']['operating_point_fitted_on']}")
     return "\n".join(lines)

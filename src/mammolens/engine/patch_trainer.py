@@ -7,7 +7,9 @@
    films' patches), then take every feature again from the fine-tuned encoder (kept in memory).
 3. For each regularisation strength C: a standardised, class-balanced logistic regression on the
    patch features, folded into the model's patch head; every film's score map from its cached
-   sliding-window features; a stage-2 linear model on the training films' map summaries.
+   sliding-window features; a stage-2 linear model on the training films' OUT-OF-FOLD map summaries
+   (``stage2_inputs``: each film's map from a patch head refitted without its woman's patches, since
+   a head's maps of its own training films are more confident than any new film's).
 4. Choose (C, aggregation) on the inner validation part's films only (AUC for two classes, macro F1
    otherwise), then temperature and threshold on the same part, as every mammolens model does.
 5. Score the held-out parts through the model's own map -> aggregation code and save the Bundle,
@@ -56,6 +58,7 @@ from mammolens.utils.configuration import to_dict
 from mammolens.utils.errors import ConfigError, DataError
 
 IDENTITY = {"mean": 0.0, "std": 1.0}  # the model reads [0, 1] pixels: tissue is what is > 0
+STAGE2_FOLDS = 3  # patient-grouped folds of the training films whose out-of-fold maps stage 2 is fitted on
 _ABSENT = -30.0  # bias of a class no training patch had: its probability stays ~0
 
 
@@ -161,6 +164,12 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
             return torch.softmax(model.forward_head(summaries(idx)).double(), dim=1).numpy()
 
     aggregates = ["max", "topk", "stage2"] if model.aggregate == "auto" else [model.aggregate]
+    groups = manifest.df["group"].astype(str).to_numpy()
+    if "stage2" in aggregates and len(np.unique(groups[parts["train"]])) < 2:
+        if model.aggregate == "stage2":
+            raise DataError("model.options.aggregate stage2 is fitted on out-of-fold maps: the training part needs "
+                            "films of at least 2 women")  # fmt: skip
+        aggregates.remove("stage2")
     y_val = labels[parts["val"]]
     table, best = [], None
     hard = _hard_negative_pool(model, cache, manifest, labels, task, parts["train"], grids, shape) \
@@ -171,11 +180,13 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
         else:
             _fit_linear(model.patch_head, x_train, y_train, len(task.classes), c)
         if hard is not None and c is not None:
-            extra = _hardest(model, hard, tcfg.hard_negatives_per_film)
+            extra = _hardest(model, list(hard.values()), tcfg.hard_negatives_per_film)
             _fit_linear(model.patch_head, np.concatenate([x_train, extra]),
                         np.concatenate([y_train, np.full(len(extra), model.normal_class)]), len(task.classes), c)
         if "stage2" in aggregates:
-            _fit_linear(model.stage2, summaries(parts["train"]).numpy(), labels[parts["train"]], len(task.classes), 1.0)
+            oof = stage2_inputs(model, patches, parts["train"], groups, summaries, len(task.classes),
+                                c if c is not None else tuned["probe_C"], hard, tcfg.hard_negatives_per_film)
+            _fit_linear(model.stage2, oof, labels[parts["train"]], len(task.classes), 1.0)
         for agg in aggregates:
             model.aggregate = agg
             proba = film_proba(parts["val"])
@@ -217,10 +228,42 @@ def train_patch_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndar
     history = [{"epoch": k + 1, **row} for k, row in enumerate(table)]
     atomic.write_json(out_dir / "training" / "selection.json",
                       {"table": table, "chosen": chosen, "patches": counts, "seconds": round(time.perf_counter() - t0, 1),
+                       "stage2": f"fitted on out-of-fold maps of the training films ({STAGE2_FOLDS} patient-grouped folds)",
                        **({"finetune_epoch": tuned["best_epoch"]} if tuned else {})})
     fit = FitResult(model=model, best_checkpoint=bundle.path / "model.safetensors", best_epoch=table.index(chosen) + 1,
                     history=history, stopped_early=False, normalisation=dict(IDENTITY), out_dir=out_dir / "training")
     return TrainedParts(bundle=bundle, fit=fit, build=build, metrics=bundle.metrics, probas=probas)
+
+
+def stage2_inputs(model: PatchFilmModel, patches: PatchSet, rows: np.ndarray, groups: np.ndarray,
+                  summaries: Any, n_classes: int, c: float, hard: dict[int, np.ndarray] | None,
+                  hard_per_film: int) -> np.ndarray:
+    """The training films' map summaries (``rows`` order), each from a patch head fitted (at ``c``, with
+    the same hard negatives) on the patches of the other women's films only: what stage 2 learns from
+    is what it will see on a new film. The model's own patch head is left as it was."""
+    from sklearn.model_selection import GroupKFold
+
+    kept = {k: v.detach().clone() for k, v in model.patch_head.state_dict().items()}
+    out = np.zeros((len(rows), 2 * n_classes))
+    folds = GroupKFold(n_splits=min(STAGE2_FOLDS, len(np.unique(groups[rows]))))
+    try:
+        for _, held in folds.split(rows, groups=groups[rows]):
+            away = rows[held]
+            keep = ~np.isin(patches.films, away)
+            if len(np.unique(patches.labels[keep])) < 2:
+                raise DataError("stage 2's out-of-fold maps: a fold's other films gave patches of one class only; "
+                                "use more training films or aggregate max/topk")  # fmt: skip
+            x, y = patches.features[keep], patches.labels[keep]
+            _fit_linear(model.patch_head, x, y, n_classes, c)
+            pool = [f for film, f in (hard or {}).items() if film not in set(away.tolist())]
+            if pool:
+                extra = _hardest(model, pool, hard_per_film)
+                _fit_linear(model.patch_head, np.concatenate([x, extra]),
+                            np.concatenate([y, np.full(len(extra), model.normal_class)]), n_classes, c)
+            out[held] = summaries(away).numpy()
+    finally:
+        model.patch_head.load_state_dict(kept)
+    return out
 
 
 def _finetune(model: PatchFilmModel, store: PatchFeatureStore, cache: PreprocessCache, manifest: Manifest,
@@ -265,13 +308,13 @@ def _pixels(model: PatchFilmModel, patches: PatchSet, cache: PreprocessCache, ma
 
 def _hard_negative_pool(model: PatchFilmModel, cache: PreprocessCache, manifest: Manifest, labels: np.ndarray,
                         task: Task, rows: np.ndarray, grids: dict[int, tuple[np.ndarray, np.ndarray]],
-                        shape: tuple[int, int]) -> list[np.ndarray]:
-    """Per training film, the features of its breast windows that touch no finding (only films whose
-    findings are all located: elsewhere "no finding" cannot be checked)."""
+                        shape: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Per training film (by manifest row), the features of its breast windows that touch no finding
+    (only films whose findings are all located: elsewhere "no finding" cannot be checked)."""
     records = manifest.df.to_dict("records")
     sample_ids = manifest.df["sample_id"].tolist()
     positions, _ = grid_positions(shape, model.patch_size, model.stride)
-    pool = []
+    pool: dict[int, np.ndarray] = {}
     for i in rows:
         found = film_findings(records[i], cache.load_rois(sample_ids[i]), task.label_of, int(labels[i]), model.normal_class)
         if not found.complete:
@@ -280,7 +323,7 @@ def _hard_negative_pool(model: PatchFilmModel, cache: PreprocessCache, manifest:
         clear = np.array([not any(touches_circle(y, x, model.patch_size, c) for c in found.circles)
                           for y, x in positions[valid]], dtype=bool)
         if clear.any():
-            pool.append(features[clear])
+            pool[int(i)] = features[clear]
     return pool
 
 

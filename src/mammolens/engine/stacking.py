@@ -32,6 +32,21 @@ def run_member(run: str | Path) -> tuple[Path, Path]:
                     path=run)
 
 
+def served_output(member: Path, oof_proba: np.ndarray) -> np.ndarray:
+    """A member's out-of-fold probabilities as the member serves them. A run's ``ensemble/`` applies its
+    own temperature on top of its fold models' (which wrote the rows at theirs); a plain ``bundle/``
+    wrote them as it serves them."""
+    import json
+
+    path = member / "bundle.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        temperature = float(manifest["temperature"]) if manifest.get("kind") == "ensemble" else 1.0
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read its temperature ({exc})", path=path) from None
+    return oof_proba if temperature == 1.0 else apply_temperature(oof_proba, temperature)
+
+
 def pooled_oof(prediction_files: Sequence[Path]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]]:
     """Members' out-of-fold probabilities aligned on sample_id (averaged over repeats), labels, groups, classes."""
     frames, classes = [], None
@@ -72,13 +87,16 @@ def build_ensemble(
         raise ConfigError("give at least one cv run directory")
     members = [run_member(r) for r in runs]
     probas, y, groups, classes = pooled_oof([oof for _, oof in members])
+    # The combiner is served each member's output, which is its out-of-fold output at the member's
+    # own temperature (a run's ensemble/ applies its temperature to its folds' probabilities): fit it on that.
+    probas = [served_output(bundle, p) for (bundle, _), p in zip(members, probas)]
     if method == "mean":
         combiner = {"method": "mean"}
         held_out = combiner_output(combiner, probas)
     else:
         combiner = fit_stacker(method, probas, y, groups, seed)
         held_out = nested_stacking_proba(method, probas, y, groups, seed)
-    threshold, temperature = operating_point(y, held_out, "sensitivity" if target_sensitivity is not None else "fbeta",
+    temperature, threshold = operating_point(y, held_out, "sensitivity" if target_sensitivity is not None else "fbeta",
                                              beta=beta, target_sensitivity=target_sensitivity)
     held_out = apply_temperature(held_out, temperature)
     metrics = evaluate_predictions(y, held_out, groups, classes, threshold, n_boot=n_boot, seed=seed)

@@ -14,13 +14,14 @@ from typing import Any, Callable
 import numpy as np
 
 from mammolens.bundle import Bundle
+from mammolens.data.fingerprints import FITTED_ON, HELD_OUT, fitted_on_record
 from mammolens.data.manifest import Manifest
 from mammolens.data.tasks import Task
 from mammolens.engine.config import ExperimentConfig, OperatingPointConfig
 from mammolens.evaluate.bootstrap import bootstrap_cis, fast_auc
 from mammolens.evaluate.calibration import apply_temperature, calibrate_temperature
 from mammolens.evaluate.metrics import roc_auc
-from mammolens.evaluate.thresholds import choose_threshold, operating_point, threshold_band
+from mammolens.evaluate.thresholds import OperatingPoint, choose_threshold, operating_point, threshold_band
 from mammolens.preprocess import BuildReport
 from mammolens.train import FitResult
 from mammolens.utils.registry import Registry
@@ -45,24 +46,27 @@ def train_on_parts(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray
                    parts: dict[str, np.ndarray], out_dir: Path, *, resume: bool = False, progress: bool = True,
                    provenance: dict[str, Any] | None = None) -> TrainedParts:
     """Train on ``parts["train"]`` (early stopping on ``parts["val"]``), score every held-out part
-    through the bundle, and save the bundle in ``out_dir/bundle``."""
+    through the bundle, and save the bundle in ``out_dir/bundle``, recording which samples and women it
+    was fitted on and held out (``data.fingerprints``)."""
+    provenance = {**(provenance or {}), FITTED_ON: fitted_on_record(manifest, parts),
+                  HELD_OUT: fitted_on_record(manifest, parts, ("test",))}
     name = "patch-classifier" if cfg.model.name == "patch-classifier" else "lightning"
     return TRAINERS.get(name)(cfg, manifest, labels, task, parts, out_dir, resume=resume, progress=progress,
                               provenance=provenance)
 
 
-def choose_operating_point(op: OperatingPointConfig, y_val: np.ndarray, proba_val: np.ndarray) -> tuple[float, float]:
-    """(temperature, threshold) fitted on validation labels and uncalibrated probabilities only.
+def choose_operating_point(op: OperatingPointConfig, y_val: np.ndarray, proba_val: np.ndarray) -> OperatingPoint:
+    """The temperature and threshold fitted on validation labels and uncalibrated probabilities only.
 
     A validation part holding one class says nothing about either: T = 1 and 0.5 stay.
     """
     if len(np.unique(y_val)) < 2:
-        return 1.0, 0.5
+        return OperatingPoint(1.0, 0.5)
     if not op.temperature:
         binary = proba_val.shape[1] == 2
-        return 1.0, choose_threshold(y_val, proba_val, op.threshold, op.beta, op.target_sensitivity) if binary else 0.5
-    threshold, temperature = operating_point(y_val, proba_val, op.threshold, op.beta, op.target_sensitivity)
-    return temperature, threshold
+        return OperatingPoint(1.0, choose_threshold(y_val, proba_val, op.threshold, op.beta, op.target_sensitivity)
+                              if binary else 0.5)  # fmt: skip
+    return operating_point(y_val, proba_val, op.threshold, op.beta, op.target_sensitivity)
 
 
 def choose_bundle_aggregator(cfg: ExperimentConfig, manifest: Manifest, labels: np.ndarray, task: Task,

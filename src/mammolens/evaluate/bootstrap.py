@@ -158,7 +158,7 @@ def within_group_auc_ci(y: Any, p1: Any, groups: Any, *, n_boot: int = 2000, see
     low, high = (None, None) if reason else (float(np.quantile(vals, tail)), float(np.quantile(vals, 1 - tail)))
     return {"value": float(wins.sum() / pairs.sum()) if n else None, "low": low, "high": high, "level": level,
             "n_boot": n_boot, "defined_resamples": int(len(vals)), "n_groups": n,
-            "reason": None if n else "no group holds both classes"}
+            "reason": reason if n else "no group holds both classes"}
 
 
 def roc_band(

@@ -85,9 +85,13 @@ STACKERS: Registry[Callable[..., dict[str, Any]]] = Registry("stacking method")
 def _cv(y: np.ndarray, groups: np.ndarray, seed: int, n_splits: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import StratifiedGroupKFold
 
-    n_splits = min(n_splits, int(np.bincount(y).min()), len(np.unique(groups)))
+    # every training fold needs every class: a class held by g patient groups supports at most g folds
+    per_class = [len(np.unique(groups[y == c])) for c in range(int(y.max()) + 1)]
+    n_splits = min(n_splits, *per_class)
     if n_splits < 2:
-        raise DataError("stacking needs at least 2 patient groups of every class in the out-of-fold predictions")
+        rarest = int(np.argmin(per_class))
+        raise DataError(f"stacking needs at least 2 patient groups of every class in the out-of-fold predictions; "
+                        f"class {rarest} has {per_class[rarest]}")  # fmt: skip
     return list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(y, y, groups))
 
 

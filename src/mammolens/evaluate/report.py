@@ -240,8 +240,9 @@ def render_report(
     config: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     extra_tables: dict[str, str] | None = None,
+    warnings: Sequence[str] = (),
 ) -> str:
-    """The report as one HTML string (see ``write_report``)."""
+    """The report as one HTML string (see ``write_report``); ``warnings`` are shown first, in red."""
     import yaml
 
     classes = list(metrics["classes"])
@@ -254,6 +255,7 @@ def render_report(
         figs.append(_pr_figure(metrics, y, proba))
     figs += [_confusion_figure(cm, classes, cm_title), _reliability_figure(metrics["calibration"])]
     parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="muted">{html.escape(subtitle)}</p>',
+             *(f'<p class="warning" style="color:#b00020;font-weight:bold">WARNING: {html.escape(w)}</p>' for w in warnings),
              "<h2>Headline</h2>", _headline(metrics),
              '<p class="muted">Confidence intervals: percentile bootstrap over patient groups '
              f"({metrics['bootstrap']['n_boot']} resamples, seed {metrics['bootstrap']['seed']}); all images of a "

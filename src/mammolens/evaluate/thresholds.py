@@ -11,7 +11,7 @@ scored exactly there (a saturated 1.0, float rounding) would sit on.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -78,10 +78,18 @@ def choose_threshold(
     return METHODS.get(method)(y, p, beta, target_sensitivity)
 
 
+class OperatingPoint(NamedTuple):
+    """How a bundle reads its model's output, in the order it applies them: temperature, then threshold.
+    One named pair everywhere, so no caller can swap the two."""
+
+    temperature: float
+    threshold: float
+
+
 def operating_point(
     y_val: Any, proba_val: Any, method: str = "fbeta", beta: float = 2.0, target_sensitivity: float | None = None
-) -> tuple[float, float]:
-    """(threshold, temperature) from validation predictions made at temperature 1.
+) -> OperatingPoint:
+    """The temperature and threshold from validation predictions made at temperature 1.
 
     The temperature is fitted first (``calibrate_temperature``: T = 1 where the fit failed) and the
     threshold chosen on the *scaled* probabilities, since a bundle applies its temperature before
@@ -93,8 +101,8 @@ def operating_point(
     temperature = calibrate_temperature(proba_val, y_val).temperature  # T = 1 where the fit failed
     proba = apply_temperature(proba_val, temperature)
     if proba.shape[1] != 2:
-        return 0.5, temperature
-    return choose_threshold(y_val, proba, method, beta=beta, target_sensitivity=target_sensitivity), temperature
+        return OperatingPoint(temperature, 0.5)
+    return OperatingPoint(temperature, choose_threshold(y_val, proba, method, beta=beta, target_sensitivity=target_sensitivity))
 
 
 def threshold_band(y_val: Any, p_val: Any, groups: Any, method: str = "fbeta", beta: float = 2.0,

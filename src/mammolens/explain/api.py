@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ import torch
 from mammolens.bundle.model import Bundle, descriptor_vector
 from mammolens.explain.geometry import InputGeometry, preprocess_with_geometry
 from mammolens.explain.layers import resolve_layers
-from mammolens.explain.methods import CAM_METHODS, CamRequest
+from mammolens.explain.methods import CAM_METHODS, CamRequest, _unit
 from mammolens.preprocess import Pipeline, Sample
 from mammolens.train.losses import probabilities
 from mammolens.train.normalisation import normalise
@@ -74,11 +75,11 @@ def preprocess_for(bundle: Bundle, image: np.ndarray, rois: Sequence[Sequence[fl
         laterality=(laterality or "").upper(),
         pixel_mm=pixel_mm,
     )
+    expected = _input_shape(bundle)
     try:
         out, geometry = preprocess_with_geometry(Pipeline(bundle.preprocess), sample)
     except ValueError as exc:  # a step refusing this image (e.g. too small to resize)
         raise DataError(f"the bundle's preprocessing cannot handle this image: {exc}") from None
-    expected = _input_shape(bundle)
     if out.pixels.ndim != len(expected) or (expected[-1] and out.pixels.shape != expected):
         raise DataError(
             f"the bundle's preprocessing turned this {image.shape[1]}x{image.shape[0]} image into "
@@ -110,9 +111,14 @@ def explain_image(
 
 def sample_descriptors(bundle: Bundle, sample: Sample) -> np.ndarray | None:
     """The (1, K) descriptor-head input of a preprocessed sample (None: the bundle has no descriptor head)."""
-    if not bundle.descriptor_head:
+    head = getattr(bundle, "descriptor_head", None)
+    if getattr(bundle, "members", None) is not None:  # an ensemble: its members' shared head inputs
+        from mammolens.evaluate.predict import leaf_bundles
+
+        head = next((leaf.descriptor_head for leaf in leaf_bundles(bundle) if leaf.descriptor_head), None)
+    if not head:
         return None
-    return descriptor_vector(bundle.descriptor_head["names"], sample.descriptors)[None]
+    return descriptor_vector(head["names"], sample.descriptors)[None]
 
 
 def explain_preprocessed(
@@ -132,6 +138,9 @@ def explain_preprocessed(
     run = CAM_METHODS.get(method)
     if layer is not None and method not in LAYER_METHODS:
         raise ConfigError(f"method {method!r} reads no layer; --layer applies to {', '.join(LAYER_METHODS)}")
+    if getattr(bundle, "members", None) is not None:
+        return _explain_ensemble(bundle, pixels, geometry, method=method, layer=layer, target=target,
+                                 descriptors=descriptors)  # fmt: skip
     model = bundle.model
     layers = resolve_layers(model, layer)
     # The CAM's own forward gives the probabilities; only a multi-class default target needs them first.
@@ -165,6 +174,35 @@ def explain_preprocessed(
     )
 
 
+def _explain_ensemble(ensemble: Any, pixels: np.ndarray, geometry: InputGeometry, *, method: str,
+                      layer: str | Sequence[str] | None, target: int | str | None,
+                      descriptors: np.ndarray | None) -> Explanation:  # fmt: skip
+    """An ensemble's map: the mean of its members' maps of the same class, each member weighing
+    equally (a stacker's weights are not read: its members' evidence is shown side by side, in
+    ``per_backbone``), beside the ensemble's own probabilities and decision."""
+    probs = ensemble.predict_proba(pixels[None], descriptors)[0]
+    index = resolve_target(ensemble, target, probs)
+    parts = [explain_preprocessed(m, pixels, geometry, method=method, layer=layer, target=index,
+                                  descriptors=descriptors) for m in ensemble.members]  # fmt: skip
+    heatmap = np.mean([p.heatmap for p in parts], axis=0)
+    peak = float(heatmap.max())
+    share = 1.0 / len(parts)
+    return Explanation(
+        heatmap=(heatmap / peak if peak > 0 else heatmap).astype(np.float32),
+        method=method,
+        target=ensemble.classes[index],
+        target_index=index,
+        probabilities={c: float(p) for c, p in zip(ensemble.classes, probs)},
+        decision=decide(ensemble, probs),
+        per_backbone={f"member{i}": p.heatmap for i, p in enumerate(parts)},
+        branch_weights={f"member{i}": share for i in range(len(parts))},
+        layers=[f"member{i}.{name}" for i, p in enumerate(parts) for name in p.layers],
+        input_heatmap=_unit(np.mean([p.input_heatmap for p in parts], axis=0)),
+        input_image=pixels,
+        geometry=geometry,
+    )
+
+
 def decide(bundle: Bundle, probs: np.ndarray) -> str:
     if len(bundle.classes) == 2:
         return bundle.classes[int(probs[1] >= bundle.threshold)]
@@ -177,6 +215,12 @@ def _single_logit(bundle: Bundle) -> bool:
 
 def _input_shape(bundle: Bundle) -> tuple[int, ...]:
     """(side, side), or (C, side, side) after a multi-scale crop; side 0 when no step fixes it."""
+    members = getattr(bundle, "members", None)
+    if members is not None:  # an ensemble: its members share one pipeline (``EnsembleBundle.preprocess``)
+        if bundle.preprocess is None:
+            raise ConfigError("the members of this ensemble preprocess differently: explain each member",
+                              path=bundle.path)  # fmt: skip
+        return _input_shape(members[0])
     steps = bundle.preprocess.get("steps", [])
     sizes = [int(s.get("size") or 224) for s in steps if s.get("name") in ("resize", "multiscale_crop")]
     side = sizes[-1] if sizes else 0

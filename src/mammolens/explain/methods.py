@@ -62,7 +62,9 @@ class CamResult:
 CAM_METHODS: Registry[Callable[[CamRequest], CamResult]] = Registry("CAM method")
 
 # A CAM call hooks the model and flips its parameters' requires_grad for the call: two calls on
-# one model at once (a threaded web service) would mix their activations, so they take turns.
+# one model at once would mix their activations, so they take turns. The hooks also record any
+# other forward pass through the model meanwhile, which this lock cannot stop: a model that
+# serves requests must be explained on a copy of its own (deploy.Predictor does).
 _HOOKS_LOCK = threading.Lock()
 
 
@@ -119,9 +121,14 @@ def _graph_from(model: nn.Module, layers: list[nn.Module]) -> Iterator[None]:
 
 def _keep_per_layer(cls: type) -> type:
     class PerLayer(cls):  # type: ignore[misc,valid-type]
+        grid: tuple[int, int] | None = None  # (cols, rows): keep a patch score grid's maps at grid size
+
         def aggregate_multi_layers(self, cam_per_target_layer: list[np.ndarray]) -> np.ndarray:
             self.per_layer = [c[:, 0] for c in cam_per_target_layer]
             return super().aggregate_multi_layers(cam_per_target_layer)
+
+        def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple[int, int]:
+            return self.grid or super().get_target_width_height(input_tensor)
 
     PerLayer.__name__ = f"PerLayer{cls.__name__}"
     return PerLayer
@@ -176,8 +183,11 @@ def _engine(cam_class: type, batch_size: int | None = None) -> Callable[[CamRequ
         names, modules = list(request.layers), list(request.layers.values())
         target = ClassTarget(request.target, request.single_logit)
         scored = _Scored(request.model)
+        starts = _patch_grid(request)
         with _HOOKS_LOCK, _graph_from(request.model, modules):
             cam = per_layer_class(scored, modules)
+            if starts is not None:
+                cam.grid = (len(starts[1]), len(starts[0]))
             if batch_size:
                 cam.batch_size = batch_size
             try:
@@ -185,10 +195,28 @@ def _engine(cam_class: type, batch_size: int | None = None) -> Callable[[CamRequ
                 weights = branch_weights(request.model, names, scored, target)
             finally:
                 cam.activations_and_grads.release()
-        maps = {n: _unit(m[0]) for n, m in zip(names, cam.per_layer)}
+        maps = {n: _unit(m[0] if starts is None else _grid_to_pixels(request, m[0], starts))
+                for n, m in zip(names, cam.per_layer)}  # fmt: skip
         return CamResult(maps, weights, None if scored.output is None else scored.output.detach())
 
     return run
+
+
+def _patch_grid(request: CamRequest) -> tuple[list[int], list[int]] | None:
+    """The window starts (rows, cols) when the one target layer is a patch classifier's score grid, whose
+    cells are windows at stride steps plus one flush with the far edge: the library's even stretch
+    of the grid over the input would misplace them (by up to ~170 px on an original film)."""
+    model = request.model
+    if not hasattr(model, "map_layer") or list(request.layers.values()) != [model.map_layer]:
+        return None
+    return model.grid(*request.x.shape[-2:])
+
+
+def _grid_to_pixels(request: CamRequest, cells: np.ndarray, starts: tuple[list[int], list[int]]) -> np.ndarray:
+    """A grid-sized CAM on the input's pixels, each pixel taking its hottest covering window (as ``scoremap``)."""
+    from mammolens.patches.geometry import map_to_pixels
+
+    return map_to_pixels(cells, starts, request.model.patch_size, request.x.shape[-2:])
 
 
 CAM_METHODS.add("gradcam", _engine(GradCAM))

@@ -63,7 +63,8 @@ def texture_descriptors(pixels: np.ndarray, cx: float, cy: float, r: float, *, l
         f = max_side / max(patch.shape)
         patch = cv2.resize(patch, (max(2, round(patch.shape[1] * f)), max(2, round(patch.shape[0] * f))),
                            interpolation=cv2.INTER_AREA)
-    q = np.minimum((np.clip(patch, 0.0, 1.0) * levels).astype(np.uint8), levels - 1)
+    # clamp to the top level before the cast: 1.0 * 256 levels would wrap to 0 in uint8
+    q = np.minimum(np.clip(np.nan_to_num(patch), 0.0, 1.0) * levels, levels - 1).astype(np.uint8)
     glcm = graycomatrix(q, distances=list(distances), angles=[0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
                         levels=levels, symmetric=True, normed=True)
     out = []

@@ -43,9 +43,31 @@ def make_temp_dir(path: str | Path, suffix: str = ".tmp") -> Path:
             continue
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename, creation or deletion inside the folder ``path`` survive a power cut."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    ``durable``: the file's bytes reach the disk before the rename, and the rename before the return,
+    so a power cut leaves the old file or the whole new one (without it, a crash of this process
+    already does, but the kernel may reorder data and rename).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -57,14 +79,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             continue
     try:
         yield tmp_path
+        if durable:
+            fsync_file(tmp_path)
         os.replace(tmp_path, path)
+        if durable:
+            fsync_dir(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
+def atomic_open(path: str | Path, mode: str = "w", *, durable: bool = False, **kwargs: Any) -> Iterator[IO]:
+    with atomic_path(path, durable=durable) as tmp, open(tmp, mode, **kwargs) as fh:
         yield fh
 
 

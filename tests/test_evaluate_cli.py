@@ -186,3 +186,27 @@ def test_evaluate_a_mias_layout_folder_of_other_films(trained, tmp_path, capsys)
     assert metrics["class_counts"] == {"benign": 3, "malignant": 3} and metrics["n_groups"] == 3  # film pairs
     preds = pd.read_csv(tmp_path / "eval" / "predictions.csv")
     assert sorted(preds["sample_id"]) == [f"mias-mdb00{i}-f1" for i in range(1, 7)]  # one sample per finding
+
+
+def test_held_out_patients_are_set_aside_by_train_and_scored_alone_by_evaluate(tmp_path, capsys):
+    films = generate(tmp_path / "films", n_per_class=8, size=64, seed=3)
+    split = tmp_path / "holdout.json"
+    assert main(["data", "split", str(films), "--task", "benign-malignant", "--val", "0", "--test", "0.25",
+                 "--out", str(split)]) == 0
+    held_out = set(json.loads(split.read_text())["parts"]["test"])
+    cfg = tmp_path / "tiny.yaml"
+    data = dict(TINY["data"], source=str(films), holdout=str(split))
+    cfg.write_text(yaml.safe_dump(dict(TINY, data=data, cache_dir=str(tmp_path / "cache"))))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    trained_on = set(pd.read_csv(tmp_path / "run" / "manifest.csv", dtype=str)["sample_id"])
+    assert held_out and not trained_on & held_out and len(trained_on) + len(held_out) == 16
+    out = tmp_path / "eval"
+    assert _evaluate(tmp_path / "run" / "bundle", films, out, tmp_path / "cache", "--split", str(split)) == 0
+    preds = pd.read_csv(out / "predictions.csv", dtype={"sample_id": str})
+    assert set(preds["sample_id"]) == held_out
+    assert json.loads((out / "metrics.json").read_text())["split"] == {"file": str(split), "part": "test"}
+    capsys.readouterr()
+    assert _evaluate(tmp_path / "run" / "bundle", films, tmp_path / "eval2", tmp_path / "cache", "--split", str(split),
+                     "--part", "holdout") != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown split part 'holdout'" in err[0] and not (tmp_path / "eval2").exists()

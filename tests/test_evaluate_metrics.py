@@ -208,3 +208,46 @@ def test_woman_level_confounding_shows_in_the_within_patient_auc():
     within = metrics["within_group_auc"]
     assert within["value"] == 0.0 and within["n_groups"] == 20 and within["high"] == 0.0
     assert "within-patient AUC (20 patient groups holding both classes): 0.000" in render_table(metrics)
+
+
+def test_linear_kappa_matches_sklearn_and_only_ordinal_tasks_report_it(multi):
+    y, proba = multi
+    expected = skm.cohen_kappa_score(y, proba.argmax(1), weights="linear")
+    assert m.linear_kappa(y, proba) == pytest.approx(expected)
+    assert b.fast_linear_kappa(y, proba) == pytest.approx(expected)
+    # one grade off costs half of two grades off: predicting 1 for a true 0 beats predicting 2
+    y3 = np.array([0, 0, 1, 1, 2, 2])
+    near, far = np.eye(3)[[1, 0, 1, 1, 2, 2]], np.eye(3)[[2, 0, 1, 1, 2, 2]]
+    assert m.linear_kappa(y3, near) > m.linear_kappa(y3, far)
+    assert m.linear_kappa(np.zeros(4, int), np.eye(3)[[0, 0, 0, 0]]) is None  # one class: undefined
+    groups = [f"g{i // 2}" for i in range(len(y))]
+    ordinal = evaluate_predictions(y, proba, groups, list("abcd"), n_boot=200, ordinal=True)
+    assert ordinal["kappa_linear"]["value"] == pytest.approx(expected)
+    assert ordinal["kappa_linear"]["low"] <= expected <= ordinal["kappa_linear"]["high"]
+    assert "linearly weighted kappa" in render_table(ordinal)
+    nominal = evaluate_predictions(y, proba, groups, list("abcd"), n_boot=0)
+    assert "kappa_linear" not in nominal and "kappa" not in render_table(nominal)
+
+
+def test_exam_level_kappa_averages_a_womans_two_films():
+    """Density per exam: the two films' probabilities averaged, then kappa over women (by hand)."""
+    import pandas as pd
+
+    from mammolens.evaluate.levels import level_metrics
+    from mammolens.evaluate.predictions import predictions_frame
+
+    # six women, one grade each; the second film of woman 1 alone would be called two grades off
+    y = np.repeat([0, 0, 1, 1, 2, 2], 2)
+    proba = np.array([[.8, .1, .1], [.6, .3, .1], [.7, .2, .1], [.1, .2, .7], [.2, .6, .2], [.3, .5, .2],
+                      [.1, .3, .6], [.2, .5, .3], [.1, .2, .7], [.1, .1, .8], [.1, .3, .6], [.2, .2, .6]])
+    exams = pd.DataFrame({"exam_id": [f"w{i // 2}" for i in range(12)], "laterality": ["L", "R"] * 6,
+                          "view": ["MLO"] * 12})
+    table = predictions_frame([f"f{i}" for i in range(12)], [f"w{i // 2}" for i in range(12)], y, proba,
+                              ["F", "G", "D"], exams=exams)
+    metrics, units = level_metrics(table, ["F", "G", "D"], "exam", method="mean", n_boot=100, ordinal=True)
+    women = proba.reshape(6, 2, 3).mean(axis=1)
+    assert np.allclose(units[["p_F", "p_G", "p_D"]].to_numpy(), women)
+    expected = skm.cohen_kappa_score(y[::2], women.argmax(1), weights="linear")
+    assert metrics["kappa_linear"]["value"] == pytest.approx(expected)
+    assert m.linear_kappa(y, proba) < expected  # film by film, woman 1's second film costs two grades
+    assert "kappa_linear" not in level_metrics(table, ["F", "G", "D"], "exam", method="mean", n_boot=0)[0]

@@ -30,8 +30,9 @@ def manifest(rows=ROWS, name="toy"):
     )
 
 
-def test_registry_holds_the_five_tasks():
-    assert TASKS.names() == sorted(["benign-malignant", "normal-abnormal", "normal-benign-malignant", "mias-7class", "mass-calc"])
+def test_registry_holds_the_tasks():
+    assert TASKS.names() == sorted(["benign-malignant", "normal-abnormal", "normal-benign-malignant", "mias-7class",
+                                    "mass-calc", "mias-tissue", "density", "dense"])
     assert TASKS.get("mias-7class").classes == MIAS_CLASSES
     with pytest.raises(ConfigError, match="known: benign-malignant"):
         TASKS.get("birads")
@@ -82,6 +83,52 @@ def test_task_counts_lists_only_supported_tasks():
     }
 
 
+def density_manifest(densities, tissues=None, name="toy"):
+    import json
+
+    return Manifest.from_records(
+        [{"sample_id": f"s{i}", "source": name, "path": f"/x/{i}.png", "group": f"g{i}", "density": d,
+          "meta": json.dumps({"tissue": t} if t else {})}
+         for i, (d, t) in enumerate(zip(densities, tissues or [""] * len(densities)))],
+        name=name,
+    )
+
+
+def test_density_labels_of_rows():
+    density, dense = TASKS.get("density"), TASKS.get("dense")
+    rows = [{"density": v} for v in ("A", "B", "C", "D", "", "a")] + [{}]  # the manifest stores A-D
+    assert [density.label_of(r) for r in rows] == [0, 1, 2, 3, None, None, None]
+    assert [dense.label_of(r) for r in rows] == [0, 0, 1, 1, None, None, None]
+    assert TASKS.get("density").ordinal and TASKS.get("mias-tissue").ordinal and not TASKS.get("dense").ordinal
+
+
+def test_density_tasks_from_the_density_column():
+    m = density_manifest(["a", "B", "C", "d", "", ""])  # the manifest upper-cases the grades
+    sub, y = derive_task(m, "density")
+    assert sub.df["sample_id"].tolist() == ["s0", "s1", "s2", "s3"] and y.tolist() == [0, 1, 2, 3]
+    _, y = derive_task(m, "dense")
+    assert y.tolist() == [0, 0, 1, 1]
+    with pytest.raises(DataError, match=r"task density needs C, D samples; toy has none \(column density: A 2, B 1, \(empty\) 1\)"):
+        derive_task(density_manifest(["A", "A", "B", ""]), "density")
+
+
+def test_density_task_on_a_manifest_without_grades_names_the_column():
+    # MIAS grades tissue, not BI-RADS: one line naming the column and what it holds
+    with pytest.raises(DataError, match=r"task dense needs non-dense, dense samples; toy has none \(column density: \(empty\) 7\)"):
+        derive_task(manifest(), "dense")
+
+
+def test_mias_tissue_reads_the_meta_tissue():
+    m = density_manifest([""] * 4, ["fatty", "dense-glandular", "fatty-glandular", ""])
+    sub, y = derive_task(m, "mias-tissue")
+    assert sub.df["sample_id"].tolist() == ["s0", "s1", "s2"] and y.tolist() == [0, 2, 1]
+    assert TASKS.get("mias-tissue").classes == ("fatty", "fatty-glandular", "dense-glandular")
+    with pytest.raises(DataError, match=r"mias-tissue needs fatty, fatty-glandular, dense-glandular samples; "
+                                        r"toy has none \(column meta.tissue: \(empty\) 7\)"):
+        derive_task(manifest(), "mias-tissue")
+    assert task_counts(m) == {"mias-tissue": {"fatty": 1, "fatty-glandular": 1, "dense-glandular": 1}}
+
+
 def test_real_mias_task_counts(shared_data):
     from mammolens.data.adapters import mias
 
@@ -92,6 +139,8 @@ def test_real_mias_task_counts(shared_data):
     # lesion tasks: one sample per finding with coordinates (97 findings, 4 without: 1 CIRC, 3 CALC)
     assert counts["benign-malignant"] == {"benign": 52, "malignant": 41}
     assert counts["mass-calc"] == {"mass": 73, "calc": 20}
+    assert counts["mias-tissue"] == {"fatty": 84, "fatty-glandular": 88, "dense-glandular": 86}  # the README's count
+    assert "density" not in counts and "dense" not in counts  # MIAS grades tissue, not BI-RADS
 
 
 def test_cbis_lesions_without_a_mask_file_are_left_out_of_lesion_tasks():

@@ -1,4 +1,4 @@
-"""The ``mammolens`` command, one module per verb group (data, train, evaluate, explain, deploy).
+"""The ``mammolens`` command, one module per verb group (data, train, evaluate, explain, deploy, pacs).
 
 A user's mistake (a MammolensError) is printed as one line on stderr with exit code 2; anything
 else is a bug and keeps its traceback.
@@ -10,12 +10,12 @@ import sys
 
 import typer
 
-from mammolens.cli import data, deploy, evaluate, explain, train
+from mammolens.cli import data, deploy, evaluate, explain, pacs, train
 from mammolens.utils.errors import MammolensError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mammogram classification with explanations.")
-for _group in (data, train, evaluate, explain, deploy):
+for _group in (data, train, evaluate, explain, deploy, pacs):
     _group.register(app)
 
 

@@ -68,10 +68,12 @@ def evaluate_bundle(
     bundle_path: Path, source: str, *, task: str | None = None, kind: str | None = None,
     options: dict[str, Any] | None = None, cache_dir: str | Path, workers: int | None = None,
     threshold: float | None = None, n_boot: int = 2000, seed: int = 0, progress: bool = True, command: str = "",
-    strict: bool = False, level: str = "film", aggregate: str | None = None,
+    strict: bool = False, level: str = "film", aggregate: str | None = None, split: str | Path | None = None,
+    part: str = "test",
 ) -> tuple[dict[str, Any], Any, str, Any]:
     """(metrics, predictions table, report HTML, the ``level`` table or None) of a bundle on every
-    labelled sample of ``source``; ``metrics["warnings"]`` says when those samples or women are the
+    labelled sample of ``source``, or only on part ``part`` of the saved ``split`` (made for this source
+    and task, e.g. held-out women); ``metrics["warnings"]`` says when those samples or women are the
     bundle's own training data (``strict``: refused instead); at breast or exam level
     ``metrics["levels"]`` holds that level's figures, the films combined by the bundle's aggregator
     (``aggregate`` overrides its method)."""
@@ -94,15 +96,24 @@ def evaluate_bundle(
                           "fitted)", path=bundle_path)
     manifest = load_source(source, kind, **(options or {})).manifest
     manifest, y = label_source(manifest, task)
+    if split is not None:
+        from mammolens.data.splits import load_split
+
+        rows = load_split(split, manifest).indices(manifest, part)
+        manifest, y = manifest.subset(rows.tolist()), y[rows]
     groups = manifest.df["group"].astype(str).tolist()
     sample_ids = manifest.df["sample_id"].astype(str).tolist()
     warnings = training_overlap(bundle, sample_ids, groups)
     refuse_if_strict(warnings, strict)  # before any scoring
     proba = predict_manifest(bundle, manifest, cache_dir, workers=workers, progress=progress)
     fixed, threshold = threshold, bundle.threshold if threshold is None else threshold
-    metrics = evaluate_predictions(y, proba, groups, bundle.classes, threshold, n_boot=n_boot, seed=seed)
+    from mammolens.data.tasks import TASKS
+
+    metrics = evaluate_predictions(y, proba, groups, bundle.classes, threshold, n_boot=n_boot, seed=seed,
+                                   ordinal=TASKS.get(task).ordinal)
     metrics.update(task=task, bundle=str(Path(bundle_path).resolve()), source=str(source),
-                   threshold_from="bundle" if fixed is None else f"fixed {fixed:g}", warnings=warnings)
+                   threshold_from="bundle" if fixed is None else f"fixed {fixed:g}", warnings=warnings,
+                   split=None if split is None else {"file": str(split), "part": part})
     table = predictions_frame(sample_ids, groups, y, proba, bundle.classes, threshold, exams=exam_columns(manifest))
     units = None
     if level != "film":
@@ -111,7 +122,8 @@ def evaluate_bundle(
     name = "/".join(Path(bundle_path).resolve().parts[-2:])
     html = render_report(
         metrics, table, title=f"{name} on {Path(str(source)).name}", history=training_history(bundle_path),
-        subtitle=f"task {task}; every labelled sample of {source} scored (no split); threshold "
+        subtitle=f"task {task}; " + (f"part {part!r} of split {split} scored" if split is not None else
+                                      f"every labelled sample of {source} scored (no split)") + "; threshold "
                  f"{threshold:.3f} ({metrics['threshold_from']})",
         thumbnails=lambda sid: (cache.load(sid), cache.load_rois(sid)), command=command or None,
         config=getattr(bundle, "config", None) or None,
@@ -139,7 +151,7 @@ def _level_figures(bundle: Any, task: str, table: Any, level: str, aggregate: st
     threshold = fixed if fixed is not None else unit_threshold(stored if own else None, bundle.threshold)
     metrics, units = level_metrics(table, bundle.classes, level, method=method,
                                    params=stored.get("params") if own else None, threshold=threshold,
-                                   n_boot=n_boot, seed=seed)
+                                   n_boot=n_boot, seed=seed, ordinal=TASKS.get(task).ordinal)
     metrics["threshold_from"] = f"fixed {fixed:g}" if fixed is not None else (
         f"the bundle's {stored.get('level')} threshold" if own and stored.get("threshold") is not None else "the film threshold")
     return {level: metrics}, units
@@ -159,6 +171,9 @@ def register(app: typer.Typer) -> None:
         fresh: bool = FreshOpt,
         n_boot: int = typer.Option(2000, "--n-boot", help="Patient-bootstrap resamples."),
         seed: int = typer.Option(0, help="Bootstrap seed."),
+        split: Optional[Path] = typer.Option(
+            None, "--split", help="Score only one part of this saved split (made by `data split` for SOURCE and the task)."),
+        part: str = typer.Option("test", "--part", help="The split part scored with --split."),
         workers: Optional[int] = typer.Option(None, help="Preprocessing worker processes."),
         cache_dir: Optional[str] = typer.Option(None, help="Preprocessing cache (default $MAMMOLENS_CACHE or .cache/mammolens)."),
         strict: bool = typer.Option(False, "--strict", help="Refuse SOURCE when it holds samples or women the bundle was trained or validated on (default: warn)."),
@@ -180,7 +195,8 @@ def register(app: typer.Typer) -> None:
         fixed = parse_threshold(threshold)
         command = _command("evaluate", [bundle, source], {
             "task": task, "kind": kind, "option": option, "out": out_dir, "threshold": threshold, "n-boot": n_boot,
-            "seed": seed, "workers": workers, "cache-dir": cache, "level": level, "aggregate": aggregate})
+            "seed": seed, "workers": workers, "cache-dir": cache, "level": level, "aggregate": aggregate, "split": split,
+            "part": part if split else None})
         if aggregate is not None:
             from mammolens.evaluate.exams import AGGREGATORS
 
@@ -188,7 +204,7 @@ def register(app: typer.Typer) -> None:
         metrics, table, html, units = evaluate_bundle(
             bundle, source, task=task, kind=kind, options=parse_options(option), cache_dir=cache, workers=workers,
             threshold=fixed, n_boot=n_boot, seed=seed, command=command, strict=strict, level=level,
-            aggregate=aggregate,
+            aggregate=aggregate, split=split, part=part,
         )
         for line in metrics["warnings"]:
             typer.echo(f"mammolens: WARNING: {line}", err=True)

@@ -1,19 +1,22 @@
 """Tasks: which manifest column a model learns, at which unit, and how values map to class indices.
 
-A task reads one column, so a manifest from any source supports the tasks whose column it fills:
-CBIS-DDSM rows (lesions, never normal) support benign-malignant and mass-calc; MIAS supports all
-five. Lesion tasks (benign-malignant, mass-calc) classify one finding per sample; film tasks one
+A task reads one value per row (a manifest column, or a key of the ``meta`` JSON), so a manifest
+from any source supports the tasks whose value it fills: CBIS-DDSM rows (lesions, never normal)
+support benign-malignant and mass-calc; MIAS the pathology and abnormality tasks and its background
+tissue; every adapter that fills the ``density`` column the BI-RADS density tasks. Lesion tasks (benign-malignant, mass-calc) classify one finding per sample; film tasks one
 film (``units.py``). Derive a task on the whole manifest *before* splitting, so every class is
 known up front.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mammolens.data.manifest import MIAS_CLASSES, Manifest
 from mammolens.data.units import Units, lesion_rows
@@ -27,19 +30,35 @@ class Task:
     classes: tuple[str, ...]
     label_of: Callable[[Mapping[str, Any]], int | None]  # None: the row takes no part in this task
     description: str
-    column: str  # the manifest column label_of reads, named in errors
+    column: str  # where label_of reads (a column, or meta.<key>), named in errors
     unit: str = "film"  # "lesion": one sample per finding (units.lesion_rows); "film": per image
+    value_of: Callable[[Mapping[str, Any]], str] | None = None  # the raw value read; None: row[column]
+    ordinal: bool = False  # classes are ordered (density): ordinal metrics such as weighted kappa apply
+
+    def value(self, row: Mapping[str, Any]) -> str:
+        return self.value_of(row) if self.value_of else str(row.get(self.column, ""))
 
 
 TASKS: Registry[Task] = Registry("task")
 
 
 def _column_task(
-    name: str, column: str, classes: tuple[str, ...], values: dict[str, str], description: str, unit: str = "film"
+    name: str, column: str, classes: tuple[str, ...], values: dict[str, str], description: str, unit: str = "film",
+    *, value_of: Callable[[Mapping[str, Any]], str] | None = None, ordinal: bool = False,
 ) -> Task:
-    """A task whose label is ``classes.index(values[row[column]])``; values not listed are excluded."""
+    """A task whose label is ``classes.index(values[value])``, the value being ``row[column]`` (or what
+    ``value_of`` reads); values not listed are excluded."""
     index = {value: classes.index(cls) for value, cls in values.items()}
-    return TASKS.add(name, Task(name, classes, lambda row: index.get(row[column]), description, column, unit))
+    task = Task(name, classes, lambda row: index.get(task.value(row)), description, column, unit, value_of, ordinal)
+    return TASKS.add(name, task)
+
+
+def _meta_value(key: str) -> Callable[[Mapping[str, Any]], str]:
+    """Reads ``meta[key]`` (the manifest's JSON extras) of a row; "" when absent."""
+    def read(row: Mapping[str, Any]) -> str:
+        return str(json.loads(row.get("meta") or "{}").get(key) or "")
+
+    return read
 
 
 _column_task(
@@ -64,6 +83,21 @@ _column_task(
     "MIAS abnormality class, in the order " + " ".join(MIAS_CLASSES),
 )
 _column_task(
+    "mias-tissue", "meta.tissue", ("fatty", "fatty-glandular", "dense-glandular"),
+    {t: t for t in ("fatty", "fatty-glandular", "dense-glandular")},
+    "MIAS background tissue (Info.txt column 2: F, G, D), least to most dense",
+    value_of=_meta_value("tissue"), ordinal=True,
+)
+_column_task(
+    "density", "density", ("A", "B", "C", "D"), {g: g for g in "ABCD"},
+    "BI-RADS breast density A-D (almost entirely fatty .. extremely dense)", ordinal=True,
+)
+_column_task(
+    "dense", "density", ("non-dense", "dense"),
+    {"A": "non-dense", "B": "non-dense", "C": "dense", "D": "dense"},
+    "dense breasts (BI-RADS C or D) vs not (A or B): the binary call screening reports carry",
+)
+_column_task(
     "mass-calc", "lesion_type", ("mass", "calc"),
     {"mass": "mass", "calc": "calc"},
     "lesion type, one sample per finding; MIAS ARCH and ASYM count as mass",
@@ -82,7 +116,8 @@ def _check(manifest: Manifest, task: Task, labels: np.ndarray, allow_missing_cla
     needed = len(task.classes) if not allow_missing_classes else 2
     if len(present) >= needed:
         return
-    values = manifest.df[task.column].replace("", "(empty)").value_counts()
+    values = pd.Series([task.value(row) for row in manifest.df.to_dict("records")], dtype=str)
+    values = values.replace("", "(empty)").value_counts()
     found = ", ".join(f"{v} {n}" for v, n in values.items()) or "no rows"
     absent = [c for i, c in enumerate(task.classes) if i not in present]
     raise DataError(

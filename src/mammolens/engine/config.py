@@ -63,6 +63,9 @@ class DataConfig:
     # among lesion crops and the kind of input would predict the label (needs crop_roi on_missing: full).
     keep_unlocated_lesions: bool = False
     dedup: bool = False  # merge near-duplicate images into one split group
+    # A saved split (``mammolens data split --val 0 --test F``) whose 'test' part is set aside before
+    # anything else: train and cv never see those patients; ``evaluate --split`` scores them once.
+    holdout: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
@@ -170,6 +173,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         split = section.get("split")
         if isinstance(split, dict) and split.get("file"):
             split["file"] = rel(split["file"])
+        if section.get("holdout"):
+            section["holdout"] = rel(section["holdout"])
         options = section.get("options")
         if isinstance(options, dict):
             for key in ("images_root", "dicom_dir"):

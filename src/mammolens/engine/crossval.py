@@ -127,14 +127,15 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
     # Threshold-free metrics of the pooled rows (and their figures at 0.5); the operating point that
     # counts is each fold model's own, validation-chosen one: the decisions column.
     metrics = evaluate_predictions(y, proba, first["group"].astype(str).tolist(), classes,
-                                   threshold=0.5, n_boot=n_boot, seed=cfg.data.split.seed)
+                                   threshold=0.5, n_boot=n_boot, seed=cfg.data.split.seed, ordinal=task.ordinal)
     metrics["at_fold_thresholds"] = _decision_metrics(first, classes)
     metrics["folds"] = per_fold
     if repeats > 1:
         metrics["repeats"] = _repeat_summary(everything, classes, n_boot=0)
     members = [out / "repeat0" / f"fold{i}" / "bundle" for i in range(folds)]
     provenance = {"cv": str(out), "folds": folds, "manifest_hash": record["manifest_hash"]}
-    ens_metrics = {"pooled_oof": {k: metrics.get(k) for k in ("auc", "macro_f1")}}
+    ens_metrics = {"pooled_oof": {k: metrics.get(k) for k in ("auc", "macro_f1", "kappa_linear")
+                                  if k != "kappa_linear" or k in metrics}}
     if len(reserved):  # the ensemble's own output on women no fold model saw
         save_mean_ensemble(out / "ensemble", members, threshold=0.5, temperature=1.0, provenance=provenance)
         part = manifest.subset(reserved.tolist())
@@ -297,7 +298,7 @@ def _level_metrics(cfg: ExperimentConfig, task, first: pd.DataFrame, classes: li
     labelled = units[units["label_index"] >= 0]
     metrics = evaluate_predictions(labelled["label_index"].to_numpy(), _proba(labelled, classes),
                                    labelled["group"].astype(str).tolist(), classes, threshold=0.5, n_boot=n_boot,
-                                   seed=cfg.data.split.seed)
+                                   seed=cfg.data.split.seed, ordinal=task.ordinal)
     metrics.update(level=level, aggregate=sorted({a["method"] for a, _ in folds.values()}),
                    at_fold_thresholds=_decision_metrics(labelled, classes))
     return {level: metrics}, units

@@ -44,7 +44,24 @@ def task_samples(cfg: ExperimentConfig, *, progress: bool = True):  # noqa: ANN2
             "data.keep_unlocated_lesions is on: findings without coordinates enter as whole images among "
             "lesion crops, so the kind of input can predict the label"
         )
+    if cfg.data.holdout:
+        manifest, labels = without_holdout(manifest, labels, cfg.data.holdout)
     return manifest, labels, TASKS.get(cfg.data.task)
+
+
+def without_holdout(manifest, labels: np.ndarray, path: str):  # noqa: ANN001, ANN201
+    """The task samples less the saved split's 'test' part (checked against this very manifest)."""
+    from mammolens.data.splits import load_split
+
+    split = load_split(path, manifest)
+    if "test" not in split.parts or not split.parts["test"]:
+        raise ConfigError(f"data.holdout: the split has no 'test' part to hold out (parts: {', '.join(split.parts)})",
+                          path=path)
+    keep = np.ones(len(manifest), bool)
+    keep[split.indices(manifest, "test")] = False
+    out = manifest.subset(keep)
+    out.notes = [*manifest.notes, f"{int((~keep).sum())} held-out sample(s) of {path} ('test' part) set aside"]
+    return out, labels[keep]
 
 
 def synthetic_source(sc: SyntheticConfig, cache_dir: Path, *, progress: bool = True) -> Path:

@@ -90,6 +90,17 @@ def fast_macro_f1(y: np.ndarray, proba: np.ndarray) -> float | None:
     return float(f1.mean())
 
 
+def fast_linear_kappa(y: np.ndarray, proba: np.ndarray) -> float | None:
+    """Linearly weighted Cohen's kappa of the argmax decisions (as metrics.linear_kappa)."""
+    c = proba.shape[1]
+    pred = decide(proba)
+    observed = np.bincount(y * c + pred, minlength=c * c).reshape(c, c).astype(float)
+    expected = np.outer(observed.sum(1), observed.sum(0)) / max(len(y), 1)
+    weights = np.abs(np.arange(c)[:, None] - np.arange(c)[None, :]).astype(float)
+    chance = float((weights * expected).sum())
+    return None if chance == 0 else 1.0 - float((weights * observed).sum()) / chance
+
+
 def group_draws(groups: Any, n_boot: int = 2000, seed: int = 0) -> Iterator[np.ndarray]:
     """Row indices of each resample: every drawn group contributes all of its rows, once per draw."""
     groups = np.asarray(groups).astype(str)

@@ -110,8 +110,9 @@ def choose_aggregator(validation: pd.DataFrame, classes: Sequence[str], level: s
 
 def level_metrics(table: pd.DataFrame, classes: Sequence[str], level: str, *, method: str = "max",
                   params: Mapping[str, Any] | None = None, threshold: float = 0.5, n_boot: int = 2000,
-                  seed: int = 0) -> tuple[dict[str, Any], pd.DataFrame]:
-    """(metrics, level table) of the labelled units; the CIs resample women."""
+                  seed: int = 0, ordinal: bool = False) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(metrics, level table) of the labelled units; the CIs resample women. ``ordinal``: ordered
+    classes (density), which add the weighted kappa."""
     from mammolens.evaluate.summary import evaluate_predictions
 
     units = level_predictions(table, classes, level, method, params, threshold)
@@ -120,7 +121,7 @@ def level_metrics(table: pd.DataFrame, classes: Sequence[str], level: str, *, me
         raise DataError(f"no labelled {level} to evaluate")
     proba = labelled[[f"p_{c}" for c in classes]].to_numpy()
     metrics = evaluate_predictions(labelled["label_index"].to_numpy(), proba, labelled["group"].tolist(), classes,
-                                   threshold, n_boot=n_boot, seed=seed)
+                                   threshold, n_boot=n_boot, seed=seed, ordinal=ordinal)
     metrics.update(level=level, aggregate=method, n_films=int(len(table)),
                    label_rule=f"a {level} takes its most severe film's label (binary: positive if any film is)")
     return metrics, units

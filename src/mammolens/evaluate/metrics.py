@@ -139,6 +139,16 @@ def macro_f1(y: Any, proba: Any) -> float | None:
                           zero_division=0))
 
 
+def linear_kappa(y: Any, proba: Any) -> float | None:
+    """Cohen's kappa with linear weights over the class order (ordered classes such as breast density:
+    a call one grade off costs half of one two grades off); None when undefined (one class only)."""
+    proba = as_proba(proba)
+    if len(np.asarray(y)) == 0:
+        return None
+    return defined(_quiet(skm.cohen_kappa_score, np.asarray(y), decide(proba), weights="linear",
+                          labels=list(range(proba.shape[1]))))
+
+
 def within_group_comparisons(y: Any, score: Any, groups: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per group holding both classes (a woman with one diseased and one healthy film): how often a
     positive sample outscores a negative one of the same group (ties count 1/2), and how many such

@@ -199,6 +199,8 @@ def _headline(metrics: dict[str, Any]) -> str:
             rows.append([f"within-patient AUC ({within['n_groups']} groups holding both classes)", _ci(within)])
     else:
         rows += [["macro F1", _ci(metrics["macro_f1"])], ["accuracy", format_value(metrics["accuracy"])]]
+        if "kappa_linear" in metrics:  # ordered classes only
+            rows.append(["linearly weighted kappa", _ci(metrics["kappa_linear"])])
     cal = metrics["calibration"]
     rows += [["Brier score", format_value(cal["brier"])], ["expected calibration error", format_value(cal["ece"])]]
     return html_table(rows, ["metric", "value [95% patient-bootstrap CI]"])

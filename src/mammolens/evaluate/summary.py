@@ -25,12 +25,14 @@ def evaluate_predictions(
     threshold: float = 0.5,
     n_boot: int = 2000,
     seed: int = 0,
+    ordinal: bool = False,
 ) -> dict[str, Any]:
     """Metrics of probabilities ``proba`` (N, C) against class indices ``y`` with patient ``groups``.
 
     Binary: AUC, PR AUC, sensitivity and specificity at ``threshold`` with patient-bootstrap CIs,
     the ROC band, threshold metrics at ``threshold`` and at 0.5. Multi-class: per-class table,
-    one-vs-rest AUCs, macro AUC and macro F1 with CIs. Both: Brier score, ECE, reliability bins.
+    one-vs-rest AUCs, macro AUC and macro F1 with CIs, and for ``ordinal`` classes (density) the linearly
+weighted kappa with its CI. Both: Brier score, ECE, reliability bins.
     Undefined values are None.
     """
     y, proba = np.asarray(y, dtype=np.int64), m.as_proba(proba)
@@ -69,9 +71,12 @@ def evaluate_predictions(
         )
     else:
         stats = {"auc": b.fast_auc, "macro_f1": b.fast_macro_f1}
+        points = {"auc": m.roc_auc(y, proba), "macro_f1": m.macro_f1(y, proba)}
+        if ordinal:
+            stats["kappa_linear"], points["kappa_linear"] = b.fast_linear_kappa, m.linear_kappa(y, proba)
         cis = b.bootstrap_cis(stats, y, proba, groups, n_boot=n_boot, seed=seed)
-        _point(cis, counts, classes, auc=m.roc_auc(y, proba), macro_f1=m.macro_f1(y, proba))
-        out.update(auc=cis["auc"], macro_f1=cis["macro_f1"], ovr_auc=m.ovr_aucs(y, proba, classes),
+        _point(cis, counts, classes, **points)
+        out.update(**{k: cis[k] for k in stats}, ovr_auc=m.ovr_aucs(y, proba, classes),
                    **m.multiclass_table(y, proba, classes))
     out["calibration"] = {"brier": brier_score(y, proba), **reliability(y, proba)}
     return out
@@ -115,6 +120,8 @@ def render_table(metrics: dict[str, Any], threshold_label: str = "the bundle thr
             lines.append(f"  at {title} {t['threshold']:.3f}: {vals}  (TP {t['tp']} FP {t['fp']} FN {t['fn']} TN {t['tn']})")
     else:
         lines.append(f"  macro F1: {_ci_text(metrics['macro_f1'])}  accuracy {m.format_value(metrics['accuracy'])}")
+        if "kappa_linear" in metrics:
+            lines.append(f"  linearly weighted kappa: {_ci_text(metrics['kappa_linear'])}")
         for name, row in metrics["per_class"].items():
             vals = "  ".join(f"{k} {m.format_value(row[k], 'no samples to divide by')}" for k in ("precision", "recall", "f1"))
             lines.append(f"    {name:>10}: {vals}  support {row['support']}")

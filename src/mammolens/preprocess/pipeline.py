@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mammolens.preprocess import breast as _breast  # noqa: F401 - registers breast_descriptors in STEPS
 from mammolens.preprocess import lesion as _lesion  # noqa: F401 - registers the lesion steps in STEPS
 from mammolens.preprocess.sample import Sample
 from mammolens.preprocess.steps import STEPS
@@ -27,7 +28,8 @@ from mammolens.utils.errors import ConfigError
 
 # The code a preprocessed array depends on (a package stands for all its modules) ...
 _CODE = ("mammolens.preprocess.steps", "mammolens.preprocess.sample", "mammolens.preprocess.pipeline",
-         "mammolens.preprocess.lesion", "mammolens.preprocess.descriptors", "mammolens.io")
+         "mammolens.preprocess.lesion", "mammolens.preprocess.descriptors", "mammolens.preprocess.breast",
+         "mammolens.io")
 # ... and the libraries that code calls into.
 _LIBRARIES = ("mammolens", "numpy", "opencv-python-headless", "pydicom", "pillow", "pylibjpeg", "pylibjpeg-libjpeg",
               "pylibjpeg-openjpeg", "scikit-image")

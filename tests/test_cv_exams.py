@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -51,7 +52,45 @@ def test_cv_reports_exam_figures_with_each_folds_fitted_aggregator(tmp_path: Pat
     assert metrics["auc"]["value"] == pytest.approx(roc_auc(pooled["y"], pooled["p_abnormal"]), abs=1e-9)
     ensemble = json.loads((out / "ensemble" / "bundle.json").read_text())["aggregator"]
     assert ensemble["method"] == "fitted" and ensemble["level"] == "exam"
+    assert "<h2>Exam level</h2>" in (out / "report.html").read_text()
 
 
 def _film_threshold(out: Path, fold: int) -> float:
     return json.loads((out / "repeat0" / f"fold{fold}" / "bundle" / "bundle.json").read_text())["threshold"]
+
+
+def test_the_ensembles_aggregator_is_chosen_on_the_set_aside_women(tmp_path: Path) -> None:
+    """With --ensemble-part the ensemble's exam threshold comes from its own output on the set-aside women."""
+    from mammolens.bundle import load_bundle
+    from mammolens.engine import crossval
+    from mammolens.engine.config import load_config
+    from mammolens.engine.sources import task_samples
+    from mammolens.engine.trainers import choose_operating_point
+    from mammolens.evaluate.exams import aggregate
+    from mammolens.evaluate.levels import exam_columns
+    from mammolens.evaluate.predict import predict_manifest
+    from mammolens.evaluate.thresholds import choose_threshold
+
+    config = tmp_path / "tiny.yaml"
+    tiny = dict(TINY, cache_dir=str(tmp_path / "cache"), exams={"level": "exam", "aggregate": "max"})
+    config.write_text(yaml.safe_dump(tiny))
+    cfg, out = load_config(config), tmp_path / "cv"
+    crossval.run_cv(cfg, out, folds=2, n_boot=0, progress=False, ensemble_part=0.3)
+    reserved = set(json.loads((out / "cv.json").read_text())["ensemble_part_samples"])
+    ensemble = load_bundle(out / "ensemble")
+    manifest, labels, _ = task_samples(cfg, progress=False)
+    rows = [i for i, s in enumerate(manifest.df["sample_id"]) if s in reserved]
+    part = manifest.subset(rows)
+    served = predict_manifest(load_bundle(out / "ensemble"), part, cfg.cache_dir, progress=False)
+    point = choose_operating_point(cfg.operating_point, labels[rows], served)  # what run_cv fitted (T = 1 output)
+    from mammolens.evaluate.calibration import apply_temperature
+
+    views = exam_columns(part).assign(y=labels[rows], p_abnormal=apply_temperature(served, point.temperature)[:, 1])
+    exams = aggregate(views, "exam", "max")
+    assert ensemble.aggregator["method"] == "max" and ensemble.aggregator["level"] == "exam"
+    if exams["y"].nunique() == 2:
+        expected = choose_threshold(exams["y"].to_numpy(), np.c_[1 - exams["p_abnormal"], exams["p_abnormal"]],
+                                    cfg.operating_point.threshold, cfg.operating_point.beta)
+        assert ensemble.aggregator["threshold"] == pytest.approx(expected)
+    else:
+        assert ensemble.aggregator["threshold"] is None

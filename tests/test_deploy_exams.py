@@ -69,3 +69,14 @@ def test_bilateral_bundle_reads_each_view_with_the_other_breasts_same_view(tmp_p
     exam = predictor.predict_exam(films, lateralities=SIDES, views=VIEWS)
     paired = predictor.predict(films[0], laterality="L", other=films[2])
     assert exam.views[0].probabilities["malignant"] == pytest.approx(paired.probabilities["malignant"], abs=1e-6)
+
+
+def test_actors_are_for_the_ray_engine(bundle_dir, tmp_path, capsys):
+    from deploy_fixtures import write_png
+    from mammolens.cli import main
+
+    png = write_png(tmp_path / "a.png", film(0))
+    assert main(["predict", str(bundle_dir), str(png), "--out", str(tmp_path / "r.csv"), "--actors", "2"]) == 2
+    assert "--actors is for --engine ray" in capsys.readouterr().err
+    assert main(["predict", str(bundle_dir), str(png), "--out", str(tmp_path / "r.csv"), "--engine", "ray",
+                 "--actors", "0"]) == 2  # typer's own range check: no Ray started

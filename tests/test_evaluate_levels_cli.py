@@ -49,6 +49,8 @@ def test_exam_level_figures_equal_the_films_combined_by_hand(setup, tmp_path, ca
     assert metrics["n_samples"] == len(by_hand) and metrics["threshold_from"] == "the film threshold"
     assert metrics["auc"]["value"] == pytest.approx(roc_auc_score(by_hand["y"], by_hand["p"]), abs=1e-9)
     assert metrics["at_threshold"]["tp"] == int(((by_hand["p"] >= 0.4) & (by_hand["y"] == 1)).sum())
+    report = (out / "report.html").read_text()
+    assert "<h2>Exam level</h2>" in report and f"{metrics['auc']['value']:.3f}" in report
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -83,7 +83,7 @@ def evaluate_bundle(
     from mammolens.evaluate.predict import bundle_cache, predict_manifest
     from mammolens.evaluate.predictions import predictions_frame
     from mammolens.evaluate.report import render_report
-    from mammolens.evaluate.levels import check_level, exam_columns
+    from mammolens.evaluate.levels import check_level, exam_columns, level_tables
     from mammolens.evaluate.summary import evaluate_predictions
 
     check_level(level)
@@ -129,7 +129,7 @@ def evaluate_bundle(
         config=getattr(bundle, "config", None) or None,
         provenance={"bundle": metrics["bundle"], "bundle_provenance": {
             k: v for k, v in getattr(bundle, "provenance", {}).items() if k not in ("fitted_on", "held_out")}},
-        warnings=warnings,
+        warnings=warnings, extra_tables=level_tables(metrics.get("levels")),
     )
     return metrics, table, html, units
 

@@ -39,7 +39,7 @@ from mammolens.engine.config import ExperimentConfig, first_difference, preproce
 from mammolens.engine.run_dir import claim_output, clear_run_dir, open_output, training_history
 from mammolens.engine.sources import task_samples
 from mammolens.engine.trainers import choose_operating_point, train_on_parts
-from mammolens.evaluate.levels import exam_columns
+from mammolens.evaluate.levels import exam_columns, level_tables
 from mammolens.evaluate.metrics import roc_auc
 from mammolens.evaluate.predict import predict_manifest
 from mammolens.evaluate.predictions import predictions_frame, read_predictions, write_predictions
@@ -176,7 +176,7 @@ def run_cv(cfg: ExperimentConfig, out_dir: str | Path, *, folds: int = 5, repeat
                  command=command, config=to_dict(cfg), history=training_history(members[0]),
                  thumbnails=lambda sid: (cache.load(sid), cache.load_rois(sid)),
                  extra_tables={"At each fold model's validation-chosen threshold": _at_table(metrics["at_fold_thresholds"]),
-                               "Per fold": _fold_table(per_fold)})
+                               "Per fold": _fold_table(per_fold), **level_tables(metrics.get("levels"))})
     return metrics
 
 

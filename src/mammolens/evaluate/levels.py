@@ -125,3 +125,30 @@ def level_metrics(table: pd.DataFrame, classes: Sequence[str], level: str, *, me
     metrics.update(level=level, aggregate=method, n_films=int(len(table)),
                    label_rule=f"a {level} takes its most severe film's label (binary: positive if any film is)")
     return metrics, units
+
+
+def level_tables(levels: Mapping[str, Mapping[str, Any]] | None) -> dict[str, str]:
+    """``{heading: html}`` of each level's headline figures, for a report's ``extra_tables``."""
+    from mammolens.evaluate.metrics import format_value
+    from mammolens.evaluate.report import html_table
+
+    def ci(figure: Mapping[str, Any]) -> str:
+        if figure["value"] is None or figure["low"] is None:
+            return format_value(figure["value"], figure.get("reason") or "not defined")
+        return f"{figure['value']:.3f} [{figure['low']:.3f}, {figure['high']:.3f}]"
+
+    out = {}
+    for level, m in (levels or {}).items():
+        rows = [["units", f"{m['n_samples']} ({', '.join(f'{c} {n}' for c, n in m['class_counts'].items())}) "
+                          f"from {m['n_groups']} women"],
+                ["combined by", m["aggregate"] if isinstance(m["aggregate"], str) else ", ".join(m["aggregate"])],
+                ["ROC AUC [95% CI, women resampled]", ci(m["auc"])]]
+        if "pr_auc" in m:
+            rows.append(["PR AUC", ci(m["pr_auc"])])
+        if "macro_f1" in m:
+            rows.append(["macro F1", ci(m["macro_f1"])])
+        decided = m.get("at_fold_thresholds") or ({k: m["at_threshold"][k] for k in ("sensitivity", "specificity")}
+                                                  if "at_threshold" in m else {})
+        rows += [[k, format_value(v)] for k, v in decided.items()]
+        out[f"{level.capitalize()} level"] = html_table(rows, ["figure", "value"])
+    return out

@@ -238,6 +238,8 @@ def test_shipped_configs_find_their_data_and_make_the_documented_samples(path: s
         assert all(s.get("on_missing", "error") == "error" for s in steps if s["name"] == "crop_roi")
         # multiscale_crop has no whole-film fallback: a sample without its circle is an error
         assert any(s["name"] in ("crop_roi", "multiscale_crop") for s in steps)
+    elif cfg.data.holdout:  # women set aside before any choice (the density configs): 26 of 129, both films each
+        assert len(manifest) == 258 - 52 and manifest.df["group"].nunique() == 129 - 26
     else:
         assert len(manifest) == 258
 

@@ -113,6 +113,10 @@ def test_a_chunked_200_mb_upload_is_refused_at_the_limit_without_spooling_it(bun
     total = 200 * MiB
     with serving(app) as port:
         watch = TempWatch(str(temp))
+        with tempfile.TemporaryFile() as probe:  # the watch sees an unnamed temp file's bytes (not vacuous)
+            probe.write(b"\x00" * MiB)
+            probe.flush()
+            assert watch.held() == MiB
         before = watch.free()
         watch.start()
         conn = socket.create_connection(("127.0.0.1", port))
@@ -147,7 +151,8 @@ def test_a_chunked_200_mb_upload_is_refused_at_the_limit_without_spooling_it(bun
     assert sent < 32 * MiB, f"{sent / MiB:.0f} MiB sent before the 413"
     # ... and never spooled them: the server's temp files never held more than the limit's worth, and the
     # temp file system's free space dipped by far less than the upload.
-    assert 0 < watch.most_held <= 2 * MiB + 64 * 1024, f"{watch.most_held} bytes spooled"
+    # (how much it holds at a 5 ms sample is timing: the spool may come and go between two samples)
+    assert watch.most_held <= 2 * MiB + 64 * 1024, f"{watch.most_held} bytes spooled"
     assert before - watch.lowest < 64 * MiB, f"free space fell by {(before - watch.lowest) / MiB:.0f} MiB"
 
 

@@ -47,7 +47,7 @@ def lesion_pixels_inside_roi(sample: Sample, level: float = 0.95) -> tuple[np.nd
 
 def test_registry_lists_the_steps():
     assert set(STEPS.names()) == {"orient", "crop_breast", "crop_roi", "contrast_stretch", "clahe", "resize",
-                                  "multiscale_crop", "lesion_descriptors"}
+                                  "multiscale_crop", "lesion_descriptors", "breast_descriptors"}
 
 
 def test_crop_breast_drops_background_and_label_and_moves_roi():
@@ -215,7 +215,7 @@ def test_sample_from_row_prefers_the_mask(tmp_path):
 
 
 def test_config_errors_name_the_step_and_param():
-    with pytest.raises(ConfigError, match="unknown preprocessing step 'sharpen'; known: clahe, contrast_stretch"):
+    with pytest.raises(ConfigError, match="unknown preprocessing step 'sharpen'; known: breast_descriptors, clahe, contrast_stretch"):
         PreprocessConfig(steps=[{"name": "sharpen"}])
     with pytest.raises(ConfigError, match=r"steps\[1\]: step 'clahe' has no parameter 'clip'; its parameters: clip_limit"):
         PreprocessConfig(steps=[{"name": "orient"}, {"name": "clahe", "clip": 3}])

@@ -49,7 +49,7 @@ def test_evaluate_into_an_existing_folder_refuses_without_fresh(tmp_path: Path, 
 def test_fresh_removes_only_what_the_verb_writes(tmp_path: Path) -> None:
     out = tmp_path / "cv"
     open_output(out, "cv")
-    for name in ("cv.json", "predictions.csv", "metrics.json"):
+    for name in ("cv.json", "predictions.csv", "predictions-exam.csv", "metrics.json"):
         (out / name).write_text("x")
     (out / "repeat0" / "fold0").mkdir(parents=True)
     (out / "notes.txt").write_text("mine")

@@ -23,9 +23,8 @@ MARK = ".mammolens.json"  # {"verb": ...}: which verb's output a folder holds, s
 # verb -> (the record that says a folder holds its output when no MARK does, the names it writes at the top)
 OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "train": (RUN_RECORD, RUN_FILES),
-    "cv": ("cv.json", ("cv.json", "repeat*", "ensemble", "predictions.csv", "predictions-all.csv", "metrics.json",
-                       "report.html")),
-    "evaluate": ("metrics.json", ("metrics.json", "predictions.csv", "report.html")),
+    "cv": ("cv.json", ("cv.json", "repeat*", "ensemble", "predictions*.csv", "metrics.json", "report.html")),
+    "evaluate": ("metrics.json", ("metrics.json", "predictions*.csv", "report.html")),
     "explain": ("explanations.json", ("explanations.json", "*_overlay.png", "*_overlay_*.png", "*_panel.png")),
     "explain-eval": ("localisation.csv", ("localisation.csv", "localisation_per_image.csv", "localisation.html",
                                           "gallery.png")),

@@ -15,7 +15,6 @@ An ensemble is itself a bundle directory::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.bundle.model import bundle_writer, load_model_bundle
+from mammolens.bundle.model import bundle_writer, file_sha256, load_model_bundle
 from mammolens.evaluate.calibration import apply_temperature
 from mammolens.evaluate.ensembles import STACKERS, combiner_output
 from mammolens.evaluate.predict import leaf_bundles, preprocess_key
@@ -77,10 +76,6 @@ class EnsembleBundle:
 
 
 # ---------------------------------------------------------------------- saving and loading
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)  # bundles are replaced by rename, never edited in place: a hard link is safe
@@ -131,7 +126,7 @@ def save_ensemble(
             "threshold": float(threshold),
             "temperature": float(temperature),
             "members": rel,
-            "member_sha256": [_sha256(tmp / r / MANIFEST) for r in rel],
+            "member_sha256": [file_sha256(tmp / r / MANIFEST) for r in rel],
             "combiner": combiner,
             "metrics": metrics or {},
             "provenance": {"members_from": [str(Path(d).resolve()) for d in member_dirs], **(provenance or {})},
@@ -199,7 +194,7 @@ def load_ensemble(path: str | Path) -> EnsembleBundle:
         member_manifest = member_dir / MANIFEST
         if not member_manifest.is_file():
             raise DataError(f"member {rel!r} is missing", path=path)
-        if _sha256(member_manifest) != digest:
+        if file_sha256(member_manifest) != digest:
             raise DataError(f"corrupt: member {rel!r}'s bundle.json does not match its checksum", path=file)
         members.append(load_bundle(member_dir))
     check_members(members, [str(r) for r in rels])

@@ -211,7 +211,7 @@ def save_bundle(
             "temperature": float(temperature),
             "metrics": _plain(metrics, "metrics"),
             "provenance": {**_auto_provenance(), **_plain(provenance, "provenance")},
-            "weights_sha256": _sha256(tmp / WEIGHTS),
+            "weights_sha256": file_sha256(tmp / WEIGHTS),
             "tta": int(tta),
             "descriptor_head": _plain(descriptor_head, "descriptor_head"),
             "aggregator": _plain(aggregator, "aggregator"),
@@ -259,7 +259,7 @@ def load_model_bundle(path: str | Path, model_factory: Callable[..., MammoModel]
     weights = path / WEIGHTS
     if not weights.is_file():
         raise DataError("missing from the bundle", path=weights)
-    if _sha256(weights) != manifest["weights_sha256"]:
+    if file_sha256(weights) != manifest["weights_sha256"]:
         raise DataError("corrupt: its checksum does not match bundle.json", path=weights)
     try:
         load_model(model, str(weights), strict=True)
@@ -322,7 +322,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256 in hex: the checksums bundle.json (and an ensemble's) records."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 

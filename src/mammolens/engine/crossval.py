@@ -36,7 +36,7 @@ import pandas as pd
 from mammolens.bundle import load_bundle, save_mean_ensemble
 from mammolens.data.splits import Split, check_no_leakage, make_holdout, make_kfold
 from mammolens.engine.config import ExperimentConfig, first_difference, preprocess_config
-from mammolens.engine.run_dir import claim_output, clear_run_dir, open_output, training_history
+from mammolens.engine.run_dir import claim_output, clear_run_dir, open_output, read_record, training_history
 from mammolens.engine.sources import task_samples
 from mammolens.engine.trainers import choose_operating_point, train_on_parts
 from mammolens.evaluate.levels import exam_columns, level_tables
@@ -260,10 +260,7 @@ def _train_fold(cfg, manifest, labels, task, parts, fold_dir, sample_ids, groups
 def _check_resume(out: Path, record: dict[str, Any]) -> None:
     """A resumed cv must have been started with these settings and this data."""
     path = out / RECORD
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot resume: unreadable cv record ({exc})", path=path) from None
+    old = read_record(path)
     settings = ("folds", "inner_val", "manifest_hash", "ensemble_part")
     diff = first_difference(old.get("config"), record["config"]) or first_difference(
         {k: old.get(k, 0.0 if k == "ensemble_part" else None) for k in settings}, {k: record[k] for k in settings})

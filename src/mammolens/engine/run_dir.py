@@ -102,14 +102,19 @@ def claim_run_dir(out_dir: Path, *, resume: bool, fresh: bool) -> None:
             raise ConfigError(f"cannot resume: no {RUN_RECORD} records what this run was started with", path=out_dir)
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """The record a run (or cv) started with, which a resume is checked against."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot resume: unreadable record ({exc})", path=path) from None
+
+
 def check_resume(out_dir: Path, record: dict[str, Any]) -> None:
     """A resumed run must see the data, split and settings it started with (else it would train on
     what it once held out), naming the first difference."""
     path = out_dir / RUN_RECORD
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot resume: unreadable run record ({exc})", path=path) from None
+    old = read_record(path)
     diff = first_difference(old.get("config"), record["config"])
     if diff:
         key, was, now = diff
